@@ -1,0 +1,129 @@
+"""The ``bnnforge`` command line: one subcommand per step of the flow.
+
+Every user error ends in one line on stderr (``bnnforge <command>: error: …``) and exit code 2;
+nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        raise _UsageError(f"{self.prog}: error: {message}")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return value
+
+
+def _parser() -> _Parser:
+    from .nn.archs import ARCHS
+    from .nn.datasets import DATASETS
+    from .nn.quantizers import QUANTIZERS
+
+    p = _Parser(prog="bnnforge", description="Binary neural networks from PyTorch to FPGAs.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a reference BNN on a bundled dataset")
+    t.add_argument("--arch", required=True, help=f"architecture: {', '.join(ARCHS)}")
+    t.add_argument("--dataset", required=True, help=f"dataset: {', '.join(DATASETS)}")
+    t.add_argument("--quantizer", default="ste", help=f"binarizer: {', '.join(QUANTIZERS)}")
+    t.add_argument("--epochs", type=_positive_int, default=10)
+    t.add_argument("--input-bits", type=int, choices=(1, 8), default=1,
+                   help="first-layer input: 1 = binarized pixels, 8 = bytes")
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--batch-size", type=_positive_int, default=None)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--mst-reg", type=float, default=0.0, help=argparse.SUPPRESS)
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument("-o", "--output", required=True, help="model file to write")
+
+    c = sub.add_parser("compile", help="compile a model file into a build folder")
+    c.add_argument("model", help="model file written by 'bnnforge train' or bnnforge.save")
+    c.add_argument("-o", "--output", required=True, help="build folder to write")
+    c.add_argument("--fps", type=float, default=None,
+                   help="throughput target in frames/s at --clock-mhz (sets PE/SIMD)")
+    c.add_argument("--clock-mhz", type=float, default=100.0, help="clock for --fps (MHz)")
+    c.add_argument("--luts", type=_positive_int, default=None,
+                   help="LUT budget: the fastest balanced folding that fits")
+    c.add_argument("--fold", action="append", metavar="LAYER=PE,SIMD",
+                   help="fix one stage's folding (repeatable)")
+    c.add_argument("--no-rtl", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def _run(args) -> int:
+    from . import flow
+
+    if args.command == "train":
+        meta = flow.train_model(args.arch, args.dataset, args.quantizer, args.output,
+                                epochs=args.epochs, input_bits=args.input_bits,
+                                seed=args.seed, lr=args.lr, batch_size=args.batch_size,
+                                mst_reg=args.mst_reg, progress=not args.no_progress)
+        print(f"{args.arch} on {args.dataset} ({args.quantizer}): held-out accuracy "
+              f"{100 * meta['accuracy_torch']:.2f}% on {meta['test_frames']} frames, "
+              f"trained in {meta['train_seconds']:.1f} s -> {args.output}")
+        return 0
+    if args.command == "compile":
+        report = flow.compile_model(args.model, args.output, fps=args.fps,
+                                    clock_mhz=args.clock_mhz, luts=args.luts, fold=args.fold,
+                                    rtl=not args.no_rtl)
+        m = report["model"]
+        comp = report["compile"]
+        print(f"compiled {args.model} -> {args.output}")
+        print(f"{'stage':<8} {'op':<12} {'in':>12} {'out':>10} {'PE':>5} {'SIMD':>5} "
+              f"{'cycles/frame':>13}")
+        for row in comp["layers"]:
+            mark = "  <- bottleneck" if row["name"] == comp["bottleneck"] else ""
+            print(f"{row['name']:<8} {row['op']:<12} {'x'.join(map(str, row['in_shape'])):>12} "
+                  f"{'x'.join(map(str, row['out_shape'])):>10} {row['pe'] or '-':>5} "
+                  f"{row['simd'] or '-':>5} {row['cycles_per_frame']:>13}{mark}")
+        if m.get("frames"):
+            print(f"held-out accuracy: torch {100 * m['accuracy_torch']:.2f}%, reference "
+                  f"{100 * m['accuracy_reference']:.2f}%, disagreements {m['disagreements']} "
+                  f"of {m['frames']}")
+        return 0
+    raise _UsageError(f"bnnforge: error: unknown command {args.command!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    try:
+        args = _parser().parse_args(argv)
+        return _run(args)
+    except _UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        command = (argv if argv is not None else sys.argv[1:])[:1]
+        prog = f"bnnforge {command[0]}" if command else "bnnforge"
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        if os.environ.get("BNNFORGE_DEBUG"):
+            raise
+        return 2
+    except KeyboardInterrupt:
+        print("bnnforge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The steps of the flow as library functions; the CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .compiler.lower import lower
+from .compiler.serialize import load_graph, save_graph
+from .sim.reference import reference
+from .buildfolder import staged_folder, update_report
+from .modelfile import load, save
+
+__all__ = ["train_model", "compile_model", "accuracy_section", "layer_table", "fold_graph"]
+
+
+def train_model(arch: str, dataset: str, quantizer: str, output: str | os.PathLike, *,
+                epochs: int = 10, input_bits: int = 1, seed: int = 0, lr: float | None = None,
+                batch_size: int | None = None, mst_reg: float = 0.0,
+                progress: bool = True) -> dict:
+    """Train ``arch`` on ``dataset`` with ``quantizer`` and save it to ``output``.
+
+    Returns the metadata stored with the model (accuracy included).
+    """
+    from .nn.archs import build
+    from .nn.datasets import load_dataset
+    from .nn.train import evaluate, train
+    import torch
+
+    if epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, not {epochs}")
+    out = Path(output)
+    if not out.parent.exists():
+        raise ValueError(f"cannot write {out}: folder {out.parent} does not exist")
+    data = load_dataset(dataset)
+    torch.manual_seed(seed)
+    model = build(arch, data.input_shape, data.num_classes, quantizer=quantizer,
+                  input_bits=input_bits)
+    kwargs = {k: v for k, v in (("lr", lr), ("batch_size", batch_size)) if v is not None}
+    start = time.perf_counter()
+    train(model, data, epochs=epochs, seed=seed, progress=progress, mst_reg=mst_reg, **kwargs)
+    seconds = time.perf_counter() - start
+    accuracy = evaluate(model, data.x_test, data.y_test)
+    meta = {"name": arch, "arch": arch, "dataset": dataset, "quantizer": quantizer,
+            "input_bits": input_bits, "epochs": epochs, "seed": seed,
+            "accuracy_torch": round(float(accuracy), 6), "test_frames": int(len(data.y_test))}
+    save(model, out, data.input_shape, meta)
+    meta["train_seconds"] = seconds
+    return meta
+
+
+def accuracy_section(model, graph, meta: dict, frames: int | None = None) -> dict:
+    """Compare torch and the reference on the model's held-out frames (if its dataset is known).
+
+    Returns the report's ``model`` section: name, dataset, accuracies and disagreements.
+    """
+    from .nn.datasets import DATASETS, load_dataset
+    from .nn.train import predict_scores
+
+    section = {"name": meta.get("name", graph.name), "dataset": meta.get("dataset"),
+               "accuracy_torch": None, "accuracy_reference": None, "disagreements": None,
+               "frames": 0}
+    dataset = meta.get("dataset")
+    if dataset not in DATASETS:
+        return section
+    data = load_dataset(dataset)
+    x, y = data.x_test, data.y_test
+    if frames is not None:
+        x, y = x[:frames], y[:frames]
+    if tuple(x.shape[1:]) != tuple(graph.input_shape):
+        return section
+    torch_pred = np.argmax(predict_scores(model, x), axis=1)
+    ref_pred = np.argmax(reference(graph, x), axis=1)
+    section.update(accuracy_torch=float(np.mean(torch_pred == y)),
+                   accuracy_reference=float(np.mean(ref_pred == y)),
+                   disagreements=int(np.sum(torch_pred != ref_pred)), frames=int(len(y)))
+    return section
+
+
+def layer_table(graph) -> list[dict]:
+    """Return one row per stage: name, op, shapes, K/channels, PE/SIMD and cycles per frame."""
+    from .compiler.folding import pipeline_cycles
+
+    cycles = pipeline_cycles(graph)
+    rows = []
+    for name, op in graph:
+        row = {"name": name, "op": type(op).__name__, "in_shape": list(op.in_shape),
+               "out_shape": list(op.out_shape), "source": graph.attrs(name).get("source"),
+               "pe": None, "simd": None, "cycles_per_frame": int(cycles[name])}
+        if hasattr(op, "k"):
+            row.update(k=int(op.k), channels=int(op.channels), input_bits=int(op.in_bits))
+        fold = graph.attrs(name).get("fold")
+        if fold:
+            row.update(pe=int(fold["pe"]), simd=int(fold["simd"]))
+        rows.append(row)
+    return rows
+
+
+def fold_graph(graph, *, fps: float | None = None, clock_mhz: float = 100.0,
+               luts: int | None = None, fold: list[str] | None = None):
+    """Run ChooseFolding for a throughput target (``fps`` at ``clock_mhz``) or a LUT budget."""
+    from .compiler.folding import ChooseFolding, FoldingError, parse_fold_overrides
+
+    if fps is not None and luts is not None:
+        raise FoldingError("give --fps or --luts, not both")
+    if clock_mhz <= 0:
+        raise FoldingError(f"--clock-mhz must be positive, not {clock_mhz}")
+    target = None
+    if fps is not None:
+        if fps <= 0:
+            raise FoldingError(f"--fps must be positive, not {fps}")
+        target = max(1, int(clock_mhz * 1e6 // fps))
+    return ChooseFolding(target_cycles=target, luts=luts,
+                         overrides=parse_fold_overrides(fold)).apply(graph)
+
+
+def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
+                  fps: float | None = None, clock_mhz: float = 100.0, luts: int | None = None,
+                  fold: list[str] | None = None, rtl: bool = True) -> dict:
+    """Compile a model file into the build folder ``output``: graph files, RTL and report.json.
+
+    The folder is written in full or not at all. Returns the report.
+    """
+    from .compiler.folding import pipeline_cycles
+
+    start = time.perf_counter()
+    model = load(model_path)
+    meta = model.bnnforge_meta
+    name = str(meta.get("name") or Path(model_path).stem)
+    graph = lower(model, model.input_shape, name=name,
+                  meta={"dataset": meta.get("dataset"), "source": Path(model_path).name})
+    graph = fold_graph(graph, fps=fps, clock_mhz=clock_mhz, luts=luts, fold=fold)
+    with staged_folder(output) as tmp:
+        save_graph(graph, tmp)
+        reloaded = load_graph(tmp)
+        if rtl:
+            from .hw.generate import emit_verilog
+            emit_verilog(reloaded, tmp)
+        model_section = accuracy_section(model, reloaded, meta)
+        update_report(tmp, "model", model_section)
+        cycles = pipeline_cycles(reloaded)
+        report = update_report(tmp, "compile", {
+            "clock_mhz": clock_mhz,
+            "target_fps": fps,
+            "lut_budget": luts,
+            "layers": layer_table(reloaded),
+            "cycles_per_frame": int(max(cycles.values())),
+            "bottleneck": max(cycles, key=lambda n: (cycles[n], n)),
+            "wall_s": round(time.perf_counter() - start, 3)})
+    return report

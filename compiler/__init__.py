@@ -1,0 +1,13 @@
+"""bnnforge.compiler: the dataflow IR, lowering from torch, passes and serialization."""
+
+from .ir import (OP_TYPES, BinaryConv, BinaryDense, DataflowGraph, InputLayer, MaxPool, Op,
+                 ScoreLayer, pack_bits, unpack_bits)
+from .lower import UnsupportedModelError, lower
+from .passes import FoldThresholds, fold_score_affine
+from .serialize import GraphFileError, load_graph, save_graph
+
+__all__ = [
+    "OP_TYPES", "BinaryConv", "BinaryDense", "DataflowGraph", "InputLayer", "MaxPool", "Op",
+    "ScoreLayer", "pack_bits", "unpack_bits", "lower", "UnsupportedModelError",
+    "FoldThresholds", "fold_score_affine", "GraphFileError", "load_graph", "save_graph",
+]

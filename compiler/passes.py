@@ -1,0 +1,127 @@
+"""Graph passes. Each is a small named class with ``apply(graph) -> graph`` that returns a new
+graph and leaves its argument untouched; each is tested for equivalence with the reference
+executor."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from fractions import Fraction
+
+import numpy as np
+
+from .ir import DataflowGraph, ScoreLayer, _Matrix, pack_bits
+
+__all__ = ["FoldThresholds", "fold_score_affine", "score_bits"]
+
+
+def _signed_domain(op) -> np.ndarray:
+    """Every value the signed dot product ``s`` of ``op`` can take."""
+    if op.input_bits == 1:
+        return np.arange(-op.k, op.k + 1, 2, dtype=np.int64)
+    return np.arange(-255 * op.k, 255 * op.k + 1, dtype=np.int64)
+
+
+def _threshold(a: float, b: float, k: int, input_bits: int) -> int:
+    """Smallest accumulator value whose output bit is 1 for ``a * s + b >= 0`` with ``a > 0``.
+
+    Exact: computed on the float64 values as rationals.
+    """
+    t = -Fraction(b) / Fraction(a)          # s >= t
+    if input_bits == 1:                      # s = 2P - K  ->  P >= (K + t) / 2
+        return math.ceil((k + t) / 2)
+    return math.ceil(t)                      # s = A
+
+
+class FoldThresholds:
+    """Fold each binary layer's BatchNorm/scale affine into one integer threshold per channel.
+
+    A channel with a negative scale gets its weight row inverted (so every comparison is
+    ``accumulator >= threshold``); a channel with a zero scale becomes constant (threshold at the
+    accumulator's minimum for a constant 1, one past its maximum for a constant 0). The score
+    layer's affine becomes integer ``mul``/``add`` (see :func:`fold_score_affine`).
+    """
+
+    name = "fold_thresholds"
+
+    def apply(self, graph: DataflowGraph) -> DataflowGraph:
+        out = graph.copy()
+        for node, op in graph:
+            if isinstance(op, _Matrix) and not op.folded:
+                out.replace_op(node, self._fold_matrix(op))
+            elif isinstance(op, ScoreLayer) and not op.folded:
+                mul, add, gain = fold_score_affine(op.affine[0], op.affine[1],
+                                                   _signed_domain(op))
+                op = dataclasses.replace(op, mul=mul, add=add, gain=gain, affine=None)
+                out.replace_op(node, dataclasses.replace(op, score_bits=score_bits(op)))
+        return out
+
+    @staticmethod
+    def _fold_matrix(op: _Matrix) -> _Matrix:
+        lo, hi = op.accumulator_range()
+        bits = op.weight_bits()
+        thresholds = np.empty(op.channels, dtype=np.int64)
+        for c in range(op.channels):
+            a, b = float(op.affine[0, c]), float(op.affine[1, c])
+            if a == 0.0:
+                thresholds[c] = lo if b >= 0 else hi + 1
+                continue
+            if a < 0:
+                bits[c] = ~bits[c]
+                a = -a
+            thresholds[c] = min(max(_threshold(a, b, op.k, op.input_bits), lo), hi + 1)
+        return dataclasses.replace(op, weights=pack_bits(bits), thresholds=thresholds,
+                                   affine=None)
+
+
+def fold_score_affine(a: np.ndarray, b: np.ndarray, domain: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Return integer ``mul``, ``add`` and a float ``gain`` for class scores ``a * s + b``.
+
+    With no affine beyond one common positive scale the scores stay the exact dot products
+    (``mul = 1``, ``add = 0``). Otherwise the smallest fixed-point scaling is chosen whose integer
+    scores keep the order of every two reachable scores (over all classes and all dot products)
+    that differ by more than float32 resolution (2**-20 of the largest magnitude): the torch
+    model computes in float32 and cannot order closer scores reliably itself. Scores stay within
+    52 bits (see :func:`score_bits` for the width the hardware needs).
+
+    Raises
+    ------
+    ValueError
+        When no fixed-point scaling within 52 bits keeps the order.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    channels = a.shape[0]
+    if np.all(b == 0) and np.all(a == a[0]) and a[0] > 0:
+        return np.ones(channels, np.int64), np.zeros(channels, np.int64), float(a[0])
+    m = float(np.max(np.abs(a)))
+    if m == 0.0:
+        m = float(np.max(np.abs(b))) or 1.0
+    values = (a[:, None] * domain[None, :] + b[:, None]).ravel()
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    tol = 2.0 ** -20 * float(np.max(np.abs(values)))
+    # first sorted position clearly above each value: every score there must get a larger int
+    above = np.searchsorted(sorted_values, sorted_values + tol, side="right")
+    smax = float(np.max(np.abs(domain)))
+    for shift in range(0, 62):
+        scale = 2.0 ** shift / m
+        mul = np.round(a * scale).astype(np.int64)
+        add = np.round(b * scale).astype(np.int64)
+        if float(np.max(np.abs(mul))) * smax + float(np.max(np.abs(add))) >= 2.0 ** 52:
+            break
+        ints = (mul[:, None] * domain[None, :] + add[:, None]).ravel()[order]
+        suffix_min = np.append(np.minimum.accumulate(ints[::-1])[::-1], np.inf)
+        if np.all(ints < suffix_min[above]):
+            return mul, add, 1.0 / scale
+    raise ValueError("the last layer's BatchNorm/scale cannot be represented as integer scores "
+                     "of up to 52 bits that keep the class order; reduce its spread or drop the "
+                     "BatchNorm")
+
+
+def score_bits(op) -> int:
+    """Two's complement width (at least 32) that holds every score of a folded ScoreLayer."""
+    smax = op.k * (255 if op.input_bits == 8 else 1)
+    bound = int(np.max(np.abs(op.mul))) * smax + int(np.max(np.abs(op.add)))
+    return max(32, bound.bit_length() + 1)

@@ -1,0 +1,124 @@
+"""The command line: the train -> compile flow, and one-line errors with no half-written output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import bnnforge
+from bnnforge.cli import main
+from conftest import randomize_model, small_cnn
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tfc.bnn"
+    assert main(["train", "--arch", "tfc", "--dataset", "digits", "--epochs", "2",
+                 "--no-progress", "-o", str(path)]) == 0
+    return path
+
+
+def test_train_then_compile(trained, tmp_path, capsys):
+    out = tmp_path / "build"
+    assert main(["compile", str(trained), "-o", str(out), "--fps", "500000"]) == 0
+    for name in ("graph.json", "weights.npz", "report.json", "rtl/bnnforge_top.v"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    model = report["model"]
+    assert model["dataset"] == "digits" and model["frames"] == 360
+    assert model["disagreements"] == 0
+    assert model["accuracy_torch"] == model["accuracy_reference"] > 0.5
+    layers = report["compile"]["layers"]
+    assert [row["name"] for row in layers] == ["input", "fc0", "fc1", "fc2", "scores"]
+    assert all(row["cycles_per_frame"] <= 200 for row in layers)   # 100 MHz / 500k fps
+    assert all(row["pe"] and row["simd"] for row in layers[1:])
+    text = capsys.readouterr().out
+    assert "held-out accuracy: torch" in text and "<- bottleneck" in text
+
+
+def test_compile_is_deterministic(trained, tmp_path):
+    for d in ("a", "b"):
+        assert main(["compile", str(trained), "-o", str(tmp_path / d), "--no-rtl"]) == 0
+    for name in ("graph.json", "weights.npz"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def _error(capsys, argv, match):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert pytest.importorskip("re").search(match, err), err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["train", "--arch", "tfc", "--dataset", "digits", "--quantizer", "sgn", "-o", "m.bnn"],
+     r"bnnforge train: error: unknown quantizer 'sgn'; choose one of ste, approx_sign, reste, "
+     r"biper"),
+    (["train", "--arch", "tfc", "--dataset", "cifar", "-o", "m.bnn"],
+     r"bnnforge train: error: unknown dataset 'cifar'; choose one of digits, mnist5k"),
+    (["train", "--arch", "resnet", "--dataset", "digits", "-o", "m.bnn"],
+     r"bnnforge train: error: unknown architecture 'resnet'; choose one of tfc, sfc, lfc, cnv"),
+    (["train", "--arch", "tfc", "--dataset", "digits", "--epochs", "0", "-o", "m.bnn"],
+     r"bnnforge train: error: argument --epochs: expected a positive integer, not '0'"),
+    (["compile", "missing.bnn", "-o", "out"],
+     r"bnnforge compile: error: model file missing.bnn not found; train one"),
+    (["frobnicate"], r"bnnforge: error: argument COMMAND: invalid choice: 'frobnicate'"),
+])
+def test_user_errors_are_one_line(capsys, tmp_path, monkeypatch, argv, match):
+    monkeypatch.chdir(tmp_path)
+    _error(capsys, argv, match)
+    assert not (tmp_path / "m.bnn").exists() and not (tmp_path / "out").exists()
+
+
+def test_corrupt_and_truncated_model_files(capsys, tmp_path, trained):
+    data = trained.read_bytes()
+    (tmp_path / "t.bnn").write_bytes(data[: len(data) // 2])
+    _error(capsys, ["compile", str(tmp_path / "t.bnn"), "-o", str(tmp_path / "o")],
+           r"bnnforge compile: error: model file .*t.bnn is corrupt or truncated")
+    (tmp_path / "c.bnn").write_text("hello")
+    _error(capsys, ["compile", str(tmp_path / "c.bnn"), "-o", str(tmp_path / "o")],
+           r"model file .*c.bnn is corrupt or truncated")
+    assert not (tmp_path / "o").exists()
+
+
+def test_failed_compile_leaves_no_folder(capsys, tmp_path, trained):
+    out = tmp_path / "build"
+    _error(capsys, ["compile", str(trained), "-o", str(out), "--fold", "fc0=3,7"],
+           r"illegal folding fc0=3,7: PE must divide 64")
+    _error(capsys, ["compile", str(trained), "-o", str(out), "--fps", "1e9"],
+           r"faster than the input stream allows")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_compile_refuses_a_foreign_output_folder(capsys, tmp_path, trained):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("mine")
+    _error(capsys, ["compile", str(trained), "-o", str(tmp_path / "docs")],
+           r"output folder .*docs is not empty and is not a bnnforge build")
+    assert (tmp_path / "docs" / "notes.txt").read_text() == "mine"
+
+
+def test_wrong_input_shape_in_model_file(capsys, tmp_path):
+    model = randomize_model(small_cnn(), 1)
+    bnnforge.save(model, tmp_path / "m.bnn", (1, 8, 8))
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "m.bnn") as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+        weights = zf.read("weights.npz")
+    manifest["input_shape"] = [1, 12, 12]
+    with zipfile.ZipFile(tmp_path / "s.bnn", "w") as zf:
+        zf.writestr("manifest.json", json.dumps(manifest))
+        zf.writestr("weights.npz", weights)
+    _error(capsys, ["compile", str(tmp_path / "s.bnn"), "-o", str(tmp_path / "o")],
+           r"input shape \(1, 12, 12\) does not fit the model")
+
+
+def test_console_entry_point_has_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bnnforge", "compile", "nope.bnn", "-o", "x"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("bnnforge compile: error: model file nope.bnn not found; "
+                                   "train one with 'bnnforge train'")
