@@ -68,6 +68,19 @@ def _parser() -> _Parser:
     c.add_argument("--fold", action="append", metavar="LAYER=PE,SIMD",
                    help="fix one stage's folding (repeatable)")
     c.add_argument("--no-rtl", action="store_true", help=argparse.SUPPRESS)
+
+    v = sub.add_parser("verify", help="run the RTL under cocotb and compare with the reference")
+    v.add_argument("build", help="build folder written by 'bnnforge compile'")
+    v.add_argument("--sim", choices=("icarus", "verilator"), default="verilator",
+                   help="RTL simulator (default: verilator)")
+    v.add_argument("--frames", type=_positive_int, default=100)
+    v.add_argument("--inputs", default=None, help=".npy of uint8 frames to use instead")
+    v.add_argument("--input-gap", type=float, default=0.0,
+                   help="probability of an idle cycle before each input pixel")
+    v.add_argument("--output-stall", type=float, default=0.0,
+                   help="probability that the output is not ready in a cycle")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
 
@@ -102,6 +115,20 @@ def _run(args) -> int:
                   f"{100 * m['accuracy_reference']:.2f}%, disagreements {m['disagreements']} "
                   f"of {m['frames']}")
         return 0
+    if args.command == "verify":
+        from .verify import verify_build
+
+        section = verify_build(args.build, simulator=args.sim, frames=args.frames,
+                               inputs=args.inputs, input_gap=args.input_gap,
+                               output_stall=args.output_stall, seed=args.seed,
+                               progress=not args.no_progress)
+        ok = section["value_mismatches"] == 0 and not section.get("cycle_mismatches")
+        print(f"verify ({section['simulator']}): {section['frames']} frames, "
+              f"{section['value_mismatches']} value mismatches"
+              + (f", {section['cycle_mismatches']} cycle mismatches"
+                 if "cycle_mismatches" in section else "")
+              + f" in {section['wall_s']:.1f} s — {'PASS' if ok else 'FAIL'}")
+        return 0 if ok else 1
     raise _UsageError(f"bnnforge: error: unknown command {args.command!r}")
 
 

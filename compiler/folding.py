@@ -17,7 +17,8 @@ import math
 from .ir import BinaryConv, DataflowGraph, InputLayer, MaxPool, ScoreLayer, _Matrix
 
 __all__ = ["ChooseFolding", "FoldingError", "divisors", "matrix_ops", "vectors_per_frame",
-           "stage_cycles", "estimate_luts", "pipeline_cycles", "parse_fold_overrides"]
+           "stage_cycles", "window_cycles", "estimate_luts", "pipeline_cycles",
+           "parse_fold_overrides"]
 
 
 class FoldingError(ValueError):
@@ -50,9 +51,21 @@ def stage_cycles(op, pe: int | None = None, simd: int | None = None) -> int:
     """Cycles per frame of one stage at the given folding (ignored for unfolded stages)."""
     if isinstance(op, (_Matrix, ScoreLayer)):
         return vectors_per_frame(op) * (op.channels // pe) * (op.k // simd)
-    if isinstance(op, (InputLayer, MaxPool)):
+    if isinstance(op, MaxPool):
+        return window_cycles(op)
+    if isinstance(op, InputLayer):
         return _pixels(op.in_shape)
     return 1
+
+
+def window_cycles(op) -> int:
+    """Cycles per frame of the window generator in front of a convolution or in a max-pool.
+
+    The generator reads one pixel of a window per cycle from a frame buffer, so it takes
+    ``OH * OW * kh * kw`` cycles per frame, and at least one cycle per input pixel.
+    """
+    kh, kw = op.kernel
+    return max(_pixels(op.out_shape) * kh * kw, _pixels(op.in_shape))
 
 
 def pipeline_cycles(graph: DataflowGraph) -> dict[str, int]:
@@ -65,7 +78,7 @@ def pipeline_cycles(graph: DataflowGraph) -> dict[str, int]:
                 raise FoldingError(f"stage {name!r} has no folding; run ChooseFolding first")
             cycles = stage_cycles(op, fold["pe"], fold["simd"])
             if isinstance(op, BinaryConv):
-                cycles = max(cycles, _pixels(op.in_shape))   # the window generator's input rate
+                cycles = max(cycles, window_cycles(op))
             out[name] = cycles
         else:
             out[name] = stage_cycles(op)
@@ -159,9 +172,11 @@ class ChooseFolding:
         return None if best is None else best[1]
 
     def _floor(self, graph: DataflowGraph) -> int:
-        """Cycles per frame that the unfolded stages impose (the input pixel rate)."""
-        return max(stage_cycles(op) for _, op in graph if not isinstance(op, (_Matrix,
-                                                                              ScoreLayer)))
+        """Cycles per frame that no folding can beat (input pixel rate, window generators)."""
+        floors = [stage_cycles(op) for _, op in graph if not isinstance(op, (_Matrix,
+                                                                              ScoreLayer))]
+        floors += [window_cycles(op) for _, op in graph if isinstance(op, BinaryConv)]
+        return max(floors)
 
     def _assign(self, graph: DataflowGraph, target: int) -> dict[str, tuple[int, int]]:
         folds = {}
@@ -196,8 +211,8 @@ class ChooseFolding:
             if self.target_cycles < floor:
                 raise FoldingError(
                     f"the target of {self.target_cycles} cycles per frame is faster than the "
-                    f"input stream allows ({floor} cycles per frame at one pixel per cycle): "
-                    "lower the throughput target or raise the clock")
+                    f"streaming stages allow ({floor} cycles per frame: one input pixel, or one "
+                    "window pixel, per cycle): lower the throughput target or raise the clock")
             folds = self._assign(graph, self.target_cycles)
         elif self.luts is not None:
             candidates = sorted({stage_cycles(graph.op(n), pe, simd) for n in names

@@ -89,7 +89,7 @@ def test_failed_compile_leaves_no_folder(capsys, tmp_path, trained):
     _error(capsys, ["compile", str(trained), "-o", str(out), "--fold", "fc0=3,7"],
            r"illegal folding fc0=3,7: PE must divide 64")
     _error(capsys, ["compile", str(trained), "-o", str(out), "--fps", "1e9"],
-           r"faster than the input stream allows")
+           r"faster than the streaming stages allow")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 

@@ -96,7 +96,7 @@ def test_divisors():
 
 
 def test_folding_meets_a_target_and_is_legal(cnn_graph):
-    for target in (64, 200, 1000, 5000):
+    for target in (600, 1000, 5000, 20000):
         g = ChooseFolding(target_cycles=target).apply(cnn_graph)
         cycles = pipeline_cycles(g)
         for name in matrix_ops(g):
@@ -144,12 +144,12 @@ def test_fold_override_and_its_errors(cnn_graph):
 
 
 def test_folding_target_faster_than_the_input_is_refused(cnn_graph):
-    with pytest.raises(FoldingError, match=r"faster than the input stream allows \(64 cycles"):
+    with pytest.raises(FoldingError, match=r"faster than the streaming stages allow \(576 cycles"):
         ChooseFolding(target_cycles=10).apply(cnn_graph)
 
 
 def test_folding_equivalence(cnn_graph):
     frames = random_frames((1, 8, 8), 500)
-    g = ChooseFolding(target_cycles=300).apply(cnn_graph)
+    g = ChooseFolding(target_cycles=700).apply(cnn_graph)
     np.testing.assert_array_equal(bnnforge.reference(cnn_graph, frames),
                                   bnnforge.reference(g, frames))

@@ -1,0 +1,1 @@
+"""cocotb test modules run by bnnforge.hw.harness (not collected by pytest)."""

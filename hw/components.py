@@ -1,0 +1,839 @@
+"""Streaming hardware blocks of a bnnforge accelerator (Amaranth 0.5 components).
+
+Every block takes an ``i_stream`` and gives an ``o_stream`` (:mod:`amaranth.lib.stream`). A
+*transfer* (handshake) happens in a cycle whose ``valid`` and ``ready`` are both high when sampled
+at that cycle's rising clock edge. Cycles are numbered by these edges.
+
+Common timing rule ("global stall"): a block with an output register ``O`` holds a flag ``ov``
+(``o_stream.valid``). A cycle is *enabled* when ``not (ov and not o_ready)``, i.e. when the output
+register is empty or being accepted. Every internal pipeline register advances only in enabled
+cycles; in a disabled cycle nothing inside moves (the input side may still accept into an empty
+input buffer where a block says so). Thus a block never drops or duplicates a token.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.lib import fifo, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+__all__ = [
+    "MVTU",
+    "TREE_LEVELS_PER_STAGE",
+    "Deserializer",
+    "InputThreshold",
+    "MaxPool",
+    "ScoreUnit",
+    "SlidingWindow",
+    "StreamFIFO",
+    "tree_stages",
+]
+
+#: Adder-tree levels between two pipeline registers of the popcount / signed-sum tree.
+TREE_LEVELS_PER_STAGE = 3
+
+
+def tree_stages(simd: int) -> int:
+    """Return the number of pipeline registers in the adder tree over ``simd`` terms.
+
+    ``ceil(ceil(log2(simd)) / 3)``: 0 for SIMD = 1, 1 for SIMD = 2..8, 2 for 9..64, …
+    """
+    levels = (simd - 1).bit_length()
+    return -(-levels // TREE_LEVELS_PER_STAGE)
+
+
+def quiet_on_error(init):
+    """Decorate ``__init__`` so a rejected component raises without a later UnusedElaboratable
+    warning (Amaranth warns about every component that is built but never elaborated)."""
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        try:
+            init(self, *args, **kwargs)
+        except Exception:
+            silence(self)
+            raise
+    return wrapper
+
+
+def silence(*components) -> None:
+    """Mark components as intentionally unused (no UnusedElaboratable warning)."""
+    for c in components:
+        c._MustUse__silence = True
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, not {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value!r}")
+    return int(value)
+
+
+def _pair(name: str, value, minimum: int = 1) -> tuple[int, int]:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value, value)
+    if not (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                    for v in value)):
+        raise TypeError(f"{name} must be an integer or a pair of integers, not {value!r}")
+    if min(value) < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def _input_bits(value) -> int:
+    if value not in (1, 8) or isinstance(value, bool):
+        raise ValueError(f"input_bits must be 1 or 8, not {value!r}")
+    return int(value)
+
+
+def _weight_matrix(weights, channels: int, k: int) -> np.ndarray:
+    """Accept (channels, K) booleans or (channels, ceil(K/8)) little-endian packed bytes."""
+    w = np.asarray(weights)
+    if w.ndim == 2 and w.shape == (channels, k) and (w.dtype == bool or w.dtype != np.uint8):
+        if not np.all((w == 0) | (w == 1)):
+            raise ValueError("weights given as a (channels, K) matrix must hold 0/1 values")
+        return w.astype(bool)
+    if w.ndim == 2 and w.dtype == np.uint8 and w.shape == (channels, (k + 7) // 8):
+        return np.unpackbits(w, axis=-1, count=k, bitorder="little").astype(bool)
+    raise ValueError(f"weights must be (channels={channels}, K={k}) bits or "
+                     f"({channels}, {(k + 7) // 8}) packed bytes, not shape {w.shape}")
+
+
+class _MatrixBase(wiring.Component):
+    """Shared checks and datapath of :class:`MVTU` and :class:`ScoreUnit`."""
+
+    def _check(self, k, channels, pe, simd, weights, input_bits, what):
+        self.k = _positive_int("K", k)
+        self.channels = _positive_int(what, channels)
+        self.pe = _positive_int("PE", pe)
+        self.simd = _positive_int("SIMD", simd)
+        if self.channels % self.pe:
+            raise ValueError(f"PE must divide {what}={self.channels}, not {pe!r}")
+        if self.k % self.simd:
+            raise ValueError(f"SIMD must divide K={self.k}, not {simd!r}")
+        self.input_bits = _input_bits(input_bits)
+        self.weights = _weight_matrix(weights, self.channels, self.k)
+        self.groups = self.channels // self.pe
+        self.folds = self.k // self.simd
+        #: compute cycles per vector (the initiation interval): channels/PE * K/SIMD
+        self.cycles = self.groups * self.folds
+        self.tree_stages = tree_stages(self.simd)
+        if self.input_bits == 1:
+            self.acc_range = (0, self.k)
+        else:
+            self.acc_range = (-255 * self.k, 255 * self.k)
+
+    def _engine(self, m: Module, en: Signal):
+        """Build input buffer, sequencer, ROM, adder trees and accumulators.
+
+        Returns (sums, ctl): ``sums`` the per-lane accumulator values including the current
+        step (comb, valid at the accumulate stage), and ``ctl`` the accumulate stage's control
+        signals (valid, n, last_s, last_n), plus ``ctl_before`` one stage earlier (for ROMs that
+        must present data at the accumulate stage).
+        """
+        k, b, pe, simd = self.k, self.input_bits, self.pe, self.simd
+        groups, folds = self.groups, self.folds
+        i_s = self.i_stream
+
+        # -- input buffer and current-vector register --------------------------------------
+        ibuf = Signal(k * b)
+        ibuf_full = Signal()
+        cur = Signal(k * b)
+        busy = Signal()
+        n = Signal(range(groups))
+        s = Signal(range(folds))
+        last_s = Signal()
+        last_n = Signal()
+        last_step = Signal()
+        take = Signal()
+        m.d.comb += [
+            last_s.eq(s == folds - 1),
+            last_n.eq(n == groups - 1),
+            last_step.eq(busy & last_s & last_n),
+            take.eq(en & ibuf_full & (~busy | last_step)),
+            i_s.ready.eq(~ibuf_full | take),
+        ]
+        with m.If(i_s.valid & i_s.ready):
+            m.d.sync += [ibuf.eq(i_s.payload), ibuf_full.eq(1)]
+        with m.Elif(take):
+            m.d.sync += ibuf_full.eq(0)
+
+        issue = Signal()
+        m.d.comb += issue.eq(en & busy)
+        with m.If(en), m.If(~busy | last_step):
+            m.d.sync += busy.eq(take)
+        with m.If(take):
+            m.d.sync += [cur.eq(ibuf), s.eq(0), n.eq(0)]
+        with m.Elif(issue):
+            step = simd * b
+            if folds > 1:
+                m.d.sync += cur.eq(Cat(cur[step:], cur[:step]))       # rotate right
+                m.d.sync += s.eq(Mux(last_s, 0, s + 1))
+            if groups > 1:
+                with m.If(last_s):
+                    m.d.sync += n.eq(Mux(last_n, 0, n + 1))
+
+        # -- weight ROM: word n*folds + s holds lane p's SIMD bits at [p*SIMD, (p+1)*SIMD) --
+        words = []
+        wmat = self.weights.reshape(groups, pe, folds, simd)
+        for g in range(groups):
+            for f in range(folds):
+                bits = wmat[g, :, f, :].reshape(-1)
+                words.append(int.from_bytes(np.packbits(bits, bitorder="little").tobytes(),
+                                            "little"))
+        w = Signal(pe * simd)
+        if len(words) == 1:
+            m.d.comb += w.eq(words[0])
+        else:
+            rom = Memory(shape=unsigned(pe * simd), depth=len(words), init=words)
+            m.submodules.weights = rom
+            rd = rom.read_port(domain="sync")
+            addr = Signal(range(len(words)))
+            m.d.comb += [addr.eq(n * folds + s), rd.addr.eq(addr), rd.en.eq(en)]
+            m.d.comb += w.eq(rd.data)
+
+        # -- stage 1: operands registered ------------------------------------------------------
+        x = Signal(simd * b)
+        with m.If(en):
+            m.d.sync += x.eq(cur[:simd * b])
+
+        # control pipeline: ctl[0] at issue, ctl[i] i enabled cycles later
+        def ctl_regs(i):
+            return (Signal(name=f"ctl{i}_valid"), Signal(range(groups), name=f"ctl{i}_n"),
+                    Signal(name=f"ctl{i}_last_s"), Signal(name=f"ctl{i}_first_s"))
+        first_s = Signal()
+        m.d.comb += first_s.eq(s == 0)
+        ctl = [(issue, n, last_s, first_s)]
+        depth = 1 + self.tree_stages
+        for i in range(1, depth + 1):
+            regs = ctl_regs(i)
+            with m.If(en):
+                m.d.sync += [r.eq(p) for r, p in zip(regs, ctl[-1], strict=True)]
+            ctl.append(regs)
+
+        # -- per-lane XNOR / signed terms and adder tree ---------------------------------------
+        sums = []
+        for p in range(pe):
+            wl = Signal(simd, name=f"w{p}")
+            m.d.comb += wl.eq(w[p * simd:(p + 1) * simd])
+            if b == 1:
+                xn = Signal(simd, name=f"xnor{p}")
+                m.d.comb += xn.eq(~(x ^ wl))
+                terms = [xn[i] for i in range(simd)]
+            else:
+                terms = []
+                for i in range(simd):
+                    t = Signal(signed(10), name=f"term{p}_{i}")
+                    q = x[8 * i:8 * i + 8]
+                    m.d.comb += t.eq(Mux(wl[i], q, -q))
+                    terms.append(t)
+            partial = self._tree(m, terms, en, f"lane{p}")
+            acc = Signal(Shape.cast(range(self.acc_range[0], self.acc_range[1] + 1)),
+                         name=f"acc{p}")
+            total = Signal.like(acc, name=f"sum{p}")
+            valid, _, _, first = ctl[depth]
+            m.d.comb += total.eq(Mux(first, 0, acc) + partial)
+            with m.If(en & valid):
+                m.d.sync += acc.eq(total)
+            sums.append(total)
+        return sums, ctl[depth], ctl[depth - 1]
+
+    @staticmethod
+    def _tree(m, terms, en, name):
+        level = 0
+        levels = (len(terms) - 1).bit_length()
+        while len(terms) > 1:
+            level += 1
+            reg = level % TREE_LEVELS_PER_STAGE == 0 or level == levels
+            nxt = []
+            for i in range(0, len(terms), 2):
+                if i + 1 < len(terms):
+                    e = terms[i] + terms[i + 1]
+                else:
+                    e = terms[i] + 0
+                sig = Signal(e.shape(), name=f"{name}_l{level}_{i // 2}")
+                if reg:
+                    with m.If(en):
+                        m.d.sync += sig.eq(e)
+                else:
+                    m.d.comb += sig.eq(e)
+                nxt.append(sig)
+            terms = nxt
+        return terms[0]
+
+
+class MVTU(_MatrixBase):
+    """Matrix-vector-threshold unit: binary weights, one output bit per channel.
+
+    Parameters
+    ----------
+    k : int
+        Input vector length K.
+    channels : int
+        Output channels C.
+    pe, simd : int
+        Folding: PE lanes (must divide C) of SIMD elements each (must divide K).
+    weights : numpy.ndarray
+        (C, K) bits (1 = +1) or the IR's little-endian packed rows (C, ceil(K/8)) uint8.
+    thresholds : sequence of int
+        One per channel; output bit c = ``acc_c >= thresholds[c]``. Any Python int (values beyond
+        the accumulator range give constant channels).
+    input_bits : int
+        1: ``acc = popcount(XNOR(x, w))``; 8: unsigned bytes, ``acc = sum(w ? +q : -q)``.
+
+    Ports
+    -----
+    i_stream : In(stream.Signature(K * input_bits))
+        One vector per transfer; element i at bits [i*b, (i+1)*b).
+    o_stream : Out(stream.Signature(C))
+        One transfer per vector; bit c = channel c.
+
+    Timing
+    ------
+    Let F = C/PE * K/SIMD (attribute ``cycles``) and d = :func:`tree_stages`\\(SIMD)
+    (attribute ``tree_stages``). "Enabled cycle": see the module docstring (``o_stream.valid``
+    low, or high with ``o_stream.ready`` high).
+
+    * Input buffer (one vector): ``i_stream.ready = not ibuf_full or take``, where ``take`` is
+      high in an enabled cycle with ``ibuf_full`` and the engine idle or issuing its last step.
+      A vector accepted in cycle a is in the buffer from cycle a+1.
+    * A vector taken in cycle t has its F steps issued in the next F enabled cycles
+      (the first is the first enabled cycle after t). Back-to-back: the next vector is taken in
+      the cycle of the previous vector's last step, so II = F cycles.
+    * The result is written to the output register d+1 enabled cycles after the last step was
+      issued, and ``o_stream.valid`` rises in the next cycle. Without stalls, a vector accepted
+      at cycle a into an empty, idle unit leaves ``o_stream.valid`` high from cycle
+      ``a + F + 3 + d`` (attribute ``latency = F + 3 + d``).
+    * It stays valid until accepted; in every cycle it is not accepted, the whole pipeline
+      (steps, ROM, accumulators) holds. Tokens are never dropped or duplicated.
+    """
+
+    @quiet_on_error
+    def __init__(self, k, channels, pe, simd, weights, thresholds, input_bits=1):
+        self._check(k, channels, pe, simd, weights, input_bits, "channels")
+        t = list(thresholds) if not isinstance(thresholds, np.ndarray) else thresholds.tolist()
+        if len(t) != self.channels:
+            raise ValueError(f"thresholds must hold {self.channels} values, not {len(t)}")
+        for v in t:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"thresholds must be integers, not {v!r}")
+        lo, hi = self.acc_range
+        self.thresholds = [min(max(int(v), lo), hi + 1) for v in t]
+        self.latency = self.cycles + 3 + self.tree_stages
+        super().__init__({"i_stream": In(stream.Signature(self.k * self.input_bits)),
+                          "o_stream": Out(stream.Signature(self.channels))})
+
+    def elaborate(self, platform):
+        m = Module()
+        o = self.o_stream
+        en = Signal()
+        m.d.comb += en.eq(~(o.valid & ~o.ready))
+        sums, (valid, n, last_s, _), (_, n_before, _, _) = self._engine(m, en)
+        pe, groups = self.pe, self.groups
+        lo, hi = self.acc_range
+        tshape = Shape.cast(range(lo, hi + 2))
+        tw = tshape.width
+        tsig = [Signal(tshape, name=f"thr{p}") for p in range(pe)]
+        if groups == 1:
+            m.d.comb += [tsig[p].eq(self.thresholds[p]) for p in range(pe)]
+        else:
+            init = []
+            for g in range(groups):
+                word = 0
+                for p in range(pe):
+                    word |= (self.thresholds[g * pe + p] & ((1 << tw) - 1)) << (p * tw)
+                init.append(word)
+            rom = Memory(shape=unsigned(pe * tw), depth=groups, init=init)
+            m.submodules.thresholds = rom
+            rd = rom.read_port(domain="sync")
+            m.d.comb += [rd.addr.eq(n_before), rd.en.eq(en)]
+            for p in range(pe):
+                m.d.comb += tsig[p].eq(rd.data[p * tw:(p + 1) * tw])
+        bits = Signal(pe)
+        m.d.comb += bits.eq(Cat(*[sums[p] >= tsig[p] for p in range(pe)]))
+
+        done = Signal()
+        m.d.comb += done.eq(valid & last_s & (n == groups - 1))
+        if groups > 1:
+            obits = Signal(self.channels)
+            with m.If(en & valid & last_s):
+                for g in range(groups - 1):
+                    with m.If(n == g):
+                        m.d.sync += obits[g * pe:(g + 1) * pe].eq(bits)
+            full = Cat(obits[:(groups - 1) * pe], bits)
+        else:
+            full = bits
+        with m.If(en):
+            m.d.sync += o.valid.eq(done)
+            with m.If(done):
+                m.d.sync += o.payload.eq(full)
+        return m
+
+
+class ScoreUnit(_MatrixBase):
+    """The last layer: binary weights, integer class scores and their argmax.
+
+    Parameters
+    ----------
+    k, pe, simd, weights, input_bits
+        As for :class:`MVTU` (``classes`` plays the role of channels).
+    classes : int
+        Number of classes n.
+    mul, add : sequence of int
+        ``score_c = mul_c * s_c + add_c`` with ``s = 2P - K`` (binary) or ``s = A`` (8-bit),
+        kept as ``score_width``-bit two's complement (wrapping).
+    score_width : int
+        Bits per score (default 32).
+
+    Ports
+    -----
+    i_stream : In(stream.Signature(K * input_bits))
+    o_stream : Out(stream.Signature(classes * score_width + class_width))
+        Class c's score at bits [score_width*c, score_width*(c+1)); the argmax (lowest index
+        wins ties; scores compared as signed ``score_width``-bit values) in the top
+        ``class_width = max(1, ceil(log2(classes)))`` bits.
+
+    Timing
+    ------
+    Exactly :class:`MVTU`'s, with two more register stages after the accumulators (the
+    completed accumulators, then the scores; the argmax is computed from the scores into the
+    output register): II = F = classes/PE * K/SIMD, ``latency = F + 5 + d``; the same global
+    stall rule and one-vector input buffer.
+    """
+
+    @quiet_on_error
+    def __init__(self, k, classes, pe, simd, weights, mul, add, input_bits=1, score_width=32):
+        self._check(k, classes, pe, simd, weights, input_bits, "classes")
+        self.score_width = _positive_int("score_width", score_width)
+        self.mul = self._ints("mul", mul)
+        self.add = self._ints("add", add)
+        self.class_width = max(1, (self.channels - 1).bit_length())
+        self.latency = self.cycles + 5 + self.tree_stages
+        super().__init__({
+            "i_stream": In(stream.Signature(self.k * self.input_bits)),
+            "o_stream": Out(stream.Signature(self.channels * self.score_width
+                                             + self.class_width))})
+
+    def _ints(self, name, values):
+        v = values.tolist() if isinstance(values, np.ndarray) else list(values)
+        if len(v) != self.channels:
+            raise ValueError(f"{name} must hold {self.channels} values, not {len(v)}")
+        for x in v:
+            if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+                raise TypeError(f"{name} must be integers, not {x!r}")
+        return [int(x) for x in v]
+
+    def elaborate(self, platform):
+        m = Module()
+        o = self.o_stream
+        en = Signal()
+        m.d.comb += en.eq(~(o.valid & ~o.ready))
+        sums, (valid, n, last_s, _), _ = self._engine(m, en)
+        pe, groups, classes, sw = self.pe, self.groups, self.channels, self.score_width
+        acc_shape = sums[0].shape()
+        cur = Cat(*sums)
+        aw = acc_shape.width
+        done = Signal()
+        m.d.comb += done.eq(valid & last_s & (n == groups - 1))
+        if groups > 1:
+            partial = Signal(aw * classes)
+            with m.If(en & valid & last_s):
+                for g in range(groups - 1):
+                    with m.If(n == g):
+                        m.d.sync += partial[g * pe * aw:(g + 1) * pe * aw].eq(cur)
+            full = Cat(partial[:(groups - 1) * pe * aw], cur)
+        else:
+            full = cur
+        # stage V1: completed accumulators
+        v1 = Signal()
+        accs = Signal(aw * classes)
+        with m.If(en):
+            m.d.sync += v1.eq(done)
+            with m.If(done):
+                m.d.sync += accs.eq(full)
+        # stage V2: scores
+        v2 = Signal()
+        scores = [Signal(signed(sw), name=f"score{c}") for c in range(classes)]
+        with m.If(en):
+            m.d.sync += v2.eq(v1)
+            with m.If(v1):
+                for c in range(classes):
+                    a = accs[c * aw:(c + 1) * aw]
+                    a = a.as_signed() if acc_shape.signed else a
+                    sval = 2 * a - self.k if self.input_bits == 1 else a
+                    e = sval * self.mul[c] + self.add[c]
+                    m.d.sync += scores[c].eq(e[:sw].as_signed())
+        # argmax tree (lower index wins ties) into the output register
+        cw = self.class_width
+        nodes = [(sc, Const(c, cw)) for c, sc in enumerate(scores)]
+        level = 0
+        while len(nodes) > 1:
+            level += 1
+            nxt = []
+            for i in range(0, len(nodes), 2):
+                if i + 1 == len(nodes):
+                    nxt.append(nodes[i])
+                    continue
+                (va, ia), (vb, ib) = nodes[i], nodes[i + 1]
+                v = Signal(signed(sw), name=f"best_l{level}_{i // 2}")
+                idx = Signal(cw, name=f"best_i{level}_{i // 2}")
+                pick_b = vb > va
+                m.d.comb += [v.eq(Mux(pick_b, vb, va)), idx.eq(Mux(pick_b, ib, ia))]
+                nxt.append((v, idx))
+            nodes = nxt
+        with m.If(en):
+            m.d.sync += o.valid.eq(v2)
+            with m.If(v2):
+                m.d.sync += o.payload.eq(Cat(*scores, nodes[0][1]))
+        return m
+
+
+class SlidingWindow(wiring.Component):
+    """Sliding-window (im2col) generator over a pixel stream, with a ping-pong frame buffer.
+
+    Parameters
+    ----------
+    channels, height, width : int
+        Input feature map (C, H, W).
+    kernel, stride, padding : int or (int, int)
+        Window (kh, kw), stride (sh, sw) and padding (ph, pw) on each side.
+    pad_value : int
+        Element value of padding positions (a bit for elem_bits=1, a byte for elem_bits=8).
+    elem_bits : int
+        1 or 8.
+
+    Ports
+    -----
+    i_stream : In(stream.Signature(C * elem_bits))
+        One pixel per transfer in raster order, channel c at bits [c*b, (c+1)*b); frames back
+        to back.
+    o_stream : Out(stream.Signature(kh * kw * C * elem_bits))
+        One window per transfer in output raster order; element (ky, kx, c) at index
+        ``(ky*kw + kx)*C + c`` (bits [i*b, (i+1)*b)).
+
+    Timing
+    ------
+    The buffer holds two whole frames (banks; a frame buffer rather than a line buffer, kept
+    for its simple contract; fine for small maps). Frame j is written to bank j mod 2.
+
+    * Writer: ``i_stream.ready`` is high iff the bank of the frame being written is free.
+      Bank b becomes busy in the cycle after its frame's last pixel is accepted and free again
+      in the cycle after the reader issued the last read step of the frame in it.
+    * Reader: windows are produced in output raster order, each in T = kh*kw read steps (one
+      per kernel position, row-major), so II = kh*kw per window and OH*OW*kh*kw enabled
+      cycles per frame. A frame's first step is issued in the first enabled cycle in which its
+      bank is busy and the reader has issued the previous frame's last step (in an earlier
+      cycle). Steps of successive windows and frames follow without gaps.
+    * A window's output register is written 1 enabled cycle after its last step and
+      ``o_stream.valid`` rises in the next cycle (``latency = 2`` enabled cycles after the
+      last step; the first window of a frame whose last pixel was accepted in cycle a is valid
+      from cycle a + T + 2 when nothing stalls — attribute ``latency = T + 2``).
+    * Global stall: while the output register is full and not accepted, the reader holds
+      (the writer still fills a free bank).
+    """
+
+    @quiet_on_error
+    def __init__(self, channels, height, width, kernel, stride=1, padding=0, pad_value=0,
+                 elem_bits=1):
+        self.channels = _positive_int("channels", channels)
+        self.height = _positive_int("height", height)
+        self.width = _positive_int("width", width)
+        self.kernel = _pair("kernel", kernel)
+        self.stride = _pair("stride", stride)
+        self.padding = _pair("padding", padding, minimum=0)
+        if elem_bits not in (1, 8) or isinstance(elem_bits, bool):
+            raise ValueError(f"elem_bits must be 1 or 8, not {elem_bits!r}")
+        self.elem_bits = int(elem_bits)
+        if isinstance(pad_value, bool) or not isinstance(pad_value, (int, np.integer)) \
+                or not 0 <= pad_value < (1 << self.elem_bits):
+            raise ValueError(f"pad_value must be an integer 0..{(1 << self.elem_bits) - 1}, "
+                             f"not {pad_value!r}")
+        self.pad_value = int(pad_value)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        self.out_height = (self.height + 2 * ph - kh) // sh + 1
+        self.out_width = (self.width + 2 * pw - kw) // sw + 1
+        if kh > self.height + 2 * ph or kw > self.width + 2 * pw:
+            raise ValueError(f"kernel {self.kernel} exceeds the padded input "
+                             f"{(self.height + 2 * ph, self.width + 2 * pw)}")
+        self.steps = kh * kw
+        self.latency = self.steps + 2
+        super().__init__({
+            "i_stream": In(stream.Signature(self.channels * self.elem_bits)),
+            "o_stream": Out(stream.Signature(self.steps * self.channels * self.elem_bits))})
+
+    def elaborate(self, platform):
+        m = Module()
+        i_s, o = self.i_stream, self.o_stream
+        c, b = self.channels, self.elem_bits
+        h, w = self.height, self.width
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        oh, ow = self.out_height, self.out_width
+        pix = c * b
+        frame = h * w
+        en = Signal()
+        m.d.comb += en.eq(~(o.valid & ~o.ready))
+
+        mem = Memory(shape=unsigned(pix), depth=2 * frame, init=[])
+        m.submodules.buffer = mem
+        wr = mem.write_port()
+        rd = mem.read_port(domain="sync")
+
+        bank_busy = Signal(2)
+        wbank = Signal()
+        waddr = Signal(range(frame))
+        rbank = Signal()
+        set_busy = Signal(2)
+        clr_busy = Signal(2)
+
+        # writer
+        m.d.comb += i_s.ready.eq(~bank_busy.bit_select(wbank, 1))
+        m.d.comb += [wr.addr.eq(Mux(wbank, frame, 0) + waddr), wr.data.eq(i_s.payload),
+                     wr.en.eq(i_s.valid & i_s.ready)]
+        with m.If(i_s.valid & i_s.ready):
+            with m.If(waddr == frame - 1):
+                m.d.sync += [waddr.eq(0), wbank.eq(~wbank)]
+                m.d.comb += set_busy.eq(Mux(wbank, 0b10, 0b01))
+            with m.Else():
+                m.d.sync += waddr.eq(waddr + 1)
+
+        # reader sequencer over (oy, ox, ky, kx)
+        oy = Signal(range(oh))
+        ox = Signal(range(ow))
+        ky = Signal(range(kh))
+        kx = Signal(range(kw))
+        iy = Signal(signed(max(oh * sh, h + ph).bit_length() + 2))
+        ix = Signal(signed(max(ow * sw, w + pw).bit_length() + 2))
+        m.d.comb += [iy.eq(oy * sh - ph + ky), ix.eq(ox * sw - pw + kx)]
+        active = Signal()
+        m.d.comb += active.eq(bank_busy.bit_select(rbank, 1))
+        issue = Signal()
+        m.d.comb += issue.eq(en & active)
+        last_k = Signal()
+        last_win = Signal()
+        m.d.comb += [last_k.eq((ky == kh - 1) & (kx == kw - 1)),
+                     last_win.eq((oy == oh - 1) & (ox == ow - 1))]
+        inside = Signal()
+        m.d.comb += inside.eq((iy >= 0) & (iy < h) & (ix >= 0) & (ix < w))
+        raddr = Signal(range(2 * frame))
+        m.d.comb += raddr.eq(Mux(rbank, frame, 0) + (iy * w + ix)[:len(raddr)])
+        m.d.comb += [rd.addr.eq(raddr), rd.en.eq(en)]
+        with m.If(issue):
+            with m.If(kx == kw - 1):
+                m.d.sync += kx.eq(0)
+                with m.If(ky == kh - 1):
+                    m.d.sync += ky.eq(0)
+                    with m.If(ox == ow - 1):
+                        m.d.sync += ox.eq(0)
+                        with m.If(oy == oh - 1):
+                            m.d.sync += [oy.eq(0), rbank.eq(~rbank)]
+                            m.d.comb += clr_busy.eq(Mux(rbank, 0b10, 0b01))
+                        with m.Else():
+                            m.d.sync += oy.eq(oy + 1)
+                    with m.Else():
+                        m.d.sync += ox.eq(ox + 1)
+                with m.Else():
+                    m.d.sync += ky.eq(ky + 1)
+            with m.Else():
+                m.d.sync += kx.eq(kx + 1)
+        m.d.sync += bank_busy.eq((bank_busy & ~clr_busy) | set_busy)
+
+        # stage 1: read data (or padding) lands in the window
+        v1 = Signal()
+        pad1 = Signal()
+        last1 = Signal()
+        with m.If(en):
+            m.d.sync += [v1.eq(issue), pad1.eq(~inside), last1.eq(last_k)]
+        pad_pixel = Const(int(sum(self.pad_value << (i * b) for i in range(c))), pix)
+        data = Signal(pix)
+        m.d.comb += data.eq(Mux(pad1, pad_pixel, rd.data))
+        steps = self.steps
+        if steps > 1:
+            win = Signal(pix * (steps - 1))
+            with m.If(en & v1):
+                m.d.sync += win.eq(Cat(win[pix:], data) if steps > 2 else data)
+            full = Cat(win, data)
+        else:
+            full = data
+        with m.If(en):
+            m.d.sync += o.valid.eq(v1 & last1)
+            with m.If(v1 & last1):
+                m.d.sync += o.payload.eq(full)
+        return m
+
+
+class MaxPool(wiring.Component):
+    """Binary max-pool: the OR of each window's bits, per channel; no padding.
+
+    Parameters
+    ----------
+    channels, height, width : int
+        Input feature map (C, H, W) of bits.
+    kernel, stride : int or (int, int)
+
+    Ports
+    -----
+    i_stream : In(stream.Signature(C))  — one pixel per transfer, raster order.
+    o_stream : Out(stream.Signature(C)) — one pooled pixel per transfer, output raster order.
+
+    Timing
+    ------
+    Exactly :class:`SlidingWindow`\\ (C, H, W, kernel, stride, padding 0, elem_bits 1): the
+    OR is combinational on that block's output register.
+    """
+
+    @quiet_on_error
+    def __init__(self, channels, height, width, kernel, stride=None):
+        if stride is None:
+            stride = kernel
+        self.window = SlidingWindow(channels, height, width, kernel, stride, 0, 0, 1)
+        self.channels = self.window.channels
+        self.out_height, self.out_width = self.window.out_height, self.window.out_width
+        self.latency = self.window.latency
+        super().__init__({"i_stream": In(stream.Signature(self.channels)),
+                          "o_stream": Out(stream.Signature(self.channels))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.window = win = self.window
+        wiring.connect(m, wiring.flipped(self.i_stream), win.i_stream)
+        c = self.channels
+        payload = win.o_stream.payload
+        pooled = Signal(c)
+        acc = payload[0:c]
+        for i in range(1, win.steps):
+            acc = acc | payload[c * i:c * (i + 1)]
+        m.d.comb += [
+            pooled.eq(acc),
+            self.o_stream.payload.eq(pooled),
+            self.o_stream.valid.eq(win.o_stream.valid),
+            win.o_stream.ready.eq(self.o_stream.ready),
+        ]
+        return m
+
+
+class Deserializer(wiring.Component):
+    """Collect ``count`` transfers of ``elem_width`` bits into one transfer.
+
+    Ports
+    -----
+    i_stream : In(stream.Signature(elem_width))
+    o_stream : Out(stream.Signature(count * elem_width)) — the first transfer in the lowest bits.
+
+    Timing
+    ------
+    ``i_stream.ready = not (o_stream.valid and not o_stream.ready)`` (global stall). The
+    ``count``-th element accepted in cycle a makes ``o_stream.valid`` high from cycle a+1
+    (latency 1); II = ``count`` cycles per output.
+    """
+
+    @quiet_on_error
+    def __init__(self, elem_width, count):
+        self.elem_width = _positive_int("elem_width", elem_width)
+        self.count = _positive_int("count", count)
+        self.latency = 1
+        super().__init__({"i_stream": In(stream.Signature(self.elem_width)),
+                          "o_stream": Out(stream.Signature(self.elem_width * self.count))})
+
+    def elaborate(self, platform):
+        m = Module()
+        i_s, o = self.i_stream, self.o_stream
+        ew, count = self.elem_width, self.count
+        en = Signal()
+        m.d.comb += [en.eq(~(o.valid & ~o.ready)), i_s.ready.eq(en)]
+        take = i_s.valid & en
+        if count > 1:
+            buf = Signal(ew * (count - 1))
+            idx = Signal(range(count))
+            full = Cat(buf[ew:], i_s.payload) if count > 2 else i_s.payload
+            with m.If(take):
+                m.d.sync += buf.eq(full)
+                m.d.sync += idx.eq(Mux(idx == count - 1, 0, idx + 1))
+            last = idx == count - 1
+            word = Cat(buf, i_s.payload)
+        else:
+            last = Const(1)
+            word = i_s.payload
+        with m.If(en):
+            m.d.sync += o.valid.eq(take & last)
+            with m.If(take & last):
+                m.d.sync += o.payload.eq(word)
+        return m
+
+
+class InputThreshold(wiring.Component):
+    """Binarize 8-bit pixels: bit c = (byte c >= threshold); 128 gives each byte's MSB.
+
+    Ports
+    -----
+    i_stream : In(stream.Signature(8 * channels)) — channel c in bits [8c, 8c+8).
+    o_stream : Out(stream.Signature(channels))
+
+    Timing
+    ------
+    Combinational: latency 0, ``valid``/``ready`` pass straight through.
+    """
+
+    @quiet_on_error
+    def __init__(self, channels, threshold=128):
+        self.channels = _positive_int("channels", channels)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) \
+                or not 0 <= threshold <= 256:
+            raise ValueError(f"threshold must be an integer 0..256, not {threshold!r}")
+        self.threshold = int(threshold)
+        self.latency = 0
+        super().__init__({"i_stream": In(stream.Signature(8 * self.channels)),
+                          "o_stream": Out(stream.Signature(self.channels))})
+
+    def elaborate(self, platform):
+        m = Module()
+        i_s, o = self.i_stream, self.o_stream
+        p = i_s.payload
+        m.d.comb += [
+            o.payload.eq(Cat(*[p[8 * c:8 * c + 8] >= self.threshold
+                               for c in range(self.channels)])),
+            o.valid.eq(i_s.valid),
+            i_s.ready.eq(o.ready),
+        ]
+        return m
+
+
+class StreamFIFO(wiring.Component):
+    """A stream FIFO of ``depth`` tokens (first-word fall-through, LUT-RAM friendly).
+
+    Ports
+    -----
+    i_stream : In(stream.Signature(width)), o_stream : Out(stream.Signature(width))
+
+    Timing
+    ------
+    ``i_stream.ready`` is high iff fewer than ``depth`` tokens are held at the start of the
+    cycle (a read in the same cycle frees no room for that cycle). ``o_stream.valid`` is high
+    iff at least one token is held at the start of the cycle. A token accepted in cycle a can
+    leave in cycle a+1 at the earliest (latency 1). II = 1.
+    """
+
+    @quiet_on_error
+    def __init__(self, width, depth):
+        self.width = _positive_int("width", width)
+        self.depth = _positive_int("depth", depth)
+        self.latency = 1
+        super().__init__({"i_stream": In(stream.Signature(self.width)),
+                          "o_stream": Out(stream.Signature(self.width))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.fifo = f = fifo.SyncFIFO(width=self.width, depth=self.depth)
+        m.d.comb += [
+            f.w_data.eq(self.i_stream.payload),
+            f.w_en.eq(self.i_stream.valid),
+            self.i_stream.ready.eq(f.w_rdy),
+            self.o_stream.payload.eq(f.r_data),
+            self.o_stream.valid.eq(f.r_rdy),
+            f.r_en.eq(self.o_stream.ready),
+        ]
+        return m

@@ -1,0 +1,286 @@
+"""Unit tests of the hw components in Amaranth's Python simulator against numpy models."""
+
+import numpy as np
+import pytest
+from amaranth.hdl import ClockDomain, Module
+from amaranth.sim import Simulator
+
+from bnnforge.hw import (
+    MVTU,
+    Deserializer,
+    InputThreshold,
+    MaxPool,
+    ScoreUnit,
+    SlidingWindow,
+    StreamFIFO,
+    stream_get,
+    stream_put,
+    tree_stages,
+)
+from bnnforge.hw.components import silence
+
+
+def pack(values, bits):
+    """Pack a sequence of non-negative ints of ``bits`` bits, element 0 lowest."""
+    out = 0
+    for i, v in enumerate(values):
+        out |= int(v) << (i * bits)
+    return out
+
+
+def unpack(word, bits, count):
+    mask = (1 << bits) - 1
+    return [(word >> (i * bits)) & mask for i in range(count)]
+
+
+def simulate(dut, payloads, n_out, *, seed=0, idle=0.0, stall=0.0, timeout=20000):
+    """Run ``dut``; return (outputs, input transfer cycles, output transfer cycles)."""
+    rng_in, rng_out = np.random.default_rng(seed), np.random.default_rng(seed + 1)
+    res, ic, oc = {}, [], []
+
+    async def put(ctx):
+        await stream_put(ctx, dut.i_stream, payloads, rng=rng_in, idle=idle, cycles=ic)
+
+    async def get(ctx):
+        res["out"] = await stream_get(ctx, dut.o_stream, n_out, rng=rng_out, stall=stall,
+                                      cycles=oc, timeout=timeout)
+
+    m = Module()
+    m.domains.sync = ClockDomain()      # combinational blocks have no clock of their own
+    m.submodules.dut = dut
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(put)
+    sim.add_testbench(get)
+    sim.run()
+    return res["out"], ic, oc
+
+
+def accumulate(x, w, input_bits):
+    """(N, K) inputs, (C, K) weight bits -> (N, C) accumulators."""
+    if input_bits == 1:
+        return (~(x[:, None, :].astype(bool) ^ w[None])).sum(-1)
+    return x.astype(np.int64) @ np.where(w, 1, -1).T
+
+
+def random_inputs(rng, n, k, input_bits):
+    if input_bits == 1:
+        return rng.integers(0, 2, (n, k)).astype(np.int64)
+    return rng.integers(0, 256, (n, k)).astype(np.int64)
+
+
+# -- MVTU --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k,c,pe,simd,bits", [
+    (12, 6, 2, 4, 1), (12, 6, 6, 12, 1), (12, 6, 1, 1, 1), (20, 4, 4, 10, 1),
+    (64, 8, 2, 64, 1), (6, 4, 2, 3, 8), (6, 4, 4, 6, 8), (9, 3, 1, 1, 8),
+])
+def test_mvtu_random(k, c, pe, simd, bits):
+    rng = np.random.default_rng(k * 100 + c + pe + simd + bits)
+    w = rng.integers(0, 2, (c, k)).astype(bool)
+    lo, hi = (0, k) if bits == 1 else (-255 * k, 255 * k)
+    t = rng.integers(lo // 4 if bits == 8 else lo, (hi // 4 if bits == 8 else hi) + 2, c)
+    t[0] = lo - 1000        # constant 1
+    t[-1] = hi + 5          # constant 0
+    x = random_inputs(rng, 12, k, bits)
+    expected = accumulate(x, w, bits) >= t[None]
+    dut = MVTU(k, c, pe, simd, w, t.tolist(), bits)
+    out, _ic, _oc = simulate(dut, [pack(v, bits) for v in x], len(x), seed=k + c,
+                           idle=0.4, stall=0.4)
+    assert out == [pack(e, 1) for e in expected]
+
+
+def test_mvtu_packed_weights_match_bool_weights():
+    rng = np.random.default_rng(5)
+    w = rng.integers(0, 2, (4, 13)).astype(bool)
+    packed = np.packbits(w, axis=-1, bitorder="little")
+    a = MVTU(13, 4, 2, 13, w, [7] * 4)
+    b = MVTU(13, 4, 2, 13, packed, [7] * 4)
+    silence(a, b)                       # built only to compare their ROM contents
+    assert np.array_equal(a.weights, b.weights)
+
+
+@pytest.mark.parametrize("k,c,pe,simd", [(12, 6, 2, 4), (8, 2, 2, 8), (16, 4, 1, 2)])
+def test_mvtu_timing_contract(k, c, pe, simd):
+    rng = np.random.default_rng(1)
+    w = rng.integers(0, 2, (c, k)).astype(bool)
+    dut = MVTU(k, c, pe, simd, w, [k // 2] * c)
+    x = random_inputs(rng, 6, k, 1)
+    _, ic, oc = simulate(dut, [pack(v, 1) for v in x], len(x))
+    f = (c // pe) * (k // simd)
+    assert dut.cycles == f
+    assert dut.latency == f + 3 + tree_stages(simd)
+    assert oc[0] - ic[0] == dut.latency
+    assert np.all(np.diff(oc) == f)            # II = F back to back
+
+
+def test_tree_stages():
+    assert [tree_stages(s) for s in (1, 2, 8, 9, 64, 65, 784)] == [0, 1, 1, 2, 2, 3, 4]
+
+
+def test_mvtu_errors():
+    w = np.zeros((4, 6), bool)
+    with pytest.raises(ValueError, match=r"SIMD must divide K=6, not 4"):
+        MVTU(6, 4, 2, 4, w, [0] * 4)
+    with pytest.raises(ValueError, match=r"PE must divide channels=4, not 3"):
+        MVTU(6, 4, 3, 2, w, [0] * 4)
+    with pytest.raises(ValueError, match=r"input_bits must be 1 or 8, not 4"):
+        MVTU(6, 4, 2, 2, w, [0] * 4, 4)
+    with pytest.raises(ValueError, match=r"thresholds must hold 4 values, not 3"):
+        MVTU(6, 4, 2, 2, w, [0] * 3)
+    with pytest.raises(TypeError, match=r"PE must be an integer, not 'x'"):
+        MVTU(6, 4, "x", 2, w, [0] * 4)
+    with pytest.raises(ValueError, match=r"SIMD must be at least 1, not 0"):
+        MVTU(6, 4, 2, 0, w, [0] * 4)
+    with pytest.raises(ValueError, match=r"weights must be \(channels=4, K=6\)"):
+        MVTU(6, 4, 2, 2, np.zeros((4, 5), bool), [0] * 4)
+    with pytest.raises(TypeError, match=r"thresholds must be integers, not 1.5"):
+        MVTU(6, 4, 2, 2, w, [0, 1.5, 0, 0])
+
+
+# -- ScoreUnit ---------------------------------------------------------------------------------
+
+def decode_scores(word, classes, sw=32):
+    scores = [v - (1 << sw) if v >> (sw - 1) else v for v in unpack(word, sw, classes)]
+    return scores, word >> (sw * classes)
+
+
+@pytest.mark.parametrize("k,n,pe,simd,bits", [
+    (16, 10, 2, 4, 1), (16, 10, 10, 16, 1), (8, 3, 1, 1, 1), (6, 4, 2, 3, 8), (4, 1, 1, 2, 1),
+])
+def test_score_unit_random(k, n, pe, simd, bits):
+    rng = np.random.default_rng(k + n + pe + simd + bits)
+    w = rng.integers(0, 2, (n, k)).astype(bool)
+    mul = rng.integers(-300, 300, n)
+    add = rng.integers(-10 ** 5, 10 ** 5, n)
+    x = random_inputs(rng, 10, k, bits)
+    if n > 1:
+        mul[1], add[1] = mul[0], add[0]       # force ties between classes 0 and 1
+        w[1] = w[0]
+    acc = accumulate(x, w, bits)
+    s = 2 * acc - k if bits == 1 else acc
+    scores = mul[None] * s + add[None]
+    dut = ScoreUnit(k, n, pe, simd, w, mul.tolist(), add.tolist(), bits)
+    assert dut.class_width == max(1, int(np.ceil(np.log2(n))))
+    out, _ic, _oc = simulate(dut, [pack(v, bits) for v in x], len(x), seed=n, idle=0.3,
+                           stall=0.5)
+    for word, sc in zip(out, scores, strict=True):
+        got, cls = decode_scores(word, n)
+        assert got == sc.tolist()
+        assert cls == int(np.argmax(sc))
+
+
+def test_score_unit_timing_and_errors():
+    rng = np.random.default_rng(2)
+    w = rng.integers(0, 2, (4, 8)).astype(bool)
+    dut = ScoreUnit(8, 4, 2, 4, w, [1] * 4, [0] * 4)
+    x = random_inputs(rng, 4, 8, 1)
+    _, ic, oc = simulate(dut, [pack(v, 1) for v in x], len(x))
+    assert dut.latency == dut.cycles + 5 + tree_stages(4)
+    assert oc[0] - ic[0] == dut.latency and np.all(np.diff(oc) == dut.cycles)
+    with pytest.raises(ValueError, match=r"PE must divide classes=4, not 3"):
+        ScoreUnit(8, 4, 3, 4, w, [1] * 4, [0] * 4)
+    with pytest.raises(ValueError, match=r"mul must hold 4 values, not 2"):
+        ScoreUnit(8, 4, 2, 4, w, [1] * 2, [0] * 4)
+
+
+# -- SlidingWindow / MaxPool -------------------------------------------------------------------
+
+def im2col(frame, kernel, stride, padding, pad_value):
+    """(H, W, C) -> list of (kh*kw*C,) windows in output raster order."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    x = np.pad(frame, ((ph, ph), (pw, pw), (0, 0)), constant_values=pad_value)
+    oh = (x.shape[0] - kh) // sh + 1
+    ow = (x.shape[1] - kw) // sw + 1
+    return [x[i * sh:i * sh + kh, j * sw:j * sw + kw].reshape(-1)
+            for i in range(oh) for j in range(ow)]
+
+
+@pytest.mark.parametrize("c,h,w,kernel,stride,padding,pad,bits", [
+    (2, 5, 6, 3, 1, 1, 0, 1), (3, 6, 5, (3, 2), (2, 1), (1, 0), 1, 1), (1, 4, 4, 1, 1, 0, 0, 1),
+    (2, 5, 5, 3, 2, 1, 200, 8), (1, 3, 3, 3, 1, 2, 7, 8), (2, 4, 4, 2, 2, 0, 0, 1),
+])
+def test_sliding_window_random(c, h, w, kernel, stride, padding, pad, bits):
+    rng = np.random.default_rng(c + h + w + bits)
+    frames = rng.integers(0, 1 << bits, (3, h, w, c))
+    dut = SlidingWindow(c, h, w, kernel, stride, padding, pad, bits)
+    kp = (kernel, kernel) if isinstance(kernel, int) else kernel
+    sp = (stride, stride) if isinstance(stride, int) else stride
+    pp = (padding, padding) if isinstance(padding, int) else padding
+    expected = [pack(win, bits) for f in frames for win in im2col(f, kp, sp, pp, pad)]
+    pixels = [pack(p, bits) for f in frames for p in f.reshape(-1, c)]
+    out, _, _ = simulate(dut, pixels, len(expected), seed=h, idle=0.3, stall=0.4)
+    assert out == expected
+
+
+def test_sliding_window_timing_and_errors():
+    dut = SlidingWindow(1, 4, 4, 2, 2, 0, 0, 1)
+    pixels = list(range(2)) * 8 * 3
+    _, ic, oc = simulate(dut, [p & 1 for p in pixels], 12)
+    assert dut.latency == 4 + 2
+    assert oc[0] == ic[15] + dut.latency             # first window after the frame's last pixel
+    assert np.all(np.diff(oc[:4]) == 4)              # II = kh*kw inside a frame
+    assert ic[16] == ic[15] + 1                      # the second bank takes the next frame
+    with pytest.raises(ValueError, match=r"pad_value must be an integer 0..1, not 2"):
+        SlidingWindow(1, 4, 4, 3, 1, 1, 2, 1)
+    with pytest.raises(ValueError, match=r"kernel \(5, 5\) exceeds the padded input"):
+        SlidingWindow(1, 4, 4, 5)
+    with pytest.raises(ValueError, match=r"stride must be at least 1, not \(0, 1\)"):
+        SlidingWindow(1, 4, 4, 3, (0, 1))
+
+
+@pytest.mark.parametrize("c,h,w,kernel,stride", [(3, 6, 6, 2, 2), (2, 5, 7, 3, 2),
+                                                 (4, 4, 4, 2, 1)])
+def test_maxpool_random(c, h, w, kernel, stride):
+    rng = np.random.default_rng(c * h * w)
+    frames = rng.integers(0, 2, (3, h, w, c)).astype(bool)
+    dut = MaxPool(c, h, w, kernel, stride)
+    expected = []
+    for f in frames:
+        for win in im2col(f, (kernel, kernel), (stride, stride), (0, 0), 0):
+            expected.append(pack(win.reshape(-1, c).any(0), 1))
+    pixels = [pack(p, 1) for f in frames for p in f.reshape(-1, c)]
+    out, _, _ = simulate(dut, pixels, len(expected), seed=c, idle=0.3, stall=0.4)
+    assert out == expected
+
+
+# -- Deserializer, InputThreshold, StreamFIFO ---------------------------------------------------
+
+@pytest.mark.parametrize("width,count", [(1, 1), (3, 2), (2, 5), (8, 16)])
+def test_deserializer_random(width, count):
+    rng = np.random.default_rng(width * count)
+    elems = rng.integers(0, 1 << width, 4 * count)
+    dut = Deserializer(width, count)
+    expected = [pack(elems[i:i + count], width) for i in range(0, len(elems), count)]
+    out, ic, oc = simulate(dut, elems.tolist(), 4, seed=count, idle=0.3, stall=0.5)
+    assert out == expected
+    _, ic, oc = simulate(dut, elems.tolist(), 4)
+    assert [o - ic[count * (j + 1) - 1] for j, o in enumerate(oc)] == [1] * 4
+    with pytest.raises(ValueError, match=r"count must be at least 1, not 0"):
+        Deserializer(1, 0)
+
+
+def test_input_threshold():
+    rng = np.random.default_rng(3)
+    px = rng.integers(0, 256, (30, 3))
+    px[0] = [127, 128, 255]
+    dut = InputThreshold(3)
+    out, ic, oc = simulate(dut, [pack(p, 8) for p in px], len(px), idle=0.3, stall=0.3)
+    assert out == [pack(p >= 128, 1) for p in px]
+    assert ic == oc                                     # combinational
+    with pytest.raises(ValueError, match=r"threshold must be an integer 0..256, not -1"):
+        InputThreshold(3, -1)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5])
+def test_stream_fifo(depth):
+    rng = np.random.default_rng(depth)
+    data = rng.integers(0, 1 << 12, 40).tolist()
+    dut = StreamFIFO(12, depth)
+    out, ic, oc = simulate(dut, data, len(data), seed=depth, idle=0.3, stall=0.6)
+    assert out == data
+    assert all(o >= i + 1 for i, o in zip(ic, oc, strict=True))
+    _, ic, oc = simulate(dut, data, len(data))
+    assert oc == [i + 1 for i in ic]
+    with pytest.raises(ValueError, match=r"depth must be at least 1, not 0"):
+        StreamFIFO(12, 0)

@@ -1,0 +1,158 @@
+"""The cocotb harness on generated designs, under Icarus and Verilator, against the reference."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import bnnforge
+from bnnforge.hw.generate import emit_verilog
+from bnnforge.hw.harness import build_rtl, run_rtl
+from bnnforge.nn import BinaryActivation, BinaryConv2d, BinaryLinear, InputQuant
+
+pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+
+SIMS = ["icarus", "verilator"]
+
+
+def random_bn(model, seed):
+    gen = torch.Generator().manual_seed(seed)
+    for mod in model.modules():
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            n = mod.num_features
+            mod.running_mean.copy_(torch.rand(n, generator=gen) * 6 - 3)
+            mod.running_var.copy_(torch.rand(n, generator=gen) * 4 + 0.5)
+            mod.weight.data.copy_(torch.rand(n, generator=gen) * 2 - 1)
+            mod.bias.data.copy_(torch.rand(n, generator=gen) * 2 - 1)
+    return model
+
+
+def small_convnet():
+    """8-bit, 2-channel 6x6 frames (16-bit pixels): conv, pool, dense, scores."""
+    torch.manual_seed(1)
+    model = random_bn(nn.Sequential(
+        InputQuant(8), BinaryConv2d(2, 4, 3, padding=1, pad_value=40.0), nn.BatchNorm2d(4),
+        BinaryActivation(), nn.MaxPool2d(2), nn.Flatten(), BinaryLinear(36, 8),
+        nn.BatchNorm1d(8), BinaryActivation(), BinaryLinear(8, 3)), 1)
+    graph = bnnforge.lower(model, (2, 6, 6))
+    folds = {"conv0": {"pe": 2, "simd": 6}, "fc0": {"pe": 2, "simd": 12},
+             "scores": {"pe": 3, "simd": 2}}
+    for name, fold in folds.items():
+        graph.attrs(name)["fold"] = fold
+    return graph
+
+
+@pytest.fixture(scope="module")
+def design(tmp_path_factory):
+    graph = small_convnet()
+    folder = tmp_path_factory.mktemp("convnet")
+    emit_verilog(graph, folder)
+    frames = np.random.default_rng(7).integers(0, 256, (6,) + graph.input_shape, dtype=np.uint8)
+    return folder / "rtl", frames, bnnforge.reference(graph, frames)
+
+
+def check_stream(res, expected, pixels_per_frame):
+    n = expected.shape[0]
+    np.testing.assert_array_equal(res["scores"], expected)
+    np.testing.assert_array_equal(res["classes"], expected.argmax(axis=1))
+    assert res["out_cycles"].shape == (n,)  # exactly one output per frame ...
+    assert np.all(np.diff(res["out_cycles"]) > 0)  # ... in order, one per handshake
+    assert res["in_cycles"].shape == (n * pixels_per_frame,)
+    assert np.all(np.diff(res["in_cycles"]) > 0)
+    assert res["in_cycles"][0] >= 0
+    assert res["cycles"] == res["out_cycles"][-1] + 1
+
+
+@pytest.mark.parametrize("sim", SIMS)
+def test_back_to_back_and_with_gaps_and_backpressure(design, sim):
+    rtl, frames, expected = design
+    pixels = json.loads((rtl / "top.json").read_text())["pixels_per_frame"]
+    full = run_rtl(rtl, frames, simulator=sim)
+    check_stream(full, expected, pixels)
+    rough = run_rtl(rtl, frames, simulator=sim, input_gap=0.4, output_stall=0.5, seed=3)
+    check_stream(rough, expected, pixels)
+    assert rough["cycles"] > full["cycles"]
+    assert np.count_nonzero(np.diff(rough["in_cycles"]) > 1) > \
+        np.count_nonzero(np.diff(full["in_cycles"]) > 1)
+    # (N, pixels, channels) in stream order is the same stream as (N, C, H, W)
+    hwc = frames.transpose(0, 2, 3, 1).reshape(len(frames), pixels, -1)
+    again = run_rtl(rtl, hwc, simulator=sim, input_gap=0.4, output_stall=0.5, seed=3)
+    for key in ("scores", "out_cycles", "in_cycles"):
+        np.testing.assert_array_equal(again[key], rough[key])
+
+
+def test_icarus_and_verilator_agree_cycle_for_cycle(design):
+    rtl, frames, _ = design
+    a = run_rtl(rtl, frames[:3], simulator="icarus", input_gap=0.2, output_stall=0.3, seed=5)
+    b = run_rtl(rtl, frames[:3], simulator="verilator", input_gap=0.2, output_stall=0.3, seed=5)
+    np.testing.assert_array_equal(a["in_cycles"], b["in_cycles"])
+    np.testing.assert_array_equal(a["out_cycles"], b["out_cycles"])
+
+
+def test_build_is_cached(design, tmp_path):
+    rtl, frames, expected = design
+    build = build_rtl(rtl, "icarus", tmp_path / "b")
+    stamp = (build / "sim.vvp").stat().st_mtime_ns
+    res = run_rtl(rtl, frames[:1], simulator="icarus", build_dir=tmp_path / "b")
+    np.testing.assert_array_equal(res["scores"], expected[:1])
+    assert (build / "sim.vvp").stat().st_mtime_ns == stamp
+
+
+def test_timeout_stops_the_run_with_a_clear_error(design):
+    rtl, frames, _ = design
+    with pytest.raises(RuntimeError, match=r"timeout: no output for 20 cycles .* 0 of 2 frames "
+                                           r"came out"):
+        run_rtl(rtl, frames[:2], simulator="icarus", timeout_cycles=20)
+
+
+def test_argument_errors(design):
+    rtl, frames, _ = design
+    with pytest.raises(ValueError, match=r"unknown simulator 'ghdl'; choose icarus or verilator"):
+        run_rtl(rtl, frames, simulator="ghdl")
+    with pytest.raises(ValueError, match=r"input_gap must be a probability in \[0, 1\), not 1.0"):
+        run_rtl(rtl, frames, input_gap=1.0)
+    with pytest.raises(ValueError, match=r"output_stall must be a probability"):
+        run_rtl(rtl, frames, output_stall=-0.1)
+    with pytest.raises(ValueError, match=r"frames must be a uint8 numpy array, got int64"):
+        run_rtl(rtl, frames.astype(np.int64))
+    with pytest.raises(ValueError, match=r"do not fit the design: it takes 2 channel\(s\) and "
+                                         r"36 pixels per frame"):
+        run_rtl(rtl, frames[:, :1])
+    with pytest.raises(ValueError, match=r"top.json is missing"):
+        run_rtl(rtl.parent, frames)
+    with pytest.raises(ValueError, match=r"timeout_cycles must be a positive number"):
+        run_rtl(rtl, frames, timeout_cycles=0)
+
+
+# A deliberately faulty design (two outputs per frame) to pin the "extra output" check.
+TWICE = """
+module bnnforge_top(input clk, input rst,
+  input [7:0] i_stream__payload, input i_stream__valid, output i_stream__ready,
+  output [33:0] o_stream__payload, output reg o_stream__valid, input o_stream__ready);
+  reg [1:0] pending;
+  assign i_stream__ready = pending == 0;
+  assign o_stream__payload = 34'd7;
+  always @(posedge clk)
+    if (rst) begin pending <= 0; o_stream__valid <= 0; end
+    else begin
+      if (i_stream__valid & i_stream__ready) pending <= 2;
+      if (pending != 0 & (~o_stream__valid | o_stream__ready)) begin
+        o_stream__valid <= 1; pending <= pending - 1;
+      end else if (o_stream__ready) o_stream__valid <= 0;
+    end
+endmodule
+"""
+
+
+def test_extra_output_is_an_error(tmp_path):
+    rtl = tmp_path / "rtl"
+    rtl.mkdir()
+    (rtl / "bnnforge_top.v").write_text(TWICE)
+    (rtl / "top.json").write_text(json.dumps(
+        {"top": "bnnforge_top", "pixel_width": 8, "pixels_per_frame": 1, "classes": 1,
+         "score_width": 32, "class_width": 2, "stages": []}))
+    frames = np.zeros((1, 1, 1), dtype=np.uint8)
+    with pytest.raises(RuntimeError, match=r"produced an output after all 1 frames"):
+        run_rtl(rtl, frames)
