@@ -81,6 +81,15 @@ def _parser() -> _Parser:
                    help="probability that the output is not ready in a cycle")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    s = sub.add_parser("sim", help="cycle-accurate simulation: throughput, latency, energy")
+    s.add_argument("build", help="build folder written by 'bnnforge compile'")
+    s.add_argument("--frames", type=_positive_int, default=1000)
+    s.add_argument("--clock-mhz", type=float, default=None,
+                   help="clock (default: the compile or build clock)")
+    s.add_argument("--family", choices=("ice40up", "ecp5"), default=None,
+                   help="energy coefficients (default: the board's family, else ice40up)")
+    s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
 
@@ -114,6 +123,21 @@ def _run(args) -> int:
             print(f"held-out accuracy: torch {100 * m['accuracy_torch']:.2f}%, reference "
                   f"{100 * m['accuracy_reference']:.2f}%, disagreements {m['disagreements']} "
                   f"of {m['frames']}")
+        return 0
+    if args.command == "sim":
+        from .simulate import simulate_build
+
+        sec = simulate_build(args.build, frames=args.frames, clock_mhz=args.clock_mhz,
+                             family=args.family or "ice40up", progress=not args.no_progress)
+        print(f"{'stage':<10} {'cycles/frame':>13} {'busy':>6}")
+        for row in sec["layers"]:
+            mark = "  <- bottleneck" if row.get("bottleneck") else ""
+            print(f"{row['name']:<10} {row['cycles_per_frame']:>13} "
+                  f"{100 * row['busy']:>5.0f}%{mark}")
+        print(f"{sec['frames']} frames: {sec['cycles_per_frame']} cycles/frame, latency "
+              f"{sec['latency_cycles']} cycles, {sec['fps']:,.0f} frames/s at "
+              f"{sec['clock_mhz']} MHz, {sec['energy_nj_per_frame']:.2f} nJ/frame "
+              f"(simulated in {sec['wall_s']:.2f} s)")
         return 0
     if args.command == "verify":
         from .verify import verify_build

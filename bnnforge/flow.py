@@ -133,6 +133,11 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
     graph = lower(model, model.input_shape, name=name,
                   meta={"dataset": meta.get("dataset"), "source": Path(model_path).name})
     graph = fold_graph(graph, fps=fps, clock_mhz=clock_mhz, luts=luts, fold=fold)
+    from .compiler.mst import OrderChannelsByMST, analyse_graph
+    from .sim.fifo_sizing import SizeFifos
+
+    graph = SizeFifos().apply(graph)
+    graph = OrderChannelsByMST().apply(graph)
     with staged_folder(output) as tmp:
         save_graph(graph, tmp)
         reloaded = load_graph(tmp)
@@ -149,5 +154,8 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
             "layers": layer_table(reloaded),
             "cycles_per_frame": int(max(cycles.values())),
             "bottleneck": max(cycles, key=lambda n: (cycles[n], n)),
+            "fifo_depths": {n: int(reloaded.attrs(n).get("fifo_depth", 2))
+                            for n in reloaded.order()},
+            "mst": analyse_graph(reloaded),
             "wall_s": round(time.perf_counter() - start, 3)})
     return report

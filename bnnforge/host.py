@@ -152,7 +152,8 @@ def classify(port, images: np.ndarray, baud: int = 115200, timeout: float = 5.0,
             if not chunk:
                 raise TimeoutError(
                     f"the board sent {len(data)} of {want} answer bytes for image {i} within "
-                    f"{timeout} s: check the port, the baud rate ({baud}) and that the board "
+                    f"{getattr(ser, 'timeout', timeout)} s: check the port, the baud rate "
+                    f"({baud}) and that the board "
                     "runs the bitstream of this model")
             data += chunk
         out.append(decode_answer(data, layout))

@@ -61,6 +61,32 @@ def choose_frames(graph, frames: int = 100, inputs=None, seed: int = 0) -> tuple
     return rng.integers(0, 256, (frames,) + shape, dtype=np.uint8), f"random:seed={seed}"
 
 
+def make_stimulus(graph, frames: int, input_gap: float, output_stall: float,
+                  seed: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Return the seeded stimulus shared by the RTL run and the timing model.
+
+    ``in_gaps[n]``: idle cycles before input pixel ``n`` (geometric, mean p / (1 - p)) and
+    ``out_ready[k]``: the output's ready in cycle ``k`` (low with probability ``output_stall``;
+    1 after the array, which covers several times the expected run).
+    """
+    from .sim import simulate_timing
+
+    for name, value in (("input_gap", input_gap), ("output_stall", output_stall)):
+        if not 0.0 <= float(value) < 1.0:
+            raise ValueError(f"{name} must be a probability in [0, 1), not {value!r}")
+    seq_in, seq_out = np.random.SeedSequence(seed).spawn(2)
+    pixels = int(np.prod(graph.input_shape[1:])) if len(graph.input_shape) == 3 else 1
+    total = frames * pixels
+    in_gaps = out_ready = None
+    if input_gap > 0:
+        in_gaps = np.random.default_rng(seq_in).geometric(1.0 - input_gap, total) - 1
+    if output_stall > 0:
+        base = simulate_timing(graph, frames, in_gaps=in_gaps, record=False).total_cycles
+        length = int(3 * base / (1.0 - output_stall)) + 1024
+        out_ready = np.random.default_rng(seq_out).random(length) >= output_stall
+    return in_gaps, out_ready
+
+
 def verify_build(folder: str | os.PathLike, simulator: str = "icarus", frames: int = 100,
                  inputs: str | os.PathLike | None = None, input_gap: float = 0.0,
                  output_stall: float = 0.0, seed: int = 0, progress: bool = True) -> dict:
@@ -124,9 +150,11 @@ def verify_build(folder: str | os.PathLike, simulator: str = "icarus", frames: i
         bar.update(done - bar.n)
 
     try:
+        in_gaps, out_ready = make_stimulus(graph, len(x), input_gap, output_stall, seed)
         result = run_rtl(rtl.parent, x, simulator, input_gap=input_gap,
                          output_stall=output_stall, seed=seed,
-                         progress=advance if bar is not None else None)
+                         progress=advance if bar is not None else None,
+                         in_gaps=in_gaps, out_ready=out_ready)
         if bar is not None:
             bar.update(len(x) - bar.n)
     finally:
@@ -134,8 +162,16 @@ def verify_build(folder: str | os.PathLike, simulator: str = "icarus", frames: i
             bar.close()
     bad = np.any(result["scores"] != expected, axis=1) | \
         (result["classes"] != expected.argmax(axis=1))
+    from .sim import simulate_timing
+
+    timing = simulate_timing(graph, len(x), in_gaps=in_gaps, out_ready=out_ready, record=False)
+    cycle_bad = int(np.count_nonzero(timing.output_cycles != result["out_cycles"])
+                    + np.count_nonzero(timing.input_cycles != result["in_cycles"]))
     section = {"simulator": simulator, "frames": int(len(x)),
                "value_mismatches": int(np.count_nonzero(bad)),
+               "cycle_mismatches": cycle_bad,
+               "handshakes_checked": int(len(result["out_cycles"]) + len(result["in_cycles"])),
+               "rtl_cycles": int(result["cycles"]),
                "wall_s": round(time.perf_counter() - start, 3),
                "input_gap": float(input_gap), "output_stall": float(output_stall),
                "source": source}

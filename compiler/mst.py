@@ -29,8 +29,8 @@ import numpy as np
 
 from .ir import BinaryConv, BinaryDense, DataflowGraph, ScoreLayer
 
-__all__ = ["MSTResult", "hamming_matrix", "effective_distance", "mst_tree", "analyse_layer",
-           "analyse_graph", "OrderChannelsByMST"]
+__all__ = ["MSTResult", "hamming_matrix", "effective_distance", "mst_tree", "layer_tree",
+           "analyse_layer", "analyse_graph", "OrderChannelsByMST"]
 
 def hamming_matrix(packed: np.ndarray, k: int) -> np.ndarray:
     """Return the Hamming distances between all rows of a packed bit matrix.
@@ -360,7 +360,7 @@ def mst_tree(dist: np.ndarray, k: int, *, complement: bool = True,
     if max_depth is not None and best.max_depth > max_depth:
         # depth-bounded runs start at the free tree's center and at the best star centers
         stars = np.argsort(cost.sum(axis=1), kind="stable")[:max(1, restarts)].tolist()
-        starts = list(dict.fromkeys([best.roots[0], *stars]))
+        starts = list(dict.fromkeys([_main_root(best), *stars]))
         best = _search(cost, flip, k, starts, int(max_depth), 1)
     return best
 
@@ -386,8 +386,13 @@ def _search(cost: np.ndarray, flip: np.ndarray, k: int, starts: list[int],
             res = _result(parent, cost, flip, k)
             if best is None or (res.xnor_mst, res.max_depth) < (best.xnor_mst, best.max_depth):
                 best = res
-            start = res.roots[int(np.argmax([_subtree_size(res, r) for r in res.roots]))]
+            start = _main_root(res)
     return best
+
+
+def _main_root(res: MSTResult) -> int:
+    """The root of the largest tree (the smallest such root on ties)."""
+    return res.roots[int(np.argmax([_subtree_size(res, r) for r in res.roots]))]
 
 
 def _subtree_size(res: MSTResult, root: int) -> int:

@@ -332,7 +332,8 @@ def _failure(xml: Path) -> str | None:
 def run_rtl(rtl_dir: str | os.PathLike, frames: np.ndarray, simulator: str = "icarus",
             input_gap: float = 0.0, output_stall: float = 0.0, seed: int = 0,
             build_dir: str | os.PathLike | None = None, timeout_cycles: int | None = None,
-            progress=None) -> dict:
+            progress=None, in_gaps: np.ndarray | None = None,
+            out_ready: np.ndarray | None = None) -> dict:
     """Stream ``frames`` through the design in ``rtl_dir`` and return what came out, and when.
 
     Parameters
@@ -357,6 +358,11 @@ def run_rtl(rtl_dir: str | os.PathLike, frames: np.ndarray, simulator: str = "ic
         Fail if no frame comes out for this many cycles (default 1,000,000).
     progress
         Optional callable ``progress(frames_done, frames_total)``, called while it runs.
+    in_gaps, out_ready
+        An explicit stimulus instead of ``input_gap``/``output_stall``/``seed``: idle cycles
+        before each input pixel (after the previous pixel's handshake; missing entries are 0)
+        and the output's ready per cycle (1 once the array ends) — the stimulus contract of
+        :func:`bnnforge.sim.simulate_timing`, so both can be driven identically.
 
     Returns
     -------
@@ -400,7 +406,11 @@ def run_rtl(rtl_dir: str | os.PathLike, frames: np.ndarray, simulator: str = "ic
                  classes=np.int64(top["classes"]), score_width=np.int64(top["score_width"]),
                  class_width=np.int64(top["class_width"]), input_gap=np.float64(input_gap),
                  output_stall=np.float64(output_stall), seed=np.int64(seed),
-                 timeout_cycles=np.int64(timeout_cycles))
+                 timeout_cycles=np.int64(timeout_cycles),
+                 **({"in_gaps": np.asarray(in_gaps, dtype=np.int64)}
+                    if in_gaps is not None else {}),
+                 **({"out_ready": np.asarray(out_ready, dtype=bool)}
+                    if out_ready is not None else {}))
         xml, log = run_dir / "results.xml", run_dir / "sim.log"
         shutil.copyfile(stream.__file__, run_dir / f"{_TEST_MODULE}.py")
         runner = _runner(simulator)

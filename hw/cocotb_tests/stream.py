@@ -78,6 +78,24 @@ class _StallPattern:
         return self.base + _CHUNK  # re-examine at the chunk boundary
 
 
+class _ReadyArray:
+    """Output back-pressure from an explicit per-cycle array; ready is 1 once it runs out."""
+
+    def __init__(self, bits: np.ndarray):
+        self.bits = np.asarray(bits, dtype=bool)
+        self.p = 0.0 if self.bits.all() else 1.0
+        self.changes = np.flatnonzero(self.bits[1:] != self.bits[:-1]) + 1
+        if len(self.bits) and not self.bits[-1]:
+            self.changes = np.append(self.changes, len(self.bits))
+
+    def ready(self, k: int) -> bool:
+        return bool(self.bits[k]) if k < len(self.bits) else True
+
+    def next_change(self, k: int) -> int:
+        pos = int(np.searchsorted(self.changes, k, side="right"))
+        return int(self.changes[pos]) if pos < len(self.changes) else _NEVER
+
+
 def _decode(binstr: str, classes: int, score_width: int, class_width: int,
             frame: int) -> tuple[list[int], int]:
     if not set(binstr) <= {"0", "1"}:
@@ -110,12 +128,19 @@ async def stream_frames(dut):
     total = int(pixels.shape[0])
 
     seq_in, seq_out = np.random.SeedSequence(seed).spawn(2)
-    if input_gap > 0.0:
+    if "in_gaps" in cfg.files:          # explicit stimulus (what bnnforge verify and sim share)
+        gaps = np.zeros(total + 1, dtype=np.int64)
+        given = np.asarray(cfg["in_gaps"], dtype=np.int64)[:total]
+        gaps[:len(given)] = given
+    elif input_gap > 0.0:
         gaps = np.random.default_rng(seq_in).geometric(1.0 - input_gap, total + 1) - 1
     else:
         gaps = np.zeros(total + 1, dtype=np.int64)
     gaps = gaps.tolist()
-    stall = _StallPattern(output_stall, np.random.default_rng(seq_out))
+    if "out_ready" in cfg.files:
+        stall = _ReadyArray(cfg["out_ready"])
+    else:
+        stall = _StallPattern(output_stall, np.random.default_rng(seq_out))
     payloads = [int.from_bytes(row.tobytes(), "little") for row in pixels]
 
     clk, rst = dut.clk, dut.rst

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 from amaranth.hdl import Module
 from amaranth.sim import Simulator
+
+import bnnforge
 from bnnforge.compiler.folding import ChooseFolding
 from bnnforge.host import SimulatedSerial, classify
 from bnnforge.hw.testing import stream_get, stream_put
 from bnnforge.hw.uart import BoardTop, UARTRx, UARTTx, answer_layout, uart_divisor
 from conftest import random_frames, randomize_model, small_mlp
-
-import bnnforge
 
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 

@@ -1,0 +1,34 @@
+"""``bnnforge build``: the bitstream of a compiled build folder for a board."""
+
+from __future__ import annotations
+
+import os
+
+from .boards.build import BitstreamError, build_bitstream
+from .boards.profiles import get_board
+from .buildfolder import require_build, update_report
+from .compiler import load_graph
+
+__all__ = ["build_board"]
+
+
+def build_board(build_folder: str | os.PathLike, board: str, progress: bool = True,
+                baud: int = 115200) -> dict:
+    """Build ``build_folder``'s graph for ``board``; write report.json ``build``; return it.
+
+    The bitstream goes to ``build_folder/bitstream/<board>.bin`` (iCE40) or ``.bit`` (ECP5).
+    On a design that does not fit or misses the clock, report.json ``build`` records what is
+    known and the error, and :class:`~bnnforge.boards.build.BitstreamError` is raised.
+    """
+    folder = require_build(build_folder)
+    profile = get_board(board)
+    graph = load_graph(folder)
+    try:
+        result = build_bitstream(graph, profile, folder, baud=baud, progress=progress)
+    except BitstreamError as exc:
+        update_report(folder, "build", {"board": profile.name, "device": profile.device,
+                                        "clock_mhz": profile.clock_mhz, **exc.report,
+                                        "error": str(exc)})
+        raise
+    update_report(folder, "build", result)
+    return result

@@ -1,0 +1,647 @@
+"""Cycle-accurate timing model of the generated accelerator: the cycle of every handshake.
+
+Values come from :mod:`bnnforge.sim.reference`; this module adds cycles. It implements the
+timing contract of DESIGN.md section 4 as the hardware blocks document it (their docstrings),
+independently of the RTL: it never imports ``bnnforge.hw``.
+
+Stimulus contract (the arrays a cocotb testbench drives the RTL with)
+---------------------------------------------------------------------
+Cycles are numbered from 0 by rising clock edges after reset: cycle ``k`` ends with the
+``k``-th rising edge (from 0) at which reset is low; a handshake *in cycle k* is ``valid`` and
+``ready`` both high when sampled at that edge. This is the numbering of
+``bnnforge.hw.testing.stream_put``/``stream_get`` (Amaranth's simulator, both testbenches started
+at time 0) and of a cocotb testbench that releases reset, counts rising edges from 0 and samples
+just before each edge.
+
+* Input (``i_stream``): pixels ``n = 0 .. frames * pixels_per_frame - 1`` (all channels of one
+  pixel per transfer, raster HWC order, frames back to back). ``in_gaps[n]`` is the number of
+  idle cycles (``valid`` low) the driver inserts before offering pixel ``n``: pixel 0 is
+  offered (``valid`` high) from cycle ``in_gaps[0]``; pixel ``n > 0`` from cycle
+  ``a[n-1] + 1 + in_gaps[n]``, where ``a[n-1]`` is the handshake cycle of pixel ``n - 1``. Once
+  offered, a pixel stays valid until its handshake. ``in_gaps=None`` means all zero
+  (back-to-back); a shorter array is padded with zeros.
+* Output (``o_stream``): ``ready`` in cycle ``k`` is ``out_ready[k]`` for ``k < len(out_ready)``
+  and 1 for every later cycle. ``out_ready=None`` means always ready.
+
+Model
+-----
+Every stage of the chain ``bnnforge.hw.generate.Accelerator`` builds is a *block* (FIFO,
+sliding window / max-pool, deserializer, MVTU, score unit; the input threshold is a wire).
+Each block offers output token ``j`` from a cycle ``V_j`` on (and holds it), and is ready for
+input token ``j`` from a cycle ``r_j`` on (every block's input ``ready`` is a step for one token:
+once high it stays high until that token's handshake), so the handshake is ``max(V_j, r_j)``;
+only the accelerator's output meets the arbitrary ``out_ready``. Blocks with an output register
+stall globally: a cycle is *disabled* while the output register holds a token that is not
+accepted, i.e. in ``[w + 1, b - 1]`` for an output written at the edge of cycle ``w`` and
+handshaken in cycle ``b``; pipelines advance in enabled cycles only. Per block:
+
+* FIFO of depth D: input ``j`` ready from ``out[j-D] + 1``; output ``j`` valid from
+  ``max(in[j] + 1, out[j-1] + 1)`` (no bypass: a read frees no room in its own cycle).
+* Deserializer (``count`` transfers to one): the first element of vector ``v`` is accepted from
+  ``b[v-1]`` (the previous vector's output handshake), the others whenever offered; the vector
+  is offered from the cycle after its last element's handshake.
+* MVTU (F = C/PE · K/SIMD steps per vector, d = adder-tree registers): input ``j`` ready from
+  the cycle ``t[j-1]`` the previous vector left the input buffer; vector ``j`` leaves the buffer
+  (``t[j]``) in the first enabled cycle >= max(a[j] + 1, L[j-1]) where ``L`` is the cycle of a
+  vector's last step; its F steps take the next F enabled cycles; the result is written
+  ``d + 1`` enabled cycles after the last step (``d + 3`` for the score unit).
+* Sliding window / max-pool (two frame banks, T = kh·kw steps per window): pixels of frame
+  ``f`` are accepted from ``L[f-2] + 1`` (its bank is free); frame ``f``'s first step is the
+  first enabled cycle >= max(last pixel of f + 1, L[f-1] + 1); steps run in consecutive enabled
+  cycles; a window is written one enabled cycle after its last step.
+
+Speed: the model is evaluated per token (pull order, from the output back), never per cycle;
+while the remaining stimulus is constant (no more input gaps, output always ready) it
+snapshots every block's state relative to the last output after each frame, and once a
+snapshot repeats, the rest of the run is an exact periodic continuation (filled in with
+numpy). Back-to-back runs of any length thus cost a few frames of per-token work.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..compiler.ir import BinaryConv, BinaryDense, DataflowGraph, InputLayer, MaxPool, ScoreLayer
+
+__all__ = ["TimingResult", "simulate_timing", "chain", "tree_stages", "TREE_LEVELS_PER_STAGE"]
+
+#: Adder-tree levels between two pipeline registers (the hardware contract's constant).
+TREE_LEVELS_PER_STAGE = 3
+
+_NEG = -(1 << 60)       # "no such event": earlier than any cycle
+
+
+def tree_stages(simd: int) -> int:
+    """Pipeline registers in the adder tree over ``simd`` terms: ceil(ceil(log2 simd) / 3)."""
+    levels = (simd - 1).bit_length()
+    return -(-levels // TREE_LEVELS_PER_STAGE)
+
+
+# -- the chain of blocks --------------------------------------------------------------------------
+
+def _fold(graph: DataflowGraph, name: str, op) -> tuple[int, int]:
+    fold = graph.attrs(name).get("fold")
+    if not isinstance(fold, dict) or "pe" not in fold or "simd" not in fold:
+        raise ValueError(f"stage {name!r} has no fold attribute {{'pe': int, 'simd': int}}; "
+                         f"got {fold!r} (run ChooseFolding first)")
+    pe, simd = fold["pe"], fold["simd"]
+    for what, v, total, label in (("PE", pe, op.channels, "channels"), ("SIMD", simd, op.k, "K")):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 or total % v:
+            raise ValueError(f"stage {name!r}: {what} must be a positive divisor of "
+                             f"{label}={total}, not {v!r}")
+    return int(pe), int(simd)
+
+
+def _fifo_depth(graph: DataflowGraph, name: str) -> int:
+    depth = graph.attrs(name).get("fifo_depth", 2)
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
+        raise ValueError(f"stage {name!r}: fifo_depth must be a non-negative integer, "
+                         f"not {depth!r}")
+    return int(depth)
+
+
+def chain(graph: DataflowGraph) -> list[dict]:
+    """Return the accelerator's blocks in chain order, as plain dicts.
+
+    Each dict has ``node`` (graph stage), ``kind`` (``fifo``, ``threshold``, ``window``,
+    ``maxpool``, ``deserializer``, ``mvtu``, ``score``), ``tokens`` (input transfers per frame),
+    ``out_tokens`` (output transfers per frame), ``width`` (input payload bits) and the
+    kind's parameters (``depth``; ``steps``/``windows``/``pixels``; ``count``;
+    ``cycles``/``latency``/``pe``/``simd``/``k``/``channels``/``input_bits``). The order and
+    kinds are those of ``Accelerator.stages`` in the hardware generator.
+    """
+    if not isinstance(graph, DataflowGraph):
+        raise TypeError(f"graph must be a DataflowGraph, not {graph!r}")
+    ops = list(graph)
+    if not ops or not isinstance(ops[0][1], InputLayer):
+        raise ValueError("the graph must start with an InputLayer")
+    if not isinstance(ops[-1][1], ScoreLayer):
+        raise TypeError(f"the graph must end with a ScoreLayer, not {ops[-1][0]!r}")
+    shape = tuple(ops[0][1].in_shape)
+    c_in, h, w = shape if len(shape) == 3 else (shape[0], 1, 1)
+    blocks: list[dict] = []
+    tokens, width = h * w, 8 * c_in          # transfers per frame and bits on the stream
+
+    def add(node, kind, depth=0, **kw):
+        nonlocal tokens
+        if depth:
+            blocks.append({"node": node, "kind": "fifo", "depth": depth, "tokens": tokens,
+                           "out_tokens": tokens, "width": width})
+        out = kw.pop("out_tokens", tokens)
+        blocks.append({"node": node, "kind": kind, "tokens": tokens, "out_tokens": out,
+                       "width": width, **kw})
+        tokens = out
+
+    fmap, bits = (c_in, h, w), 8
+    for name, op in ops:
+        depth = _fifo_depth(graph, name)
+        if isinstance(op, InputLayer):
+            if op.bits == 1:
+                add(name, "threshold", depth)
+                bits = 1
+                width = c_in
+            elif depth:
+                blocks.append({"node": name, "kind": "fifo", "depth": depth, "tokens": tokens,
+                               "out_tokens": tokens, "width": width})
+        elif isinstance(op, (BinaryConv, MaxPool)):
+            if isinstance(op, BinaryConv) and op.thresholds is None:
+                raise ValueError(f"stage {name!r} is not folded (no thresholds); run "
+                                 "FoldThresholds")
+            c, ih, iw = op.in_shape
+            _, oh, ow = op.out_shape
+            kh, kw = op.kernel
+            kind = "window" if isinstance(op, BinaryConv) else "maxpool"
+            add(name, kind, depth, steps=kh * kw, windows=oh * ow, pixels=ih * iw,
+                out_tokens=oh * ow)
+            if isinstance(op, BinaryConv):
+                pe, simd = _fold(graph, name, op)
+                width = kh * kw * c * op.input_bits
+                f = (op.channels // pe) * (op.k // simd)
+                add(name, "mvtu", cycles=f, latency=tree_stages(simd) + 1, pe=pe, simd=simd,
+                    k=op.k, channels=op.channels, input_bits=op.input_bits)
+                width = op.channels
+            fmap, bits = tuple(op.out_shape), 1
+        elif isinstance(op, (BinaryDense, ScoreLayer)):
+            if not op.folded:
+                raise ValueError(f"stage {name!r} is not folded; run FoldThresholds")
+            pe, simd = _fold(graph, name, op)
+            c, ph, pw = fmap
+            if c * ph * pw != op.k or bits != op.input_bits:
+                raise ValueError(f"stage {name!r} expects {op.k} elements of {op.input_bits} "
+                                 f"bits, but its input stream carries {fmap} of {bits} bits")
+            unit_depth = depth
+            if ph * pw > 1:
+                add(name, "deserializer", depth, count=ph * pw, out_tokens=1)
+                width = op.k * op.input_bits
+                unit_depth = 0
+            f = (op.channels // pe) * (op.k // simd)
+            score = isinstance(op, ScoreLayer)
+            add(name, "score" if score else "mvtu", unit_depth, cycles=f,
+                latency=tree_stages(simd) + (3 if score else 1), pe=pe, simd=simd, k=op.k,
+                channels=op.channels, input_bits=op.input_bits)
+            width = op.channels
+            fmap, bits = (op.channels, 1, 1), 1
+        else:
+            raise TypeError(f"stage {name!r}: no timing model for {type(op).__name__}")
+    return blocks
+
+
+# -- per-token block models (pull order) ----------------------------------------------------------
+
+class _Enable:
+    """Disabled intervals [w + 1, b - 1] of a globally stalled block, and enabled-cycle counting."""
+
+    __slots__ = ("iv", "head")
+
+    def __init__(self):
+        self.iv: list[tuple[int, int]] = []
+        self.head = 0
+
+    def add(self, w: int, b: int) -> None:
+        if b > w + 1:
+            self.iv.append((w + 1, b - 1))
+
+    def prune(self, x: int) -> None:
+        """Forget intervals that end before cycle ``x`` (no later query looks before it)."""
+        iv, i = self.iv, self.head
+        while i < len(iv) and iv[i][1] < x:
+            i += 1
+        if i > 256:
+            del iv[:i]
+            i = 0
+        self.head = i
+
+    def first(self, x: int) -> int:
+        """Return the first enabled cycle >= x."""
+        iv = self.iv
+        for i in range(self.head, len(iv)):
+            lo, hi = iv[i]
+            if hi < x:
+                continue
+            return hi + 1 if lo <= x else x
+        return x
+
+    def advance(self, x: int, n: int) -> int:
+        """Return the n-th enabled cycle after cycle x (x itself when n = 0)."""
+        y = x + n
+        if n == 0:
+            return y
+        iv = self.iv
+        for i in range(self.head, len(iv)):
+            lo, hi = iv[i]
+            if hi <= x:
+                continue
+            if lo > y:
+                break
+            y += hi - (lo if lo > x else x + 1) + 1
+        return y
+
+    def state(self, ref: int) -> tuple:
+        return tuple((lo - ref, hi - ref) for lo, hi in self.iv[self.head:])
+
+
+def _rel(v: int, ref: int):
+    return None if v <= _NEG // 2 else v - ref
+
+
+class _Block:
+    """Base: ``hs`` holds the handshake cycle of every input token (this block's input)."""
+
+    busy_per_token = 0
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.hs: list[int] = []
+        self.up = None
+        self.down_hs: list[int] = []     # handshakes of this block's output tokens
+        self.busy = 0
+
+
+class _Source:
+    """The input driver: pixel n offered from a[n-1] + 1 + gaps[n]."""
+
+    def __init__(self, gaps):
+        self.gaps = gaps
+        self.n = 0
+        self.down_hs: list[int] = []
+
+    def offer(self, j: int) -> int:
+        g = self.gaps
+        gap = int(g[j]) if g is not None and j < len(g) else 0
+        if j == 0:
+            return gap
+        return self.down_hs[j - 1] + 1 + gap
+
+    def state(self, ref: int) -> tuple:
+        return (self.down_hs[-1] - ref,) if self.down_hs else ()
+
+
+class _Fifo(_Block):
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.depth = spec["depth"]
+        self.ptr = 0               # outputs handshaken at or before the last input
+        self.max_occ = 0
+
+    def offer(self, j: int) -> int:
+        v = self.up.offer(j)
+        out = self.down_hs
+        d = self.depth
+        a = out[j - d] + 1 if j >= d and out[j - d] + 1 > v else v
+        self.hs.append(a)
+        p = self.ptr
+        while p < j and out[p] <= a:
+            p += 1
+        self.ptr = p
+        if j + 1 - p > self.max_occ:
+            self.max_occ = j + 1 - p
+        if j and out[j - 1] + 1 > a + 1:
+            return out[j - 1] + 1
+        return a + 1
+
+    def state(self, ref):
+        n = len(self.hs)
+        return (tuple(_rel(x, ref) for x in self.down_hs[max(0, n - self.depth):]),
+                self.ptr - n)
+
+
+class _Deserializer(_Block):
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.count = spec["count"]
+
+    def offer(self, v: int) -> int:
+        up, hs, count = self.up, self.hs, self.count
+        r = self.down_hs[v - 1] if v else _NEG
+        base = v * count
+        a = up.offer(base)
+        if r > a:
+            a = r
+        hs.append(a)
+        for e in range(base + 1, base + count):
+            a = up.offer(e)
+            hs.append(a)
+        return a + 1
+
+    def state(self, ref):
+        return (_rel(self.down_hs[-1], ref) if self.down_hs else None,)
+
+
+class _Matrix(_Block):
+    """MVTU or score unit."""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.f = spec["cycles"]
+        self.lat = spec["latency"]
+        self.en = _Enable()
+        self.t = _NEG
+        self.last = _NEG
+        self.w = _NEG
+
+    def offer(self, j: int) -> int:
+        en = self.en
+        if j:
+            en.add(self.w, self.down_hs[j - 1])
+        v = self.up.offer(j)
+        a = v if v > self.t else self.t
+        self.hs.append(a)
+        x = a + 1 if a + 1 > self.last else self.last
+        en.prune(self.last)
+        t = en.first(x)
+        last = en.advance(t, self.f)
+        w = en.advance(last, self.lat)
+        self.t, self.last, self.w = t, last, w
+        return w + 1
+
+    def state(self, ref):
+        n = len(self.hs)
+        b = self.down_hs[n - 1] - ref if n and len(self.down_hs) >= n else None
+        return (_rel(self.t, ref), _rel(self.last, ref), _rel(self.w, ref), b,
+                self.en.state(ref))
+
+
+class _Window(_Block):
+    """Sliding window (conv) or max-pool: two frame banks, T steps per window."""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.steps = spec["steps"]
+        self.windows = spec["windows"]
+        self.pixels = spec["pixels"]
+        self.en = _Enable()
+        self.frame_last = [_NEG, _NEG]     # L of frames f-2, f-1
+        self.last = _NEG
+        self.w = _NEG
+
+    def offer(self, q: int) -> int:
+        en = self.en
+        if q:
+            en.add(self.w, self.down_hs[q - 1])
+        f, lq = divmod(q, self.windows)
+        if lq == 0:
+            r = self.frame_last[0] + 1
+            up, hs = self.up, self.hs
+            base = f * self.pixels
+            a = 0
+            for p in range(base, base + self.pixels):
+                a = up.offer(p)
+                if r > a:
+                    a = r
+                hs.append(a)
+            x = a + 1 if a + 1 > self.frame_last[1] + 1 else self.frame_last[1] + 1
+            en.prune(self.last)
+            last = en.advance(en.first(x), self.steps - 1)
+        else:
+            en.prune(self.last)
+            last = en.advance(self.last, self.steps)
+        self.last = last
+        if lq == self.windows - 1:
+            self.frame_last = [self.frame_last[1], last]
+        w = en.advance(last, 1)
+        self.w = w
+        return w + 1
+
+    def state(self, ref):
+        n = len(self.down_hs)
+        return (tuple(_rel(x, ref) for x in self.frame_last), _rel(self.last, ref),
+                _rel(self.w, ref), _rel(self.down_hs[-1], ref) if n else None,
+                self.en.state(ref))
+
+
+_BLOCKS = {"fifo": _Fifo, "deserializer": _Deserializer, "mvtu": _Matrix, "score": _Matrix,
+           "window": _Window, "maxpool": _Window}
+
+
+# -- result ---------------------------------------------------------------------------------------
+
+@dataclass
+class TimingResult:
+    """Handshake cycles of a timing simulation and figures derived from them.
+
+    Attributes
+    ----------
+    frames : int
+    pixels_per_frame : int
+    input_cycles : numpy.ndarray
+        (frames * pixels_per_frame,) int64: the cycle of every input handshake.
+    output_cycles : numpy.ndarray
+        (frames,) int64: the cycle of every output handshake.
+    boundaries : dict
+        ``"node:kind"`` (a block of :func:`chain`, e.g. ``"fc0:fifo"``, ``"conv0:window"``,
+        ``"scores:score"``) -> int64 array of the handshake cycle of every token at that
+        block's *input* (``tokens`` per frame); ``"output"`` is the accelerator's output.
+        Empty when the run was made with ``record=False``.
+    fifo_max_occupancy : dict
+        Graph stage -> the most tokens its input FIFO ever held (stages with a FIFO only).
+    stage_busy : dict
+        Graph stage -> cycles per frame its busiest block does work (MVTU steps, window steps,
+        one per pixel for FIFO-only and deserializer stages).
+    cycles_per_frame : float
+        Steady-state cycles per frame: exactly ``period_cycles / period`` when the run reached
+        a repeating state, else the mean spacing of the output handshakes over the second half
+        of the run (over all of it for fewer than 4 frames; first input to output for 1 frame).
+    cycles_per_frame_median : float
+        Median spacing of the output handshakes over the same frames.
+    latency_cycles : int
+        Frame 0: first output handshake cycle minus first input handshake cycle.
+    bottleneck : str
+        The stage with the most busy cycles per frame.
+    total_cycles : int
+        Cycles until the last output handshake (inclusive).
+    periodic_from : int or None
+        Frame after which the run was continued periodically (exactly), if it was.
+    period : int
+        With ``periodic_from``: the period in frames of the steady state, which takes exactly
+        ``period_cycles`` cycles (so the steady-state cycles per frame is their ratio).
+    period_cycles : int
+    """
+
+    frames: int
+    pixels_per_frame: int
+    input_cycles: np.ndarray
+    output_cycles: np.ndarray
+    boundaries: dict = field(default_factory=dict)
+    fifo_max_occupancy: dict = field(default_factory=dict)
+    stage_busy: dict = field(default_factory=dict)
+    cycles_per_frame: float = 0.0
+    cycles_per_frame_median: float = 0.0
+    latency_cycles: int = 0
+    bottleneck: str = ""
+    total_cycles: int = 0
+    periodic_from: int | None = None
+    period: int = 0
+    period_cycles: int = 0
+    blocks: list = field(default_factory=list, repr=False)
+
+    def busy_fraction(self) -> dict:
+        """Return stage -> busy cycles per frame / steady-state cycles per frame."""
+        cpf = self.cycles_per_frame or 1.0
+        return {k: v / cpf for k, v in self.stage_busy.items()}
+
+
+# -- driver ---------------------------------------------------------------------------------------
+
+def _check_stimulus(gaps, ready, total: int):
+    if gaps is not None:
+        gaps = np.asarray(gaps)
+        if gaps.ndim != 1 or not (np.issubdtype(gaps.dtype, np.integer) or gaps.dtype == bool):
+            raise ValueError(f"in_gaps must be a 1-D integer array, not {gaps.dtype} of shape "
+                             f"{gaps.shape}")
+        if gaps.size and gaps.min() < 0:
+            raise ValueError(f"in_gaps must be non-negative, got {int(gaps.min())}")
+        gaps = gaps[:total].astype(np.int64)
+        if not gaps.any():
+            gaps = None
+    nxt = None
+    if ready is not None:
+        ready = np.asarray(ready)
+        if ready.ndim != 1:
+            raise ValueError(f"out_ready must be a 1-D boolean array, not shape {ready.shape}")
+        ready = ready.astype(bool)
+        if ready.size and not ready.all():
+            # nxt[k]: first ready cycle >= k (len(ready) when none is left in the array)
+            idx = np.where(ready, np.arange(ready.size), ready.size)
+            nxt = np.minimum.accumulate(idx[::-1])[::-1].astype(np.int64)
+    return gaps, nxt
+
+
+def _busy(spec: dict) -> int:
+    kind = spec["kind"]
+    if kind in ("mvtu", "score"):
+        return spec["cycles"] * spec["tokens"]
+    if kind in ("window", "maxpool"):
+        return max(spec["steps"] * spec["windows"], spec["tokens"])
+    return spec["tokens"]
+
+
+def simulate_timing(graph: DataflowGraph, frames: int, *, in_gaps=None, out_ready=None,
+                    record: bool = True, periodic: bool = True) -> TimingResult:
+    """Simulate the accelerator built from ``graph`` cycle by cycle for ``frames`` frames.
+
+    Parameters
+    ----------
+    graph
+        A folded graph (every matrix stage has ``fold``; optional ``fifo_depth``, default 2).
+    frames
+        Number of frames streamed in.
+    in_gaps, out_ready
+        The stimulus (see the module docstring): idle cycles before each input pixel, and the
+        output ``ready`` of each cycle (1 after the array ends). ``None``: back-to-back input,
+        output always ready.
+    record
+        Keep every token's handshake cycle at every block boundary (``boundaries``); without
+        it only input and output cycles are kept (memory stays small for long runs).
+    periodic
+        Allow the exact periodic continuation once the stimulus is constant (turn off only to
+        check it).
+
+    Returns
+    -------
+    TimingResult
+    """
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 1:
+        raise ValueError(f"frames must be a positive integer, not {frames!r}")
+    frames = int(frames)
+    specs = chain(graph)
+    px = specs[0]["tokens"]
+    total_px = frames * px
+    gaps, nxt = _check_stimulus(in_gaps, out_ready, total_px)
+    last_gap = int(np.flatnonzero(gaps)[-1]) if gaps is not None else -1
+    ready_end = int(np.flatnonzero(~np.asarray(out_ready, dtype=bool))[-1]) + 1 \
+        if nxt is not None else 0
+
+    source = _Source(gaps)
+    blocks: list[_Block] = []
+    prev = source
+    aliases: dict[str, int] = {}
+    for spec in specs:
+        if spec["kind"] == "threshold":       # a wire: same handshakes as the next block
+            aliases[f"{spec['node']}:threshold"] = len(blocks)
+            continue
+        blk = _BLOCKS[spec["kind"]](spec)
+        blk.up = prev
+        prev.down_hs = blk.hs
+        blocks.append(blk)
+        prev = blk
+    out_hs: list[int] = []
+    last = blocks[-1]
+    last.down_hs = out_hs
+
+    if sys.getrecursionlimit() < 4 * len(blocks) + 200:
+        sys.setrecursionlimit(4 * len(blocks) + 200)
+
+    seen: dict[tuple, int] = {}
+    periodic_from = None
+    period = shift = 0
+    for j in range(frames):
+        v = last.offer(j)
+        if nxt is not None and v < len(nxt):
+            v = int(nxt[v])
+        out_hs.append(v)
+        if not periodic or j + 1 >= frames:
+            continue
+        if (j + 1) * px <= last_gap or v + 1 < ready_end:
+            continue                              # stimulus not constant yet
+        key = tuple([source.state(v)] + [b.state(v) for b in blocks])
+        if key in seen:
+            periodic_from, period = j, j - seen[key]
+            shift = v - out_hs[seen[key]]
+            break
+        seen[key] = j
+
+    def extend(values: list, per_frame: int) -> np.ndarray:
+        if periodic_from is None:
+            return np.asarray(values, dtype=np.int64)
+        done = (periodic_from + 1) * per_frame
+        out = np.empty(frames * per_frame, dtype=np.int64)
+        out[:done] = values[:done]
+        rest = frames - periodic_from - 1
+        if rest <= 0 or per_frame == 0:
+            return out
+        span = period * per_frame
+        block = out[done - span:done]
+        full, part = divmod(rest, period)
+        if full:
+            view = out[done:done + full * span].reshape(full, span)
+            np.add(block[None, :], shift * np.arange(1, full + 1, dtype=np.int64)[:, None],
+                   out=view)
+        if part:
+            out[done + full * span:] = block[:part * per_frame] + shift * (full + 1)
+        return out
+
+    inputs = extend(blocks[0].hs, px)
+    outputs = extend(out_hs, 1)
+    boundaries = {}
+    if record:
+        for blk in blocks:
+            boundaries[f"{blk.spec['node']}:{blk.spec['kind']}"] = extend(
+                blk.hs, blk.spec["tokens"])
+        for name, idx in aliases.items():
+            boundaries[name] = boundaries[
+                f"{blocks[idx].spec['node']}:{blocks[idx].spec['kind']}"]
+        boundaries["output"] = outputs
+
+    fifo_occ = {blk.spec["node"]: int(blk.max_occ) for blk in blocks if isinstance(blk, _Fifo)}
+    busy: dict[str, int] = {graph.input_node(): px}
+    for spec in specs:
+        busy[spec["node"]] = max(busy.get(spec["node"], 0), _busy(spec))
+    diffs = np.diff(outputs)
+    if frames == 1:
+        cpf = med = float(outputs[0] - inputs[0] + 1)
+    else:
+        tail = diffs[len(diffs) // 2:] if frames >= 4 else diffs
+        cpf, med = float(tail.mean()), float(np.median(tail))
+    if periodic_from is not None:
+        cpf = shift / period                     # exact steady state
+    bottleneck = max(busy, key=lambda k: (busy[k], k))
+    return TimingResult(
+        frames=frames, pixels_per_frame=px, input_cycles=inputs, output_cycles=outputs,
+        boundaries=boundaries, fifo_max_occupancy=fifo_occ, stage_busy=busy,
+        cycles_per_frame=cpf, cycles_per_frame_median=med,
+        latency_cycles=int(outputs[0] - inputs[0]), bottleneck=bottleneck,
+        total_cycles=int(outputs[-1]) + 1, periodic_from=periodic_from, period=period,
+        period_cycles=shift, blocks=specs)

@@ -1,0 +1,132 @@
+"""Real bitstreams (Yosys + nextpnr from YoWASP) and the build's errors."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+from torch import nn
+
+import bnnforge
+from bnnforge.boards import BitstreamError, build_bitstream, estimate_design_luts, get_board
+from bnnforge.boards.build import _nextpnr_failure, check_timing
+from bnnforge.build import build_board
+from bnnforge.compiler import save_graph
+from bnnforge.compiler.folding import ChooseFolding
+from bnnforge.nn import BinaryActivation, BinaryLinear, InputQuant, archs
+from conftest import randomize_model
+
+pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+
+MNIST = (1, 28, 28)
+
+
+def pooled_mlp():
+    """28x28 binarized, 4x4 binary max-pool to 7x7, 49-32-10: small enough for an UP5K.
+
+    (A 784-input MLP is not: the generator holds the 784-bit input vector in four registers,
+    which with the rest fills the UP5K's 5,280 cells to ~90%, and nextpnr then takes many minutes
+    to place it.)
+    """
+    model = nn.Sequential(InputQuant(1), nn.MaxPool2d(4), nn.Flatten(), BinaryLinear(49, 32),
+                          nn.BatchNorm1d(32), BinaryActivation(), BinaryLinear(32, 10))
+    return ChooseFolding().apply(bnnforge.lower(randomize_model(model, 2), MNIST))
+
+
+def tfc(luts=2000):
+    model = randomize_model(archs.build("tfc", MNIST, 10), 1)
+    return ChooseFolding(luts=luts).apply(bnnforge.lower(model, MNIST))
+
+
+def check(result, board, folder):
+    profile = get_board(board)
+    assert result["board"] == board and result["device"] == profile.device
+    bitstream = folder / result["bitstream"]
+    assert bitstream.parent == folder / "bitstream" and bitstream.stat().st_size > 10_000
+    assert result["fmax_mhz"] >= result["clock_mhz"] == profile.clock_mhz
+    assert 0 < result["luts_used"] <= result["luts_total"] == profile.luts
+    assert 0 < result["ffs_used"] <= profile.ffs
+    assert 0 <= result["bram_used"] <= result["bram_total"] == profile.bram_blocks
+    assert result["wall_s"] > 0
+    print(f"\n{board}: {result}")
+
+
+def test_icebreaker_bitstream(tmp_path):
+    graph = pooled_mlp()
+    save_graph(graph, tmp_path)
+    result = build_board(tmp_path, "icebreaker", progress=False)
+    check(result, "icebreaker", tmp_path)
+    assert (tmp_path / "bitstream" / "icebreaker.bin").is_file()
+    assert json.loads((tmp_path / "report.json").read_text())["build"] == result
+    # the estimate that guards place and route is close to what nextpnr used
+    assert abs(result["luts_used"] - estimate_design_luts(graph)) < 0.3 * result["luts_used"]
+
+
+def test_ulx3s_bitstream(tmp_path):
+    result = build_bitstream(tfc(), "ulx3s-85f", tmp_path, progress=False)
+    check(result, "ulx3s-85f", tmp_path)
+    assert result["bitstream"] == "bitstream/ulx3s-85f.bit"
+    assert result["bram_used"] > 0           # the 784 x 64 weights sit in block RAM
+
+
+def test_design_that_cannot_fit_is_refused_before_place_and_route(tmp_path):
+    model = randomize_model(archs.build("lfc", MNIST, 10), 1)
+    graph = bnnforge.lower(model, MNIST)
+    for name in ("fc0", "fc1", "fc2", "scores"):
+        op = graph.op(name)
+        graph.attrs(name)["fold"] = {"pe": op.channels, "simd": op.k}
+    start = time.perf_counter()
+    with pytest.raises(BitstreamError, match=r"^the design needs about 6,1\d\d,\d\d\d LUTs but "
+                       r"the iCE40UP5K on icebreaker has 5,280: even a serial folding still "
+                       r"needs about \d\d,\d\d\d logic cells, mostly registers holding each "
+                       r"layer's input vector: choose a smaller model or a bigger board "
+                       r"\(e\.g\. ulx3s-85f\)$"):
+        build_bitstream(graph, "icebreaker", tmp_path, progress=False)
+    assert time.perf_counter() - start < 60
+    assert not (tmp_path / "bitstream").exists()
+
+
+def test_refusal_suggests_a_budget_that_fits(tmp_path):
+    graph = tfc(luts=None)
+    for name in ("fc0", "fc1", "fc2", "scores"):       # tfc fully parallel: too big for the HX8K
+        op = graph.op(name)
+        graph.attrs(name)["fold"] = {"pe": op.channels, "simd": op.k}
+    with pytest.raises(BitstreamError, match=r"on ice40-hx8k has 7,680: recompile for this "
+                       r"board with --luts \d+ \(about [\d,]+ frames/s at 12 MHz\) or --fps \d+$"):
+        build_bitstream(graph, "ice40-hx8k", tmp_path, progress=False)
+
+
+def test_build_board_records_the_refusal(tmp_path):
+    model = randomize_model(archs.build("lfc", MNIST, 10), 1)
+    graph = bnnforge.lower(model, MNIST)
+    for name in ("fc0", "fc1", "fc2", "scores"):
+        op = graph.op(name)
+        graph.attrs(name)["fold"] = {"pe": op.channels, "simd": op.k}
+    save_graph(graph, tmp_path)
+    with pytest.raises(BitstreamError):
+        build_board(tmp_path, "icebreaker", progress=False)
+    build = json.loads((tmp_path / "report.json").read_text())["build"]
+    assert build["board"] == "icebreaker" and "needs about" in build["error"]
+    with pytest.raises(ValueError, match="unknown board 'icestick'; choose one of"):
+        build_board(tmp_path, "icestick", progress=False)
+
+
+def test_nextpnr_overuse_is_explained():
+    log = ("Info: Device utilisation:\nInfo: \t         ICESTORM_LC:    6735/   5280   127%\n"
+           "Info: \t        ICESTORM_RAM:      15/     30    50%\n"
+           "ERROR: Unable to place cell 'x', no BELs remaining to implement cell type "
+           "'ICESTORM_LC'\n")
+    msg = _nextpnr_failure(log, get_board("icebreaker"), tfc(), 6627)
+    assert msg.startswith("the design does not fit the iCE40UP5K on icebreaker: nextpnr needs "
+                          "ICESTORM_LC 6,735 of 5,280 (the estimate was 6,627 LUTs); ")
+    other = _nextpnr_failure("ERROR: something else\n", get_board("icebreaker"), tfc(), 1)
+    assert other == "nextpnr failed for icebreaker: ERROR: something else"
+
+
+def test_missed_clock_is_a_failure():
+    result = {"board": "ulx3s-85f", "fmax_mhz": 19.5, "clock_mhz": 25.0}
+    with pytest.raises(BitstreamError, match=r"reaches 19\.5 MHz on the LFE5U-85F, below the "
+                       r"25 MHz clock of ulx3s-85f: the bitstream would not work\. Fold more"):
+        check_timing(result, "ulx3s-85f")
+    check_timing({"fmax_mhz": 25.1}, "ulx3s-85f")
+    assert np.isfinite(get_board("icebreaker").clock_mhz)

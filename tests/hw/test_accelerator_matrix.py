@@ -1,0 +1,84 @@
+"""Whole accelerators from trained reference models, run as RTL under cocotb.
+
+Every reference architecture (the MLPs and the CNV-style net) with 1- and 8-bit inputs, at
+three foldings each — near-serial, middle and fast (fully parallel for tfc) — 100 frames each,
+zero value mismatches and zero cycle mismatches against the timing model (so no frame is dropped
+or duplicated, and every handshake lands on its predicted cycle). Models are trained briefly on
+the 8x8 digits so the RTL simulations fit CI.
+
+Each (architecture, input bits, folding) runs on one simulator, chosen so that every
+architecture meets both simulators, each simulator meets every folding of every architecture
+(across the two input widths), and half the runs use random input gaps and output
+back-pressure. ``BNNFORGE_FULL_MATRIX=1`` runs every case on both simulators (twice the time).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bnnforge.buildfolder import read_report
+from bnnforge.flow import compile_model, train_model
+from bnnforge.verify import verify_build
+
+pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+
+# Cycles per frame of the slowest stage for each folding (digits frames: 64 pixels).
+TARGETS = {
+    "tfc": {"serial": 512, "middle": 128, "fast": None},      # fast = fully parallel
+    "sfc": {"serial": 2048, "middle": 512, "fast": 128},
+    "lfc": {"serial": 8192, "middle": 4096, "fast": 2048},
+    "cnv": {"serial": 2304, "middle": 1152, "fast": 576},     # 576: the window generator
+}
+FULLY_PARALLEL_TFC = ["fc0=64,64", "fc1=64,64", "fc2=64,64", "scores=10,64"]
+
+
+def _cases():
+    full = os.environ.get("BNNFORGE_FULL_MATRIX") == "1"
+    cases = []
+    for arch in TARGETS:
+        for bits in (1, 8):
+            for i, folding in enumerate(("serial", "middle", "fast")):
+                first = "icarus" if (i + bits) % 2 else "verilator"
+                for sim in (("icarus", "verilator") if full else (first,)):
+                    cases.append((arch, bits, folding, sim))
+    return cases
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    return folder
+
+
+def _model(models, arch: str, bits: int):
+    path = models / f"{arch}-{bits}.bnn"
+    if not path.exists():
+        train_model(arch, "digits", "ste", path, epochs=1, input_bits=bits, progress=False)
+    return path
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("arch, bits, folding, sim", CASES,
+                         ids=[f"{a}-{b}bit-{f}-{s}" for a, b, f, s in CASES])
+def test_accelerator_matches_reference(models, tmp_path, arch, bits, folding, sim):
+    model = _model(models, arch, bits)
+    target = TARGETS[arch][folding]
+    if target is None:
+        report = compile_model(model, tmp_path / "build", fold=FULLY_PARALLEL_TFC)
+        assert all(row["pe"] == row["channels"] and row["simd"] == row["k"]
+                   for row in report["compile"]["layers"] if row["pe"])
+    else:
+        report = compile_model(model, tmp_path / "build", fps=100e6 / target)
+        assert report["compile"]["cycles_per_frame"] <= target
+    stressed = (("serial", "middle", "fast").index(folding) % 2 == 0) != (arch in ("sfc", "cnv"))
+    section = verify_build(tmp_path / "build", simulator=sim, frames=100, progress=False,
+                           input_gap=0.3 if stressed else 0.0,
+                           output_stall=0.4 if stressed else 0.0, seed=len(arch) + bits)
+    assert section["frames"] == 100 and section["source"] == "dataset:digits"
+    assert section["value_mismatches"] == 0
+    assert section["cycle_mismatches"] == 0
+    assert read_report(tmp_path / "build")["verify"] == section
