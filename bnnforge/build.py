@@ -13,15 +13,17 @@ __all__ = ["build_board"]
 
 
 def build_board(build_folder: str | os.PathLike, board: str, progress: bool = True,
-                baud: int = 115200) -> dict:
+                baud: int = 115200, clock_mhz: float | None = None) -> dict:
     """Build ``build_folder``'s graph for ``board``; write report.json ``build``; return it.
 
     The bitstream goes to ``build_folder/bitstream/<board>.bin`` (iCE40) or ``.bit`` (ECP5).
-    On a design that does not fit or misses the clock, report.json ``build`` records what is
-    known and the error, and :class:`~bnnforge.boards.build.BitstreamError` is raised.
+    ``clock_mhz`` overrides the board's design clock (``None``: the profile's, made by the PLL
+    from the oscillator; the oscillator's own frequency needs no PLL). On a design that does
+    not fit or misses the clock, report.json ``build`` records what is known and the error,
+    and :class:`~bnnforge.boards.build.BitstreamError` is raised.
     """
     folder = require_build(build_folder)
-    profile = get_board(board)
+    profile = get_board(board).with_clock(clock_mhz)
     graph = load_graph(folder)
     try:
         result = build_bitstream(graph, profile, folder, baud=baud, progress=progress)

@@ -53,7 +53,8 @@ def _parser() -> _Parser:
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--batch-size", type=_positive_int, default=None)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--mst-reg", type=float, default=0.0, help=argparse.SUPPRESS)
+    t.add_argument("--mst-reg", type=float, default=0.0, metavar="LAMBDA",
+                   help="MST-distance regularizer weight (e.g. 0.1; 0 = off)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.add_argument("-o", "--output", required=True, help="model file to write")
 
@@ -62,7 +63,10 @@ def _parser() -> _Parser:
     c.add_argument("-o", "--output", required=True, help="build folder to write")
     c.add_argument("--fps", type=float, default=None,
                    help="throughput target in frames/s at --clock-mhz (sets PE/SIMD)")
-    c.add_argument("--clock-mhz", type=float, default=100.0, help="clock for --fps (MHz)")
+    c.add_argument("--clock-mhz", type=float, default=None,
+                   help="clock for --fps in MHz (default 100, or the board's)")
+    c.add_argument("--board", default=None,
+                   help="fold to fit this board at its clock (icebreaker, ulx3s-85f, ...)")
     c.add_argument("--luts", type=_positive_int, default=None,
                    help="LUT budget: the fastest balanced folding that fits")
     c.add_argument("--fold", action="append", metavar="LAYER=PE,SIMD",
@@ -90,6 +94,27 @@ def _parser() -> _Parser:
     s.add_argument("--family", choices=("ice40up", "ecp5"), default=None,
                    help="energy coefficients (default: the board's family, else ice40up)")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    b = sub.add_parser("build", help="build a bitstream for a board (Yosys/nextpnr via YoWASP)")
+    b.add_argument("build", help="build folder written by 'bnnforge compile'")
+    b.add_argument("--board", required=True, help="board profile, e.g. icebreaker, ulx3s-85f")
+    b.add_argument("--baud", type=_positive_int, default=115200)
+    b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    r = sub.add_parser("run", help="classify images on a board over its serial port")
+    r.add_argument("build", help="build folder the board's bitstream came from")
+    r.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB1")
+    r.add_argument("--images", required=True, help=".npy of uint8 images (N, C, H, W)")
+    r.add_argument("--baud", type=_positive_int, default=115200)
+    r.add_argument("--timeout", type=float, default=5.0, help="seconds to wait per answer")
+
+    d = sub.add_parser("demo", help="train -> compile -> simulate -> verify -> bitstream")
+    d.add_argument("-o", "--output", default="demo-build", help="demo folder")
+    d.add_argument("--board", default="icebreaker")
+    d.add_argument("--arch", default="tfc")
+    d.add_argument("--epochs", type=_positive_int, default=10)
+    d.add_argument("--no-bitstream", action="store_true", help="skip place-and-route")
+    d.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
 
@@ -108,7 +133,7 @@ def _run(args) -> int:
     if args.command == "compile":
         report = flow.compile_model(args.model, args.output, fps=args.fps,
                                     clock_mhz=args.clock_mhz, luts=args.luts, fold=args.fold,
-                                    rtl=not args.no_rtl)
+                                    board=args.board, rtl=not args.no_rtl)
         m = report["model"]
         comp = report["compile"]
         print(f"compiled {args.model} -> {args.output}")
@@ -127,8 +152,10 @@ def _run(args) -> int:
     if args.command == "sim":
         from .simulate import simulate_build
 
+        family, coefficients = flow.energy_profile(args.build, args.family)
         sec = simulate_build(args.build, frames=args.frames, clock_mhz=args.clock_mhz,
-                             family=args.family or "ice40up", progress=not args.no_progress)
+                             family=family, coefficients=coefficients,
+                             progress=not args.no_progress)
         print(f"{'stage':<10} {'cycles/frame':>13} {'busy':>6}")
         for row in sec["layers"]:
             mark = "  <- bottleneck" if row.get("bottleneck") else ""
@@ -138,6 +165,33 @@ def _run(args) -> int:
               f"{sec['latency_cycles']} cycles, {sec['fps']:,.0f} frames/s at "
               f"{sec['clock_mhz']} MHz, {sec['energy_nj_per_frame']:.2f} nJ/frame "
               f"(simulated in {sec['wall_s']:.2f} s)")
+        return 0
+    if args.command == "demo":
+        flow.run_demo(args.output, board=args.board, arch=args.arch, epochs=args.epochs,
+                      bitstream=not args.no_bitstream, progress=not args.no_progress)
+        return 0
+    if args.command == "build":
+        from .build import build_board
+
+        res = build_board(args.build, args.board, progress=not args.no_progress,
+                          baud=args.baud)
+        print(f"bitstream for {res['board']} ({res['device']}): {res['bitstream']}")
+        print(f"LUTs {res['luts_used']}/{res['luts_total']}, FFs {res['ffs_used']}, BRAM "
+              f"{res['bram_used']}/{res['bram_total']}, Fmax {res['fmax_mhz']:.1f} MHz at a "
+              f"{res['clock_mhz']} MHz clock, built in {res['wall_s']:.0f} s")
+        return 0
+    if args.command == "run":
+        from .host import classify
+        from .verify import load_inputs
+        from .compiler import load_graph
+        from .buildfolder import require_build
+
+        folder = require_build(args.build)
+        images = load_inputs(args.images, load_graph(folder).input_shape)
+        answers = classify(args.port, images, baud=args.baud, timeout=args.timeout,
+                           layout=folder)
+        for i, (cls, scores) in enumerate(answers):
+            print(f"{i}: class {cls}  scores {' '.join(str(int(v)) for v in scores)}")
         return 0
     if args.command == "verify":
         from .verify import verify_build

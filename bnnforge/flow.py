@@ -45,7 +45,7 @@ def train_model(arch: str, dataset: str, quantizer: str, output: str | os.PathLi
     seconds = time.perf_counter() - start
     accuracy = evaluate(model, data.x_test, data.y_test)
     meta = {"name": arch, "arch": arch, "dataset": dataset, "quantizer": quantizer,
-            "input_bits": input_bits, "epochs": epochs, "seed": seed,
+            "input_bits": input_bits, "epochs": epochs, "seed": seed, "mst_reg": mst_reg,
             "accuracy_torch": round(float(accuracy), 6), "test_frames": int(len(data.y_test))}
     save(model, out, data.input_shape, meta)
     meta["train_seconds"] = seconds
@@ -94,14 +94,18 @@ def layer_table(graph) -> list[dict]:
             row.update(k=int(op.k), channels=int(op.channels), input_bits=int(op.in_bits))
         fold = graph.attrs(name).get("fold")
         if fold:
-            row.update(pe=int(fold["pe"]), simd=int(fold["simd"]))
+            row.update(pe=int(fold["pe"]), simd=int(fold["simd"]), mst=bool(fold.get("mst")))
         rows.append(row)
     return rows
 
 
 def fold_graph(graph, *, fps: float | None = None, clock_mhz: float = 100.0,
-               luts: int | None = None, fold: list[str] | None = None):
-    """Run ChooseFolding for a throughput target (``fps`` at ``clock_mhz``) or a LUT budget."""
+               luts: int | None = None, fold: list[str] | None = None, mst: bool = False):
+    """Run ChooseFolding for a throughput target (``fps`` at ``clock_mhz``) or a LUT budget.
+
+    With ``mst``, hidden binary layers become MST-compressed layers where that is estimated to
+    take fewer LUTs than their cheapest dense folding (``ChooseFolding(mst=True)``).
+    """
     from .compiler.folding import ChooseFolding, FoldingError, parse_fold_overrides
 
     if fps is not None and luts is not None:
@@ -114,12 +118,12 @@ def fold_graph(graph, *, fps: float | None = None, clock_mhz: float = 100.0,
             raise FoldingError(f"--fps must be positive, not {fps}")
         target = max(1, int(clock_mhz * 1e6 // fps))
     return ChooseFolding(target_cycles=target, luts=luts,
-                         overrides=parse_fold_overrides(fold)).apply(graph)
+                         overrides=parse_fold_overrides(fold), mst=mst).apply(graph)
 
 
 def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
                   fps: float | None = None, clock_mhz: float = 100.0, luts: int | None = None,
-                  fold: list[str] | None = None, rtl: bool = True) -> dict:
+                  fold: list[str] | None = None, rtl: bool = True, mst: bool = False) -> dict:
     """Compile a model file into the build folder ``output``: graph files, RTL and report.json.
 
     The folder is written in full or not at all. Returns the report.
@@ -132,7 +136,7 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
     name = str(meta.get("name") or Path(model_path).stem)
     graph = lower(model, model.input_shape, name=name,
                   meta={"dataset": meta.get("dataset"), "source": Path(model_path).name})
-    graph = fold_graph(graph, fps=fps, clock_mhz=clock_mhz, luts=luts, fold=fold)
+    graph = fold_graph(graph, fps=fps, clock_mhz=clock_mhz, luts=luts, fold=fold, mst=mst)
     from .compiler.mst import OrderChannelsByMST, analyse_graph
     from .sim.fifo_sizing import SizeFifos
 
@@ -148,6 +152,7 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
         update_report(tmp, "model", model_section)
         cycles = pipeline_cycles(reloaded)
         report = update_report(tmp, "compile", {
+            "board": board,
             "clock_mhz": clock_mhz,
             "target_fps": fps,
             "lut_budget": luts,
@@ -159,3 +164,99 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
             "mst": analyse_graph(reloaded),
             "wall_s": round(time.perf_counter() - start, 3)})
     return report
+
+
+def energy_profile(folder, family: str | None = None) -> tuple[str, dict | None]:
+    """The energy family and coefficients for a build: the compile board's, else ``family``."""
+    from .buildfolder import read_report
+
+    board = read_report(folder).get("compile", {}).get("board")
+    if family is None and board:
+        from .boards import get_board
+
+        profile = get_board(board)
+        return profile.family, dict(profile.energy)
+    return family or "ice40up", None
+
+
+def run_demo(output: str | os.PathLike = "demo-build", *, board: str = "icebreaker",
+             arch: str = "tfc", dataset: str = "mnist5k", quantizer: str = "ste",
+             epochs: int = 10, frames: int = 100, simulator: str = "verilator",
+             bitstream: bool = True, progress: bool = True) -> dict:
+    """Run the whole flow on the embedded default and return the build folder's report.
+
+    Trains ``arch`` on ``dataset`` (kept as ``output/model.bnn`` and reused when present),
+    compiles it for ``board``, simulates 10,000 frames, verifies ``frames`` frames as RTL, builds
+    the bitstream and prints one summary.
+    """
+    from .buildfolder import read_report
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = out / "model.bnn"
+    build = out / "build"
+
+    def say(step: str) -> None:
+        print(f"\n== {step}", flush=True)
+
+    say(f"1/5 train {arch} on {dataset} ({quantizer}, {epochs} epochs)")
+    if model_path.exists():
+        print(f"reusing {model_path} (delete it to retrain)")
+    else:
+        meta = train_model(arch, dataset, quantizer, model_path, epochs=epochs,
+                           progress=progress)
+        print(f"held-out accuracy {100 * meta['accuracy_torch']:.2f}% "
+              f"({meta['train_seconds']:.0f} s)")
+    say(f"2/5 compile for {board}")
+    compile_model(model_path, build, board=board)
+    say("3/5 simulate 10,000 frames (cycle-accurate)")
+    from .simulate import simulate_build
+
+    family, coefficients = energy_profile(build)
+    simulate_build(build, frames=10000, family=family, coefficients=coefficients,
+                   progress=progress)
+    say(f"4/5 verify {frames} frames as RTL on {simulator}")
+    from .verify import verify_build
+
+    verify_build(build, simulator=simulator, frames=frames, progress=progress)
+    if bitstream:
+        say(f"5/5 bitstream for {board} (Yosys + nextpnr via YoWASP)")
+        from .build import build_board
+
+        build_board(build, board, progress=progress)
+    report = read_report(build)
+    print("\n" + summary_table(report))
+    return report
+
+
+def summary_table(report: dict) -> str:
+    """A short table of the report a person can read at a glance."""
+    m, c = report.get("model", {}), report.get("compile", {})
+    s, v, b = report.get("sim", {}), report.get("verify", {}), report.get("build", {})
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.2f}%"
+
+    hw_acc = m.get("accuracy_reference")
+    rows = [
+        ("model", f"{m.get('name')} on {m.get('dataset')} ({m.get('frames')} held-out frames)"),
+        ("accuracy", f"torch {pct(m.get('accuracy_torch'))}, hardware {pct(hw_acc)}, "
+                     f"disagreements {m.get('disagreements')}"),
+        ("board", f"{b.get('board', c.get('board', '-'))} {b.get('device', '')}".strip()),
+        ("cycles/frame", f"{s.get('cycles_per_frame', c.get('cycles_per_frame'))} "
+                         f"(bottleneck {s.get('bottleneck', c.get('bottleneck'))})"),
+        ("throughput", f"{s.get('fps', 0):,.0f} frames/s at {s.get('clock_mhz')} MHz"),
+        ("latency", f"{s.get('latency_cycles')} cycles = "
+                    f"{(s.get('latency_cycles') or 0) / (s.get('clock_mhz') or 1):.2f} µs"),
+        ("energy", f"{s.get('energy_nj_per_frame', 0):.2f} nJ/frame (estimate)"),
+        ("RTL check", f"{v.get('frames')} frames on {v.get('simulator')}: "
+                      f"{v.get('value_mismatches')} value, {v.get('cycle_mismatches')} cycle "
+                      "mismatches"),
+        ("resources", f"{b.get('luts_used', '-')}/{b.get('luts_total', '-')} LUTs, "
+                      f"{b.get('ffs_used', '-')} FFs, {b.get('bram_used', '-')}/"
+                      f"{b.get('bram_total', '-')} BRAM"),
+        ("timing", f"Fmax {b.get('fmax_mhz', 0):.1f} MHz at a {b.get('clock_mhz', '-')} MHz "
+                   "clock" if b.get("fmax_mhz") else "-"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {val}" for k, val in rows)

@@ -20,7 +20,7 @@ __all__ = ["verify_build", "choose_frames"]
 _SIMULATORS = ("icarus", "verilator")
 
 
-def _load_inputs(path, shape: tuple) -> np.ndarray:
+def load_inputs(path, shape: tuple) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"inputs file {path} not found; give a .npy of uint8 frames "
@@ -49,7 +49,7 @@ def choose_frames(graph, frames: int = 100, inputs=None, seed: int = 0) -> tuple
     """
     shape = tuple(graph.input_shape)
     if inputs is not None:
-        return _load_inputs(inputs, shape)[:frames], f"file:{inputs}"
+        return load_inputs(inputs, shape)[:frames], f"file:{inputs}"
     from .nn.datasets import DATASETS, load_dataset
 
     name = graph.meta.get("dataset")
@@ -65,7 +65,8 @@ def make_stimulus(graph, frames: int, input_gap: float, output_stall: float,
                   seed: int) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Return the seeded stimulus shared by the RTL run and the timing model.
 
-    ``in_gaps[n]``: idle cycles before input pixel ``n`` (geometric, mean p / (1 - p)) and
+    ``in_gaps[n]``: idle cycles before input transfer ``n`` (geometric, mean p / (1 - p); a
+    transfer carries the input node's ``pixels_per_transfer`` pixels) and
     ``out_ready[k]``: the output's ready in cycle ``k`` (low with probability ``output_stall``;
     1 after the array, which covers several times the expected run).
     """
@@ -76,7 +77,7 @@ def make_stimulus(graph, frames: int, input_gap: float, output_stall: float,
             raise ValueError(f"{name} must be a probability in [0, 1), not {value!r}")
     seq_in, seq_out = np.random.SeedSequence(seed).spawn(2)
     pixels = int(np.prod(graph.input_shape[1:])) if len(graph.input_shape) == 3 else 1
-    total = frames * pixels
+    total = frames * (pixels // graph.pixels_per_transfer())
     in_gaps = out_ready = None
     if input_gap > 0:
         in_gaps = np.random.default_rng(seq_in).geometric(1.0 - input_gap, total) - 1

@@ -3,7 +3,9 @@
 A matrix stage (``BinaryDense``, ``BinaryConv``, ``ScoreLayer``) with ``PE`` lanes of ``SIMD``
 elements takes ``(C_out / PE) * (K / SIMD)`` cycles per input vector (FINN's folding model); a
 convolution processes one vector per output pixel. Streaming stages without folding take one
-cycle per pixel they receive (the input, sliding windows, max-pools).
+cycle per pixel they receive (sliding windows, max-pools); the input takes one cycle per transfer,
+and a transfer carries ``pixels_per_transfer`` pixels (an attribute of the input node, default 1;
+see :func:`pixels_per_transfer`).
 
 :class:`ChooseFolding` picks PE/SIMD per stage for a target throughput or a LUT budget and
 balances the pipeline like FINN's SetFolding: every stage gets the cheapest folding that keeps
@@ -14,11 +16,23 @@ from __future__ import annotations
 
 import math
 
-from .ir import BinaryConv, DataflowGraph, InputLayer, MaxPool, ScoreLayer, _Matrix
+from .ir import (
+    BinaryConv,
+    DataflowGraph,
+    InputLayer,
+    MaxPool,
+    ScoreLayer,
+    _Matrix,
+    check_pixels_per_transfer,
+)
 
 __all__ = ["ChooseFolding", "FoldingError", "divisors", "matrix_ops", "vectors_per_frame",
            "stage_cycles", "window_cycles", "estimate_luts", "pipeline_cycles",
-           "parse_fold_overrides"]
+           "parse_fold_overrides", "pixels_per_transfer", "MAX_PIXELS_PER_TRANSFER",
+           "estimate_mst_luts", "mst_eligible"]
+
+#: The most pixels per input transfer :class:`ChooseFolding` picks by itself.
+MAX_PIXELS_PER_TRANSFER = 16
 
 
 class FoldingError(ValueError):
@@ -47,14 +61,27 @@ def _pixels(shape: tuple) -> int:
     return int(shape[1] * shape[2]) if len(shape) == 3 else 1
 
 
-def stage_cycles(op, pe: int | None = None, simd: int | None = None) -> int:
-    """Cycles per frame of one stage at the given folding (ignored for unfolded stages)."""
+def pixels_per_transfer(graph: DataflowGraph) -> int:
+    """Return the input node's ``pixels_per_transfer`` attribute (default 1), checked.
+
+    The accelerator's input stream carries that many pixels per transfer; it must divide the
+    H·W pixels of a frame (a (K,) vector input is one pixel, so only 1 is legal there).
+    """
+    return graph.pixels_per_transfer()
+
+
+def stage_cycles(op, pe: int | None = None, simd: int | None = None,
+                 pixels_per_transfer: int = 1) -> int:
+    """Cycles per frame of one stage at the given folding (ignored for unfolded stages).
+
+    The input stage takes H·W / ``pixels_per_transfer`` cycles per frame.
+    """
     if isinstance(op, (_Matrix, ScoreLayer)):
         return vectors_per_frame(op) * (op.channels // pe) * (op.k // simd)
     if isinstance(op, MaxPool):
         return window_cycles(op)
     if isinstance(op, InputLayer):
-        return _pixels(op.in_shape)
+        return _pixels(op.in_shape) // pixels_per_transfer
     return 1
 
 
@@ -71,6 +98,7 @@ def window_cycles(op) -> int:
 def pipeline_cycles(graph: DataflowGraph) -> dict[str, int]:
     """Cycles per frame of every stage of a folded graph."""
     out = {}
+    ppt = pixels_per_transfer(graph)
     for name, op in graph:
         fold = graph.attrs(name).get("fold")
         if isinstance(op, (_Matrix, ScoreLayer)):
@@ -81,7 +109,7 @@ def pipeline_cycles(graph: DataflowGraph) -> dict[str, int]:
                 cycles = max(cycles, window_cycles(op))
             out[name] = cycles
         else:
-            out[name] = stage_cycles(op)
+            out[name] = stage_cycles(op, pixels_per_transfer=ppt)
     return out
 
 
@@ -102,6 +130,36 @@ def estimate_luts(op, pe: int, simd: int) -> int:
     if isinstance(op, ScoreLayer):
         datapath += op.channels * 40
     return int(datapath + rom)
+
+
+def mst_eligible(op) -> bool:
+    """Whether a stage can be an MST-compressed layer (a binary-input hidden matrix layer)."""
+    return isinstance(op, _Matrix) and op.input_bits == 1 and op.thresholds is not None
+
+
+def estimate_mst_luts(op, tree=None) -> int:
+    """Rough LUT4 estimate of an MST-compressed layer (PE = C, SIMD = K, one vector a cycle).
+
+    ``tree`` is an :class:`~bnnforge.compiler.mst.MSTResult` or the ``mst`` node attribute
+    (``weight``, ``roots``); ``None`` computes ``layer_tree(op)`` (:mod:`bnnforge.compiler.mst`).
+    Costed like :func:`estimate_luts`: about 2 LUTs per popcount input bit over the tree's
+    ``K * roots + weight`` positions, a threshold comparator per channel and an adder per child
+    of log2(K) + 2 bits; the weights are constants in the logic, so there is no ROM.
+    """
+    from .mst import layer_tree
+
+    if tree is None:
+        tree = layer_tree(op)
+    if isinstance(tree, dict):
+        if "weight" not in tree or "roots" not in tree:
+            raise ValueError(f"an mst attribute needs 'weight' and 'roots', got keys "
+                             f"{sorted(tree)}")
+        weight, roots = int(tree["weight"]), len(tree["roots"])
+    else:
+        weight, roots = int(tree.weight), len(tree.roots)
+    acc_bits = max(1, math.ceil(math.log2(op.k + 1))) + 2
+    xnor = op.k * roots + weight
+    return int(2 * xnor + op.channels * acc_bits + (op.channels - roots) * acc_bits)
 
 
 def parse_fold_overrides(items: list[str] | None) -> dict[str, tuple[int, int]]:
@@ -126,16 +184,34 @@ class ChooseFolding:
     luts
         A LUT budget: the fastest balanced pipeline whose :func:`estimate_luts` total fits.
     overrides
-        ``{stage: (pe, simd)}`` fixed by hand; checked for legality.
+        ``{stage: (pe, simd)}`` fixed by hand; checked for legality. The input node may be given
+        as ``{"input": (pixels_per_transfer, 1)}``.
 
     With neither target nor budget the pipeline is balanced on its slowest stage at SIMD up to
     32 and PE 1 (a small, middle-of-the-road design).
+
+    With a target, when the input stream (one transfer per cycle) would be slower than the
+    target, the input node's ``pixels_per_transfer`` is raised to the smallest divisor of H·W
+    (up to :data:`MAX_PIXELS_PER_TRANSFER`) that meets it; otherwise it is kept (default 1).
+
+    mst
+        Also consider the MST-compressed layer for binary-input hidden stages (not overridden):
+        a stage gets ``fold = {"pe": C, "simd": K, "mst": True}`` when
+        :func:`estimate_mst_luts` is below the cheapest dense folding that meets the target
+        (the MST layer takes one vector a cycle, like PE = C, SIMD = K). Such a stage also gets
+        its ``mst`` attribute (the tree of :func:`~bnnforge.compiler.mst.layer_tree` with
+        ``mst_max_depth``; an existing ``mst`` attribute is used as it is), so later passes and
+        the timing model see the tree; :class:`~bnnforge.compiler.mst.OrderChannelsByMST` with
+        the same ``max_depth`` (and ``complement=True``) recomputes the identical tree.
+    mst_max_depth
+        Depth bound of those trees (None: unbounded, as OrderChannelsByMST's default).
     """
 
     name = "choose_folding"
 
     def __init__(self, target_cycles: int | None = None, luts: int | None = None,
-                 overrides: dict[str, tuple[int, int]] | None = None):
+                 overrides: dict[str, tuple[int, int]] | None = None, mst: bool = False,
+                 mst_max_depth: int | None = None):
         if target_cycles is not None and luts is not None:
             raise FoldingError("give a throughput target or a LUT budget, not both")
         if target_cycles is not None and target_cycles < 1:
@@ -145,6 +221,27 @@ class ChooseFolding:
         self.target_cycles = target_cycles
         self.luts = luts
         self.overrides = dict(overrides or {})
+        self.mst = bool(mst)
+        self.mst_max_depth = mst_max_depth
+        self._trees: dict[str, dict] = {}
+
+    def _tree(self, graph: DataflowGraph, name: str) -> dict:
+        """The ``mst`` attribute of a stage: its own, or the tree computed once per apply()."""
+        from .mst import layer_tree, tree_attr
+
+        attr = graph.attrs(name).get("mst")
+        if attr is not None:
+            return attr
+        if name not in self._trees:
+            self._trees[name] = tree_attr(layer_tree(graph.op(name),
+                                                     max_depth=self.mst_max_depth))
+        return self._trees[name]
+
+    def _luts(self, graph: DataflowGraph, name: str, fold: tuple) -> int:
+        op = graph.op(name)
+        if len(fold) > 2 and fold[2]:
+            return estimate_mst_luts(op, self._tree(graph, name))
+        return estimate_luts(op, fold[0], fold[1])
 
     @staticmethod
     def _check_override(name: str, op, pe: int, simd: int) -> None:
@@ -171,10 +268,10 @@ class ChooseFolding:
                     best = (key, (pe, simd))
         return None if best is None else best[1]
 
-    def _floor(self, graph: DataflowGraph) -> int:
-        """Cycles per frame that no folding can beat (input pixel rate, window generators)."""
-        floors = [stage_cycles(op) for _, op in graph if not isinstance(op, (_Matrix,
-                                                                              ScoreLayer))]
+    def _floor(self, graph: DataflowGraph, ppt: int = 1) -> int:
+        """Cycles per frame that no folding can beat (input transfer rate, window generators)."""
+        floors = [stage_cycles(op, pixels_per_transfer=ppt) for _, op in graph
+                  if not isinstance(op, (_Matrix, ScoreLayer))]
         floors += [window_cycles(op) for _, op in graph if isinstance(op, BinaryConv)]
         return max(floors)
 
@@ -182,7 +279,7 @@ class ChooseFolding:
         folds = {}
         for name in matrix_ops(graph):
             op = graph.op(name)
-            if name in self.overrides:
+            if name in self.overrides and name != graph.input_node():
                 folds[name] = self.overrides[name]
                 continue
             choice = self.cheapest(op, target)
@@ -192,33 +289,66 @@ class ChooseFolding:
                     f"stage {name} needs at least {fastest} cycles per frame even fully "
                     f"parallel (PE={op.channels}, SIMD={op.k}); the target is {target}: lower "
                     "the throughput target")
+            if self.mst and mst_eligible(op) and \
+                    estimate_mst_luts(op, self._tree(graph, name)) < estimate_luts(op, *choice):
+                choice = (op.channels, op.k, True)        # one vector a cycle: meets target
             folds[name] = choice
         return folds
 
     def _total_luts(self, graph: DataflowGraph, folds: dict) -> int:
-        return sum(estimate_luts(graph.op(n), *f) for n, f in folds.items())
+        return sum(self._luts(graph, n, f) for n, f in folds.items())
+
+    def _pixels_per_transfer(self, graph: DataflowGraph) -> tuple[int, bool]:
+        """Return the input's pixels per transfer and whether it is fixed (override)."""
+        name = graph.input_node()
+        if name in self.overrides:
+            ppt, rest = self.overrides[name]
+            try:
+                check_pixels_per_transfer(name, graph.op(name), ppt)
+            except ValueError as exc:
+                raise FoldingError(str(exc)) from None
+            if rest != 1:
+                raise FoldingError(f"the input override is {name}=P,1 (pixels per transfer), "
+                                   f"not {name}={ppt},{rest}")
+            return int(ppt), True
+        return pixels_per_transfer(graph), False
 
     def apply(self, graph: DataflowGraph) -> DataflowGraph:
+        self._trees = {}
         names = matrix_ops(graph)
+        inp = graph.input_node()
         for name in self.overrides:
-            if name not in names:
+            if name not in names and name != inp:
                 raise FoldingError(f"--fold names no foldable stage {name!r}; stages: "
                                    f"{', '.join(names)}")
         for name, (pe, simd) in self.overrides.items():
-            self._check_override(name, graph.op(name), pe, simd)
+            if name != inp:
+                self._check_override(name, graph.op(name), pe, simd)
+        ppt, fixed = self._pixels_per_transfer(graph)
         if self.target_cycles is not None:
-            floor = self._floor(graph)
+            floor = self._floor(graph, ppt)
+            widest = ppt
+            if self.target_cycles < floor and not fixed:
+                pixels = _pixels(graph.op(inp).in_shape)
+                widest = max([ppt] + [p for p in divisors(pixels)
+                                      if p <= MAX_PIXELS_PER_TRANSFER])
+                for p in divisors(pixels):
+                    if ppt < p <= MAX_PIXELS_PER_TRANSFER \
+                            and self._floor(graph, p) <= self.target_cycles:
+                        ppt, floor = p, self._floor(graph, p)
+                        break
             if self.target_cycles < floor:
                 raise FoldingError(
                     f"the target of {self.target_cycles} cycles per frame is faster than the "
-                    f"streaming stages allow ({floor} cycles per frame: one input pixel, or one "
-                    "window pixel, per cycle): lower the throughput target or raise the clock")
+                    f"streaming stages allow ({floor} cycles per frame: one input transfer of "
+                    f"{widest} pixel(s), or one window pixel, "
+                    "per cycle): lower the throughput target or raise the clock")
             folds = self._assign(graph, self.target_cycles)
         elif self.luts is not None:
             candidates = sorted({stage_cycles(graph.op(n), pe, simd) for n in names
                                  for pe in divisors(graph.op(n).channels)
                                  for simd in divisors(graph.op(n).k)})
-            floor = self._floor(graph)
+            floor = self._floor(graph, ppt)
             candidates = [c for c in candidates if c >= floor] or [floor]
             worst = max(stage_cycles(graph.op(n), 1, 1) for n in names)
             candidates = sorted(set(candidates + [max(worst, floor)]))
@@ -247,9 +377,15 @@ class ChooseFolding:
                 op = graph.op(name)
                 simd = max(d for d in divisors(op.k) if d <= 32)
                 base[name] = stage_cycles(op, 1, simd)
-            target = max(max(base.values()), self._floor(graph))
+            target = max(max(base.values()), self._floor(graph, ppt))
             folds = self._assign(graph, target)
         out = graph.copy()
-        for name, (pe, simd) in folds.items():
+        if ppt != 1 or "pixels_per_transfer" in out.attrs(inp):
+            out.attrs(inp)["pixels_per_transfer"] = int(ppt)
+        for name, (pe, simd, *mst) in folds.items():
             out.attrs(name)["fold"] = {"pe": int(pe), "simd": int(simd)}
+            if mst and mst[0]:
+                out.attrs(name)["fold"]["mst"] = True
+                out.attrs(name)["mst"] = {k: list(v) if isinstance(v, list) else v
+                                          for k, v in self._tree(graph, name).items()}
         return out

@@ -27,7 +27,7 @@ import numpy as np
 
 __all__ = [
     "Op", "InputLayer", "BinaryDense", "BinaryConv", "MaxPool", "ScoreLayer",
-    "DataflowGraph", "OP_TYPES", "pack_bits", "unpack_bits",
+    "DataflowGraph", "OP_TYPES", "pack_bits", "unpack_bits", "check_pixels_per_transfer",
 ]
 
 
@@ -223,12 +223,30 @@ class ScoreLayer(Op):
 OP_TYPES = {cls.__name__: cls for cls in (InputLayer, BinaryDense, BinaryConv, MaxPool, ScoreLayer)}
 
 
+def check_pixels_per_transfer(name: str, op: Op, value) -> int:
+    """Return ``value`` as the input's pixels per transfer, or raise ``ValueError``.
+
+    It must be a positive integer that divides the H·W pixels of ``op``'s frames (a (K,) vector
+    input is one pixel); the message lists the legal values.
+    """
+    shape = tuple(op.in_shape)
+    pixels = int(shape[1] * shape[2]) if len(shape) == 3 else 1
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1 \
+            or pixels % value:
+        legal = [d for d in range(1, pixels + 1) if pixels % d == 0]
+        raise ValueError(f"stage {name!r}: pixels_per_transfer must divide the {pixels} pixels "
+                         f"of a frame (legal: {', '.join(map(str, legal))}), not {value!r}")
+    return int(value)
+
+
 class DataflowGraph:
     """A chain of streaming stages: a ``networkx.DiGraph`` whose nodes carry an ``op``.
 
     Nodes are named (``"input"``, ``"conv0"``, ``"fc1"``, ``"scores"`` …). Edges carry the tensor
     ``shape`` and the ``bits`` per element. Passes set further node attributes: ``fold``
-    (``{"pe": …, "simd": …}``), ``mst``, ``fifo_depth``.
+    (``{"pe": …, "simd": …}``), ``mst``, ``fifo_depth``; the input node may carry
+    ``pixels_per_transfer`` (default 1: pixels the accelerator's input stream carries per
+    transfer; see :meth:`pixels_per_transfer`).
     """
 
     def __init__(self, name: str = "model", meta: dict | None = None):
@@ -292,6 +310,13 @@ class DataflowGraph:
     @property
     def input_shape(self) -> tuple:
         return tuple(self.op(self.input_node()).in_shape)
+
+    def pixels_per_transfer(self) -> int:
+        """Return the input node's ``pixels_per_transfer`` (default 1), checked: it must divide
+        the H·W pixels of a frame (``ValueError`` listing the legal values otherwise)."""
+        name = self.input_node()
+        return check_pixels_per_transfer(name, self.op(name),
+                                         self.attrs(name).get("pixels_per_transfer", 1))
 
     @property
     def num_classes(self) -> int:

@@ -30,7 +30,7 @@ import numpy as np
 from .ir import BinaryConv, BinaryDense, DataflowGraph, ScoreLayer
 
 __all__ = ["MSTResult", "hamming_matrix", "effective_distance", "mst_tree", "layer_tree",
-           "analyse_layer", "analyse_graph", "OrderChannelsByMST"]
+           "analyse_layer", "analyse_graph", "OrderChannelsByMST", "tree_attr"]
 
 def hamming_matrix(packed: np.ndarray, k: int) -> np.ndarray:
     """Return the Hamming distances between all rows of a packed bit matrix.
@@ -482,6 +482,18 @@ def analyse_graph(graph: DataflowGraph, *, complement: bool = True,
             "layers": layers}
 
 
+def tree_attr(tree: MSTResult) -> dict:
+    """Return a tree as the ``mst`` node attribute (plain lists and ints, JSON-able)."""
+    return {
+        "parent": [int(v) for v in tree.parent],
+        "complement": [bool(v) for v in tree.complement],
+        "depth": [int(v) for v in tree.depth],
+        "order": [int(v) for v in tree.order],
+        "weight": int(tree.weight),
+        "roots": [int(v) for v in tree.roots],
+    }
+
+
 class OrderChannelsByMST:
     """Attach an MST over output channels to every binary layer (node attribute ``mst``).
 
@@ -513,12 +525,5 @@ class OrderChannelsByMST:
             if not isinstance(op, _MST_OPS):
                 continue
             tree = layer_tree(op, complement=self.complement, max_depth=self.max_depth)
-            out.attrs(name)["mst"] = {
-                "parent": [int(v) for v in tree.parent],
-                "complement": [bool(v) for v in tree.complement],
-                "depth": [int(v) for v in tree.depth],
-                "order": [int(v) for v in tree.order],
-                "weight": int(tree.weight),
-                "roots": [int(v) for v in tree.roots],
-            }
+            out.attrs(name)["mst"] = tree_attr(tree)
         return out

@@ -22,14 +22,17 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 __all__ = [
+    "ARGMAX_LEVELS_PER_STAGE",
     "MVTU",
     "TREE_LEVELS_PER_STAGE",
     "Deserializer",
     "InputThreshold",
     "MaxPool",
     "ScoreUnit",
+    "Serializer",
     "SlidingWindow",
     "StreamFIFO",
+    "argmax_stages",
     "tree_stages",
 ]
 
@@ -44,6 +47,21 @@ def tree_stages(simd: int) -> int:
     """
     levels = (simd - 1).bit_length()
     return -(-levels // TREE_LEVELS_PER_STAGE)
+
+
+#: Comparator levels of the score unit's argmax tree between two pipeline registers.
+ARGMAX_LEVELS_PER_STAGE = 2
+
+
+def argmax_stages(classes: int) -> int:
+    """Return the pipeline registers inside the argmax tree over ``classes`` scores.
+
+    The tree has ``L = ceil(log2(classes))`` comparator levels; a register follows every
+    :data:`ARGMAX_LEVELS_PER_STAGE` levels except the last group, which feeds the output
+    register: ``max(0, ceil(L / 2) - 1)`` — 0 for up to 4 classes, 1 for 5..16, 2 for 17..64.
+    """
+    levels = (classes - 1).bit_length()
+    return max(0, -(-levels // ARGMAX_LEVELS_PER_STAGE) - 1)
 
 
 def quiet_on_error(init):
@@ -107,8 +125,11 @@ def _weight_matrix(weights, channels: int, k: int) -> np.ndarray:
 class _MatrixBase(wiring.Component):
     """Shared checks and datapath of :class:`MVTU` and :class:`ScoreUnit`."""
 
-    def _check(self, k, channels, pe, simd, weights, input_bits, what):
+    def _check(self, k, channels, pe, simd, weights, input_bits, what, count=1):
         self.k = _positive_int("K", k)
+        self.count = _positive_int("count", count)
+        if self.k % self.count:
+            raise ValueError(f"count must divide K={self.k}, not {count!r}")
         self.channels = _positive_int(what, channels)
         self.pe = _positive_int("PE", pe)
         self.simd = _positive_int("SIMD", simd)
@@ -137,10 +158,10 @@ class _MatrixBase(wiring.Component):
         must present data at the accumulate stage).
         """
         k, b, pe, simd = self.k, self.input_bits, self.pe, self.simd
-        groups, folds = self.groups, self.folds
+        groups, folds, count = self.groups, self.folds, self.count
         i_s = self.i_stream
 
-        # -- input buffer and current-vector register --------------------------------------
+        # -- input buffer (collects `count` transfers) and current-vector register -----------
         ibuf = Signal(k * b)
         ibuf_full = Signal()
         cur = Signal(k * b)
@@ -158,10 +179,21 @@ class _MatrixBase(wiring.Component):
             take.eq(en & ibuf_full & (~busy | last_step)),
             i_s.ready.eq(~ibuf_full | take),
         ]
-        with m.If(i_s.valid & i_s.ready):
-            m.d.sync += [ibuf.eq(i_s.payload), ibuf_full.eq(1)]
-        with m.Elif(take):
-            m.d.sync += ibuf_full.eq(0)
+        if count > 1:
+            ew = k * b // count
+            idx = Signal(range(count))
+            last_e = Signal()
+            m.d.comb += last_e.eq(idx == count - 1)
+            with m.If(i_s.valid & i_s.ready):
+                m.d.sync += [ibuf.eq(Cat(ibuf[ew:], i_s.payload)), ibuf_full.eq(last_e),
+                             idx.eq(Mux(last_e, 0, idx + 1))]
+            with m.Elif(take):
+                m.d.sync += ibuf_full.eq(0)
+        else:
+            with m.If(i_s.valid & i_s.ready):
+                m.d.sync += [ibuf.eq(i_s.payload), ibuf_full.eq(1)]
+            with m.Elif(take):
+                m.d.sync += ibuf_full.eq(0)
 
         issue = Signal()
         m.d.comb += issue.eq(en & busy)
@@ -170,9 +202,7 @@ class _MatrixBase(wiring.Component):
         with m.If(take):
             m.d.sync += [cur.eq(ibuf), s.eq(0), n.eq(0)]
         with m.Elif(issue):
-            step = simd * b
             if folds > 1:
-                m.d.sync += cur.eq(Cat(cur[step:], cur[:step]))       # rotate right
                 m.d.sync += s.eq(Mux(last_s, 0, s + 1))
             if groups > 1:
                 with m.If(last_s):
@@ -198,9 +228,10 @@ class _MatrixBase(wiring.Component):
             m.d.comb += w.eq(rd.data)
 
         # -- stage 1: operands registered ------------------------------------------------------
+        # step s reads word s of the held vector through a word select (no rotating copy)
         x = Signal(simd * b)
         with m.If(en):
-            m.d.sync += x.eq(cur[:simd * b])
+            m.d.sync += x.eq(cur.word_select(s, simd * b) if folds > 1 else cur)
 
         # control pipeline: ctl[0] at issue, ctl[i] i enabled cycles later
         def ctl_regs(i):
@@ -285,13 +316,22 @@ class MVTU(_MatrixBase):
         the accumulator range give constant channels).
     input_bits : int
         1: ``acc = popcount(XNOR(x, w))``; 8: unsigned bytes, ``acc = sum(w ? +q : -q)``.
+    count : int
+        Transfers per input vector (default 1; must divide K): the unit collects ``count``
+        transfers of K/count elements straight into its input buffer, so a feature map needs no
+        separate :class:`Deserializer` in front.
 
     Ports
     -----
-    i_stream : In(stream.Signature(K * input_bits))
-        One vector per transfer; element i at bits [i*b, (i+1)*b).
+    i_stream : In(stream.Signature(K * input_bits / count))
+        ``count`` transfers per vector, the first in the lowest elements; element i of the
+        vector at bits [i*b, (i+1)*b) of their concatenation.
     o_stream : Out(stream.Signature(C))
         One transfer per vector; bit c = channel c.
+
+    Storage: two vector registers — the input buffer, which collects the next vector while
+    the engine computes, and the held current vector, whose SIMD-wide word s the engine reads
+    in step s through a word select (no rotating copy). Both are needed for II = F.
 
     Timing
     ------
@@ -300,22 +340,26 @@ class MVTU(_MatrixBase):
     low, or high with ``o_stream.ready`` high).
 
     * Input buffer (one vector): ``i_stream.ready = not ibuf_full or take``, where ``take`` is
-      high in an enabled cycle with ``ibuf_full`` and the engine idle or issuing its last step.
-      A vector accepted in cycle a is in the buffer from cycle a+1.
+      high in an enabled cycle with ``ibuf_full`` and the engine idle or issuing its last step;
+      ``ibuf_full`` rises the cycle after the ``count``-th transfer of a vector is accepted.
+      So the first transfer of vector j is accepted from the cycle vector j-1 was taken (the
+      buffer is free), the others whenever offered. A vector whose last transfer is accepted in
+      cycle a is in the buffer from cycle a+1.
     * A vector taken in cycle t has its F steps issued in the next F enabled cycles
       (the first is the first enabled cycle after t). Back-to-back: the next vector is taken in
       the cycle of the previous vector's last step, so II = F cycles.
     * The result is written to the output register d+1 enabled cycles after the last step was
-      issued, and ``o_stream.valid`` rises in the next cycle. Without stalls, a vector accepted
-      at cycle a into an empty, idle unit leaves ``o_stream.valid`` high from cycle
+      issued, and ``o_stream.valid`` rises in the next cycle. Without stalls, a vector whose
+      last transfer is accepted at cycle a into an empty, idle unit leaves ``o_stream.valid``
+      high from cycle
       ``a + F + 3 + d`` (attribute ``latency = F + 3 + d``).
     * It stays valid until accepted; in every cycle it is not accepted, the whole pipeline
       (steps, ROM, accumulators) holds. Tokens are never dropped or duplicated.
     """
 
     @quiet_on_error
-    def __init__(self, k, channels, pe, simd, weights, thresholds, input_bits=1):
-        self._check(k, channels, pe, simd, weights, input_bits, "channels")
+    def __init__(self, k, channels, pe, simd, weights, thresholds, input_bits=1, count=1):
+        self._check(k, channels, pe, simd, weights, input_bits, "channels", count)
         t = list(thresholds) if not isinstance(thresholds, np.ndarray) else thresholds.tolist()
         if len(t) != self.channels:
             raise ValueError(f"thresholds must hold {self.channels} values, not {len(t)}")
@@ -325,7 +369,8 @@ class MVTU(_MatrixBase):
         lo, hi = self.acc_range
         self.thresholds = [min(max(int(v), lo), hi + 1) for v in t]
         self.latency = self.cycles + 3 + self.tree_stages
-        super().__init__({"i_stream": In(stream.Signature(self.k * self.input_bits)),
+        super().__init__({"i_stream": In(stream.Signature(self.k * self.input_bits
+                                                          // self.count)),
                           "o_stream": Out(stream.Signature(self.channels))})
 
     def elaborate(self, platform):
@@ -389,33 +434,51 @@ class ScoreUnit(_MatrixBase):
         kept as ``score_width``-bit two's complement (wrapping).
     score_width : int
         Bits per score (default 32).
+    count : int
+        Transfers per input vector, as for :class:`MVTU`.
 
     Ports
     -----
-    i_stream : In(stream.Signature(K * input_bits))
+    i_stream : In(stream.Signature(K * input_bits / count))
     o_stream : Out(stream.Signature(classes * score_width + class_width))
         Class c's score at bits [score_width*c, score_width*(c+1)); the argmax (lowest index
         wins ties; scores compared as signed ``score_width``-bit values) in the top
         ``class_width = max(1, ceil(log2(classes)))`` bits.
 
+    Scores are held in ``score_bits`` = the fewest two's complement bits that hold every
+    reachable score (from the accumulator range, mul and add; at most ``score_width``) and
+    sign-extended to ``score_width`` on the output, so the argmax compares narrow values.
+
     Timing
     ------
-    Exactly :class:`MVTU`'s, with two more register stages after the accumulators (the
-    completed accumulators, then the scores; the argmax is computed from the scores into the
-    output register): II = F = classes/PE * K/SIMD, ``latency = F + 5 + d``; the same global
-    stall rule and one-vector input buffer.
+    Exactly :class:`MVTU`'s, with more register stages after the accumulators: the completed
+    accumulators, then the scores, then a = :func:`argmax_stages`\\(classes) registers inside
+    the argmax tree (one every :data:`ARGMAX_LEVELS_PER_STAGE` comparator levels; the scores
+    travel beside it), then the output register. II = F = classes/PE * K/SIMD,
+    ``latency = F + 5 + d + a``; the same global stall rule and one-vector input buffer.
     """
 
     @quiet_on_error
-    def __init__(self, k, classes, pe, simd, weights, mul, add, input_bits=1, score_width=32):
-        self._check(k, classes, pe, simd, weights, input_bits, "classes")
+    def __init__(self, k, classes, pe, simd, weights, mul, add, input_bits=1, score_width=32,
+                 count=1):
+        self._check(k, classes, pe, simd, weights, input_bits, "classes", count)
         self.score_width = _positive_int("score_width", score_width)
         self.mul = self._ints("mul", mul)
         self.add = self._ints("add", add)
         self.class_width = max(1, (self.channels - 1).bit_length())
-        self.latency = self.cycles + 5 + self.tree_stages
+        self.argmax_stages = argmax_stages(self.channels)
+        self.latency = self.cycles + 5 + self.tree_stages + self.argmax_stages
+        if self.input_bits == 1:
+            s_lo, s_hi = -self.k, self.k
+        else:
+            s_lo, s_hi = self.acc_range
+        ends = [mc * sv + ac for mc, ac in zip(self.mul, self.add, strict=True)
+                for sv in (s_lo, s_hi)]
+        need = max(max(v.bit_length() for v in ends) + 1, 2)
+        #: two's complement bits the scores are held and compared in (<= score_width)
+        self.score_bits = min(need, self.score_width)
         super().__init__({
-            "i_stream": In(stream.Signature(self.k * self.input_bits)),
+            "i_stream": In(stream.Signature(self.k * self.input_bits // self.count)),
             "o_stream": Out(stream.Signature(self.channels * self.score_width
                                              + self.class_width))})
 
@@ -456,9 +519,10 @@ class ScoreUnit(_MatrixBase):
             m.d.sync += v1.eq(done)
             with m.If(done):
                 m.d.sync += accs.eq(full)
-        # stage V2: scores
+        # stage V2: scores, held in score_bits (every reachable score fits: exact)
         v2 = Signal()
-        scores = [Signal(signed(sw), name=f"score{c}") for c in range(classes)]
+        rw = self.score_bits
+        scores = [Signal(signed(rw), name=f"score{c}") for c in range(classes)]
         with m.If(en):
             m.d.sync += v2.eq(v1)
             with m.If(v1):
@@ -467,11 +531,14 @@ class ScoreUnit(_MatrixBase):
                     a = a.as_signed() if acc_shape.signed else a
                     sval = 2 * a - self.k if self.input_bits == 1 else a
                     e = sval * self.mul[c] + self.add[c]
-                    m.d.sync += scores[c].eq(e[:sw].as_signed())
-        # argmax tree (lower index wins ties) into the output register
+                    m.d.sync += scores[c].eq(e[:rw].as_signed())
+        # argmax tree (lower index wins ties), a register every ARGMAX_LEVELS_PER_STAGE levels;
+        # the scores travel beside it; the last levels feed the output register
         cw = self.class_width
         nodes = [(sc, Const(c, cw)) for c, sc in enumerate(scores)]
+        valid, carried = v2, scores
         level = 0
+        levels = (classes - 1).bit_length()
         while len(nodes) > 1:
             level += 1
             nxt = []
@@ -480,16 +547,37 @@ class ScoreUnit(_MatrixBase):
                     nxt.append(nodes[i])
                     continue
                 (va, ia), (vb, ib) = nodes[i], nodes[i + 1]
-                v = Signal(signed(sw), name=f"best_l{level}_{i // 2}")
+                v = Signal(signed(rw), name=f"best_l{level}_{i // 2}")
                 idx = Signal(cw, name=f"best_i{level}_{i // 2}")
                 pick_b = vb > va
                 m.d.comb += [v.eq(Mux(pick_b, vb, va)), idx.eq(Mux(pick_b, ib, ia))]
                 nxt.append((v, idx))
             nodes = nxt
+            if level % ARGMAX_LEVELS_PER_STAGE == 0 and level < levels:
+                stage = level // ARGMAX_LEVELS_PER_STAGE
+                rv = Signal(name=f"argmax{stage}_valid")
+                regs = [(Signal(signed(rw), name=f"argmax{stage}_v{i}"),
+                         Signal(cw, name=f"argmax{stage}_i{i}")) for i in range(len(nodes))]
+                held = [Signal(signed(rw), name=f"argmax{stage}_score{c}")
+                        for c in range(classes)]
+                with m.If(en):
+                    m.d.sync += rv.eq(valid)
+                    with m.If(valid):
+                        for (rv_, ri), (nv, ni) in zip(regs, nodes, strict=True):
+                            m.d.sync += [rv_.eq(nv), ri.eq(ni)]
+                        m.d.sync += [h.eq(c) for h, c in zip(held, carried, strict=True)]
+                valid, carried, nodes = rv, held, regs
+        # output register: narrow scores and the class; sign-extended onto the payload
+        out_scores = [Signal(signed(rw), name=f"out_score{c}") for c in range(classes)]
+        out_class = Signal(cw)
         with m.If(en):
-            m.d.sync += o.valid.eq(v2)
-            with m.If(v2):
-                m.d.sync += o.payload.eq(Cat(*scores, nodes[0][1]))
+            m.d.sync += o.valid.eq(valid)
+            with m.If(valid):
+                m.d.sync += [h.eq(c) for h, c in zip(out_scores, carried, strict=True)]
+                m.d.sync += out_class.eq(nodes[0][1])
+        wide = [Signal(signed(sw), name=f"o_score{c}") for c in range(classes)]
+        m.d.comb += [wv.eq(nv) for wv, nv in zip(wide, out_scores, strict=True)]
+        m.d.comb += o.payload.eq(Cat(*wide, out_class))
         return m
 
 
@@ -765,13 +853,70 @@ class Deserializer(wiring.Component):
         return m
 
 
-class InputThreshold(wiring.Component):
-    """Binarize 8-bit pixels: bit c = (byte c >= threshold); 128 gives each byte's MSB.
+class Serializer(wiring.Component):
+    """Split each transfer of ``count * elem_width`` bits into ``count`` transfers.
+
+    The width converter in front of a :class:`SlidingWindow` when the accelerator's input
+    carries several pixels per transfer.
 
     Ports
     -----
-    i_stream : In(stream.Signature(8 * channels)) — channel c in bits [8c, 8c+8).
-    o_stream : Out(stream.Signature(channels))
+    i_stream : In(stream.Signature(count * elem_width))
+    o_stream : Out(stream.Signature(elem_width)) — the lowest ``elem_width`` bits first.
+
+    Timing
+    ------
+    Holds one input word. ``o_stream.valid`` is high while elements of it are left;
+    ``i_stream.ready = (none left) or (one left and o_stream.ready)``, so the next word is
+    accepted in the cycle its predecessor's last element is (or any later cycle). A word
+    accepted in cycle a offers its first element from cycle a+1 (latency 1) and element e from
+    the cycle after element e-1's handshake: with a ready consumer, one element per cycle
+    without gaps (II = ``count`` cycles per input word).
+    """
+
+    @quiet_on_error
+    def __init__(self, elem_width, count):
+        self.elem_width = _positive_int("elem_width", elem_width)
+        self.count = _positive_int("count", count)
+        self.latency = 1
+        super().__init__({"i_stream": In(stream.Signature(self.elem_width * self.count)),
+                          "o_stream": Out(stream.Signature(self.elem_width))})
+
+    def elaborate(self, platform):
+        m = Module()
+        i_s, o = self.i_stream, self.o_stream
+        ew, count = self.elem_width, self.count
+        buf = Signal(ew * count)
+        left = Signal(range(count + 1))
+        m.d.comb += [
+            o.valid.eq(left != 0),
+            o.payload.eq(buf[:ew]),
+            i_s.ready.eq((left == 0) | ((left == 1) & o.ready)),
+        ]
+        with m.If(i_s.valid & i_s.ready):
+            m.d.sync += [buf.eq(i_s.payload), left.eq(count)]
+        with m.Elif(o.valid & o.ready):
+            m.d.sync += left.eq(left - 1)
+            if count > 1:
+                m.d.sync += buf.eq(buf[ew:])
+        return m
+
+
+class InputThreshold(wiring.Component):
+    """Binarize 8-bit pixels: bit c = (byte c >= threshold); 128 gives each byte's MSB.
+
+    Parameters
+    ----------
+    channels : int
+    threshold : int
+    pixels : int
+        Pixels per transfer (default 1): byte ``p*channels + c`` becomes bit ``p*channels + c``.
+
+    Ports
+    -----
+    i_stream : In(stream.Signature(8 * channels * pixels)) — pixel p's channel c in bits
+        [8(p*channels + c), 8(p*channels + c) + 8).
+    o_stream : Out(stream.Signature(channels * pixels))
 
     Timing
     ------
@@ -779,15 +924,17 @@ class InputThreshold(wiring.Component):
     """
 
     @quiet_on_error
-    def __init__(self, channels, threshold=128):
+    def __init__(self, channels, threshold=128, pixels=1):
         self.channels = _positive_int("channels", channels)
+        self.pixels = _positive_int("pixels", pixels)
         if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) \
                 or not 0 <= threshold <= 256:
             raise ValueError(f"threshold must be an integer 0..256, not {threshold!r}")
         self.threshold = int(threshold)
         self.latency = 0
-        super().__init__({"i_stream": In(stream.Signature(8 * self.channels)),
-                          "o_stream": Out(stream.Signature(self.channels))})
+        n = self.channels * self.pixels
+        super().__init__({"i_stream": In(stream.Signature(8 * n)),
+                          "o_stream": Out(stream.Signature(n))})
 
     def elaborate(self, platform):
         m = Module()
@@ -795,7 +942,7 @@ class InputThreshold(wiring.Component):
         p = i_s.payload
         m.d.comb += [
             o.payload.eq(Cat(*[p[8 * c:8 * c + 8] >= self.threshold
-                               for c in range(self.channels)])),
+                               for c in range(self.channels * self.pixels)])),
             o.valid.eq(i_s.valid),
             i_s.ready.eq(o.ready),
         ]

@@ -16,11 +16,13 @@ from .components import (
     Deserializer,
     InputThreshold,
     ScoreUnit,
+    Serializer,
     SlidingWindow,
     StreamFIFO,
     silence,
 )
 from .components import MaxPool as MaxPoolUnit
+from .mst_layer import MSTLayer
 
 __all__ = ["TOP_NAME", "Accelerator", "emit_verilog"]
 
@@ -40,6 +42,27 @@ def _fold(graph: DataflowGraph, name: str, op) -> tuple[int, int]:
     return pe, simd
 
 
+def _is_mst(graph: DataflowGraph, name: str) -> bool:
+    fold = graph.attrs(name).get("fold")
+    return isinstance(fold, dict) and bool(fold.get("mst", False))
+
+
+def _mst_unit(graph: DataflowGraph, name: str, op, pe: int, simd: int) -> MSTLayer:
+    """Build the MSTLayer of a stage whose fold is ``{"pe": C, "simd": K, "mst": True}``."""
+    if (pe, simd) != (op.channels, op.k):
+        raise ValueError(f"stage {name!r}: an MST layer needs PE = channels = {op.channels} and "
+                         f"SIMD = K = {op.k}, not PE={pe}, SIMD={simd}")
+    if op.input_bits != 1:
+        raise ValueError(f"stage {name!r}: an MST layer takes binary inputs only, not "
+                         f"{op.input_bits}-bit inputs; drop 'mst' from its fold")
+    tree = graph.attrs(name).get("mst")
+    if not isinstance(tree, dict) or "parent" not in tree or "complement" not in tree:
+        raise ValueError(f"stage {name!r} is folded as an MST layer but has no 'mst' attribute "
+                         "(parent, complement, depth); run OrderChannelsByMST first")
+    return MSTLayer(op.k, op.channels, op.weights, op.thresholds, tree["parent"],
+                    tree["complement"], depth=tree.get("depth"))
+
+
 def _fifo_depth(graph: DataflowGraph, name: str) -> int:
     depth = graph.attrs(name).get("fifo_depth", 2)
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
@@ -57,11 +80,14 @@ class Accelerator(wiring.Component):
         Folded (integer thresholds, ``mul``/``add``); every BinaryDense, BinaryConv and
         ScoreLayer node has ``fold = {"pe": int, "simd": int}``; optional ``fifo_depth``
         (default 2; 0 = none) is the depth of the :class:`StreamFIFO` in front of the stage.
+        The input node's optional ``pixels_per_transfer`` P (default 1, must divide H·W) sets
+        how many pixels one input transfer carries.
 
     Ports
     -----
-    i_stream : In(stream.Signature(8 * C_in))
-        One input pixel (all channels, channel 0 in the low byte) per transfer, frames back to
+    i_stream : In(stream.Signature(P * 8 * C_in))
+        P consecutive input pixels per transfer (all channels; pixel p of the transfer at bits
+        [p·8·C_in, (p+1)·8·C_in), channel 0 lowest), H·W/P transfers per frame, frames back to
         back in raster (HWC) order. A (K,) input is one "pixel" of K channels.
     o_stream : Out(stream.Signature(classes * score_width + class_width))
         One transfer per frame: class c's score at bits [w·c, w·c + w) with w = the score
@@ -69,11 +95,13 @@ class Accelerator(wiring.Component):
 
     Structure and timing
     --------------------
-    A chain, in graph order, each stage preceded by its FIFO: input → [InputThreshold if the
-    first layer is binary]; BinaryConv → SlidingWindow → MVTU; MaxPool → MaxPool;
-    BinaryDense/ScoreLayer → [Deserializer(C*bits, H*W) if the input is a feature map of more
-    than one pixel] → MVTU/ScoreUnit. Each block's timing is its docstring's; ``stages`` lists
-    the blocks as ``(node, kind, component)`` in chain order.
+    A chain, in graph order, each stage preceded by its FIFO: input → [InputThreshold(P pixels)
+    if the first layer is binary]; BinaryConv → [Serializer(C*bits, P) if the stream still
+    carries P > 1 pixels per transfer] → SlidingWindow → MVTU; MaxPool → [Serializer] →
+    MaxPool; BinaryDense/ScoreLayer → MVTU/ScoreUnit with ``count`` = the transfers per frame of
+    its input stream (H·W/P for the first layer, H·W after a convolution; the unit collects
+    them into its input buffer). Each block's timing is its docstring's; ``stages`` lists the
+    blocks as ``(node, kind, component)`` in chain order.
     """
 
     def __init__(self, graph: DataflowGraph):
@@ -95,9 +123,10 @@ class Accelerator(wiring.Component):
         shape = tuple(inp.in_shape)
         c_in, h, w = shape if len(shape) == 3 else (shape[0], 1, 1)
         self.in_channels, self.pixels_per_frame = c_in, h * w
+        self.pixels_per_transfer = per = graph.pixels_per_transfer()
         self.stages: list[tuple[str, str, wiring.Component]] = []
         self.info: list[dict] = []
-        fmap = (c_in, h, w)           # current stream: pixels of C elements
+        fmap = (c_in, h, w)           # current stream: pixels of C elements, `per` a transfer
         bits = 8
 
         def add(node, kind, comp, depth=None):
@@ -110,10 +139,10 @@ class Accelerator(wiring.Component):
             depth = _fifo_depth(graph, name)
             if isinstance(op, InputLayer):
                 if op.bits == 1:
-                    add(name, "threshold", InputThreshold(c_in, op.threshold), depth)
+                    add(name, "threshold", InputThreshold(c_in, op.threshold, per), depth)
                     bits = 1
                 elif depth:
-                    self.stages.append((name, "fifo", StreamFIFO(8 * c_in, depth)))
+                    self.stages.append((name, "fifo", StreamFIFO(8 * c_in * per, depth)))
                 self.info.append({"name": name, "kind": op.kind, "fifo_depth": depth})
             elif isinstance(op, BinaryConv):
                 if op.thresholds is None:
@@ -123,10 +152,17 @@ class Accelerator(wiring.Component):
                 c, ih, iw = op.in_shape
                 win = SlidingWindow(c, ih, iw, op.kernel, op.stride, op.padding, op.pad_value,
                                     op.input_bits)
+                if per > 1:
+                    add(name, "serializer", Serializer(c * op.input_bits, per), depth)
+                    depth, per = None, 1
                 add(name, "window", win, depth)
-                mv = MVTU(op.k, op.channels, pe, simd, op.weights, op.thresholds,
-                          op.input_bits)
-                add(name, "mvtu", mv)
+                if _is_mst(graph, name):
+                    mv = _mst_unit(graph, name, op, pe, simd)
+                    add(name, "mst", mv)
+                else:
+                    mv = MVTU(op.k, op.channels, pe, simd, op.weights, op.thresholds,
+                              op.input_bits)
+                    add(name, "mvtu", mv)
                 self.info.append({"name": name, "kind": op.kind, "pe": pe, "simd": simd,
                                   "cycles_per_vector": mv.cycles, "fifo_depth": depth,
                                   "vectors_per_frame": win.out_height * win.out_width,
@@ -135,6 +171,9 @@ class Accelerator(wiring.Component):
             elif isinstance(op, MaxPool):
                 c, ih, iw = op.in_shape
                 pool = MaxPoolUnit(c, ih, iw, op.kernel, op.stride)
+                if per > 1:
+                    add(name, "serializer", Serializer(c, per), depth)
+                    depth, per = None, 1
                 add(name, "maxpool", pool, depth)
                 self.info.append({"name": name, "kind": op.kind, "fifo_depth": depth,
                                   "cycles_per_vector": pool.window.steps,
@@ -149,19 +188,24 @@ class Accelerator(wiring.Component):
                     raise ValueError(f"stage {name!r} expects {op.k} elements of "
                                      f"{op.input_bits} bits, but its input stream carries "
                                      f"{fmap} of {bits} bits")
-                first = True
-                if ph * pw > 1:
-                    add(name, "deserializer", Deserializer(c * bits, ph * pw), depth)
-                    first = False
-                if isinstance(op, ScoreLayer):
+                count = ph * pw // per            # transfers per vector
+                if isinstance(op, BinaryDense) and _is_mst(graph, name):
+                    unit = _mst_unit(graph, name, op, pe, simd)
+                    kind = "mst"
+                    if count > 1:                 # the MST layer takes whole vectors
+                        add(name, "deserializer",
+                            Deserializer(op.k * op.input_bits // count, count), depth)
+                        depth = None
+                elif isinstance(op, ScoreLayer):
                     unit = ScoreUnit(op.k, op.channels, pe, simd, op.weights, op.mul, op.add,
-                                     op.input_bits, score_width=op.score_bits)
+                                     op.input_bits, score_width=op.score_bits, count=count)
                     kind = "score"
                 else:
                     unit = MVTU(op.k, op.channels, pe, simd, op.weights, op.thresholds,
-                                op.input_bits)
+                                op.input_bits, count=count)
                     kind = "mvtu"
-                add(name, kind, unit, depth if first else None)
+                add(name, kind, unit, depth)
+                per = 1
                 self.info.append({"name": name, "kind": op.kind, "pe": pe, "simd": simd,
                                   "cycles_per_vector": unit.cycles, "fifo_depth": depth,
                                   "vectors_per_frame": 1})
@@ -173,7 +217,7 @@ class Accelerator(wiring.Component):
         self.class_width = score.class_width
         self.score_width = score.score_width
         super().__init__({
-            "i_stream": In(stream.Signature(8 * c_in)),
+            "i_stream": In(stream.Signature(8 * c_in * self.pixels_per_transfer)),
             "o_stream": Out(stream.Signature(self.classes * self.score_width
                                              + self.class_width))})
 
@@ -190,7 +234,10 @@ class Accelerator(wiring.Component):
     def top_info(self) -> dict:
         """Return the JSON-able description written to ``rtl/top.json``."""
         return {"top": TOP_NAME, "pixel_width": 8 * self.in_channels,
-                "pixels_per_frame": self.pixels_per_frame, "classes": self.classes,
+                "pixels_per_frame": self.pixels_per_frame,
+                "pixels_per_transfer": self.pixels_per_transfer,
+                "transfer_width": 8 * self.in_channels * self.pixels_per_transfer,
+                "classes": self.classes,
                 "score_width": self.score_width, "class_width": self.class_width,
                 "stages": self.info}
 

@@ -7,8 +7,9 @@ stamping each handshake with its clock cycle. Frames and options go to the test 
 whose path travels in an environment variable; the test writes its results to another npz.
 
 The ports and the payload layout are those of ``rtl_dir/top.json`` (written by
-``bnnforge.hw.generate.emit_verilog``): ``i_stream__payload`` holds one pixel (all input channels,
-channel 0 in the low byte), pixels in raster order, frames back to back; ``o_stream__payload``
+``bnnforge.hw.generate.emit_verilog``): ``i_stream__payload`` holds ``pixels_per_transfer``
+consecutive pixels (default 1; all input channels of each, pixel 0 and channel 0 in the low
+byte), pixels in raster order, frames back to back; ``o_stream__payload``
 holds class ``c``'s two's-complement score at bits ``[32c, 32c+32)`` and the argmax class index
 in the top ``class_width`` bits.
 
@@ -346,8 +347,8 @@ def run_rtl(rtl_dir: str | os.PathLike, frames: np.ndarray, simulator: str = "ic
     simulator
         ``"icarus"`` or ``"verilator"``.
     input_gap
-        Probability that the input is idle on a cycle in which it could offer the next pixel
-        (0: one pixel per cycle whenever the design is ready).
+        Probability that the input is idle on a cycle in which it could offer the next transfer
+        (0: one transfer per cycle whenever the design is ready).
     output_stall
         Probability that ``o_stream__ready`` is low on a cycle.
     seed
@@ -360,7 +361,7 @@ def run_rtl(rtl_dir: str | os.PathLike, frames: np.ndarray, simulator: str = "ic
         Optional callable ``progress(frames_done, frames_total)``, called while it runs.
     in_gaps, out_ready
         An explicit stimulus instead of ``input_gap``/``output_stall``/``seed``: idle cycles
-        before each input pixel (after the previous pixel's handshake; missing entries are 0)
+        before each input transfer (after the previous one's handshake; missing entries are 0)
         and the output's ready per cycle (1 once the array ends) — the stimulus contract of
         :func:`bnnforge.sim.simulate_timing`, so both can be driven identically.
 
@@ -368,8 +369,8 @@ def run_rtl(rtl_dir: str | os.PathLike, frames: np.ndarray, simulator: str = "ic
     -------
     dict
         ``scores`` (N, classes) int64, ``classes`` (N,) int64, ``out_cycles`` (N,) int64 (cycle
-        of every output handshake), ``in_cycles`` (N * pixels,) int64 (cycle of every input
-        handshake), ``cycles`` (cycles run until the last output, inclusive), ``wall_s`` (all of
+        of every output handshake), ``in_cycles`` (N * pixels / pixels_per_transfer,) int64
+        (cycle of every input transfer's handshake), ``cycles`` (cycles run until the last output, inclusive), ``wall_s`` (all of
         it, build included) and ``sim_s`` (the simulation alone). Cycle 0 is the first cycle
         after reset is released.
 
@@ -403,6 +404,7 @@ def run_rtl(rtl_dir: str | os.PathLike, frames: np.ndarray, simulator: str = "ic
     try:
         cfg, out, prog = run_dir / "in.npz", run_dir / "out.npz", run_dir / "progress.txt"
         np.savez(cfg, pixels=pixels, frames=np.int64(n_frames),
+                 pixels_per_transfer=np.int64(top.get("pixels_per_transfer", 1)),
                  classes=np.int64(top["classes"]), score_width=np.int64(top["score_width"]),
                  class_width=np.int64(top["class_width"]), input_gap=np.float64(input_gap),
                  output_stall=np.float64(output_stall), seed=np.int64(seed),

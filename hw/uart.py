@@ -267,8 +267,8 @@ class BoardTop(wiring.Component):
         with m.If(rx.overrun | rx.framing_error):
             m.d.sync += self.error.eq(1)
 
-        # -- bytes → pixels (channel 0 first, in the low byte) ----------------------------------
-        c = self.channels
+        # -- bytes → transfers of P pixels (pixel 0's channel 0 first, in the low byte) ---------
+        c = self.channels * acc.pixels_per_transfer
         pixel = Signal(8 * c)
         pvalid = Signal()
         count = Signal(range(c))

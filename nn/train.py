@@ -64,7 +64,9 @@ def train(
     progress : bool
         Show a tqdm bar over epochs (postfix: loss and test accuracy).
     mst_reg : float
-        Weight of the MST-distance regularizer; only 0.0 is supported so far.
+        Weight λ of the MST-distance regularizer (:class:`bnnforge.nn.mst.MSTLoss`, β = 2, on
+        every binary layer but the last); λ ramps linearly from 0 over the first half of
+        training. 0 turns it off. 0.03 to 0.1 lowers sfc's MST XNOR count 6-7x (README).
 
     Returns
     -------
@@ -72,8 +74,8 @@ def train(
         ``{"loss": [mean training loss per epoch], "test_accuracy": [per epoch],
         "final_test_accuracy": float, "epochs": int}``.
     """
-    if mst_reg != 0.0:
-        raise ValueError("MST regularizer not available yet")
+    if not mst_reg >= 0:
+        raise ValueError(f"mst_reg must be zero or positive, not {mst_reg!r}")
     if int(epochs) < 1:
         raise ValueError(f"epochs must be at least 1, not {epochs!r}")
     if int(batch_size) < 1:
@@ -100,6 +102,13 @@ def train(
     weight_layers = [m for m in model.modules() if isinstance(m, _BinaryWeightLayer)]
     clipped = [m.weight for m in weight_layers if m.weight_quantizer in _CLIPPED]
 
+    mst_loss = None
+    if mst_reg > 0:
+        from .mst import MSTLoss
+
+        mst_loss = MSTLoss(beta=2.0, layers=weight_layers[:-1])
+    total_steps = epochs * steps_per_epoch
+
     opt = torch.optim.Adam([*model.parameters(), log_temp], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
 
@@ -117,6 +126,9 @@ def train(
             loss = F.cross_entropy(scores * log_temp.exp(), y[idx])
             for m in weight_layers:
                 loss = loss + m.regularization()
+            if mst_loss is not None:
+                ramp = min(1.0, (epoch * steps_per_epoch + i) / max(1, total_steps / 2))
+                loss = loss + mst_reg * ramp * mst_loss(model)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

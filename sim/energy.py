@@ -16,8 +16,9 @@ moved through each block:
 * ``weight_rom_bits`` / ``threshold_rom_bits`` — bits read from the weight ROM (K·C per vector)
   and the threshold ROM (C · threshold width per vector, when thresholds live in a ROM).
 * ``register_bits`` — bits written into activation registers and FIFOs: FIFO and window-buffer
-  writes, window and deserializer shift registers, the MVTU's input buffer, its rotating
-  current-vector register (every step) and output registers.
+  writes, window, serializer and deserializer registers, the MVTU's input buffer (which
+  collects a feature map's transfers in place), its current-vector register (once per vector;
+  steps read it through a word select) and output registers.
 
 Energy = Σ count × coefficient (picojoules) + static power × run time at ``clock_mhz``; reported
 per frame, with a breakdown whose entries (static included) sum to the total.
@@ -118,9 +119,21 @@ def _per_frame(spec: dict) -> dict:
         c["register_bits"] = (tokens + steps + spec["out_tokens"] * spec["steps"]) * width
     elif kind == "deserializer":
         c["register_bits"] = tokens * width * 2                    # shift buffer, output register
+    elif kind == "serializer":
+        c["register_bits"] = tokens * width                        # one word register
+    elif kind == "mst":
+        # MST layer: XNORs and popcount inputs only at the tree's positions (K per root plus
+        # every edge's distance), one adder per child, weights fixed in the logic (no ROM)
+        k, ch, xnor = spec["k"], spec["channels"], spec["xnor"]
+        c["xnor"] = xnor * tokens
+        c["popcount_bits"] = xnor * tokens
+        c["acc_adds"] = ch * tokens
+        c["compares"] = ch * tokens
+        c["register_bits"] = (k + ch * (1 + spec["tree_depth"])) * tokens
     elif kind in ("mvtu", "score"):
         k, ch, pe, simd, b = (spec["k"], spec["channels"], spec["pe"], spec["simd"],
                               spec["input_bits"])
+        tokens = tokens // spec.get("count", 1)                    # vectors per frame
         steps = (ch // pe) * (k // simd)
         lane_steps = steps * pe
         if b == 1:
@@ -133,11 +146,11 @@ def _per_frame(spec: dict) -> dict:
             c["compares"] = ch * tokens
             if ch // pe > 1:
                 c["threshold_rom_bits"] = ch * acc_bits * tokens
-            c["register_bits"] = (k * b * (1 + steps) + ch) * tokens
+            c["register_bits"] = (2 * k * b + ch) * tokens
         else:
             c["score_ops"] = ch * tokens
             c["compares"] = (ch - 1) * tokens
-            c["register_bits"] = (k * b * (1 + steps) + ch * (acc_bits + 2 * 32)) * tokens
+            c["register_bits"] = (2 * k * b + ch * (acc_bits + 2 * 32)) * tokens
     return c
 
 

@@ -13,20 +13,23 @@ Cycles are numbered from 0 by rising clock edges after reset: cycle ``k`` ends w
 at time 0) and of a cocotb testbench that releases reset, counts rising edges from 0 and samples
 just before each edge.
 
-* Input (``i_stream``): pixels ``n = 0 .. frames * pixels_per_frame - 1`` (all channels of one
-  pixel per transfer, raster HWC order, frames back to back). ``in_gaps[n]`` is the number of
-  idle cycles (``valid`` low) the driver inserts before offering pixel ``n``: pixel 0 is
-  offered (``valid`` high) from cycle ``in_gaps[0]``; pixel ``n > 0`` from cycle
-  ``a[n-1] + 1 + in_gaps[n]``, where ``a[n-1]`` is the handshake cycle of pixel ``n - 1``. Once
-  offered, a pixel stays valid until its handshake. ``in_gaps=None`` means all zero
-  (back-to-back); a shorter array is padded with zeros.
+* Input (``i_stream``): transfers ``n = 0 .. frames * transfers_per_frame - 1``. A transfer
+  carries P = ``pixels_per_transfer`` consecutive pixels (the input node's attribute, default
+  1; all channels of each, raster HWC order, frames back to back), so ``transfers_per_frame =
+  H·W / P``. ``in_gaps[n]`` is the number of idle cycles (``valid`` low) the driver inserts
+  before offering transfer ``n``: transfer 0 is offered (``valid`` high) from cycle
+  ``in_gaps[0]``; transfer ``n > 0`` from cycle ``a[n-1] + 1 + in_gaps[n]``, where ``a[n-1]``
+  is the handshake cycle of transfer ``n - 1``. Once offered, a transfer stays valid until its
+  handshake. ``in_gaps=None`` means all zero (back-to-back); a shorter array is padded with
+  zeros.
 * Output (``o_stream``): ``ready`` in cycle ``k`` is ``out_ready[k]`` for ``k < len(out_ready)``
   and 1 for every later cycle. ``out_ready=None`` means always ready.
 
 Model
 -----
 Every stage of the chain ``bnnforge.hw.generate.Accelerator`` builds is a *block* (FIFO,
-sliding window / max-pool, deserializer, MVTU, score unit; the input threshold is a wire).
+serializer, sliding window / max-pool, deserializer, MVTU, score unit; the input threshold is a
+wire).
 Each block offers output token ``j`` from a cycle ``V_j`` on (and holds it), and is ready for
 input token ``j`` from a cycle ``r_j`` on (every block's input ``ready`` is a step for one token:
 once high it stays high until that token's handshake), so the handshake is ``max(V_j, r_j)``;
@@ -40,11 +43,21 @@ handshaken in cycle ``b``; pipelines advance in enabled cycles only. Per block:
 * Deserializer (``count`` transfers to one): the first element of vector ``v`` is accepted from
   ``b[v-1]`` (the previous vector's output handshake), the others whenever offered; the vector
   is offered from the cycle after its last element's handshake.
-* MVTU (F = C/PE · K/SIMD steps per vector, d = adder-tree registers): input ``j`` ready from
-  the cycle ``t[j-1]`` the previous vector left the input buffer; vector ``j`` leaves the buffer
-  (``t[j]``) in the first enabled cycle >= max(a[j] + 1, L[j-1]) where ``L`` is the cycle of a
-  vector's last step; its F steps take the next F enabled cycles; the result is written
-  ``d + 1`` enabled cycles after the last step (``d + 3`` for the score unit).
+* Serializer (one transfer to ``count`` elements, in front of a window when P > 1): transfer
+  ``j`` is accepted from the handshake cycle of element ``j·count - 1`` (the previous word's
+  last); element 0 of a word is offered from the cycle after the word's handshake, element
+  ``e > 0`` from the cycle after element ``e - 1``'s handshake.
+* MVTU (F = C/PE · K/SIMD steps per vector, d = adder-tree registers, ``count`` transfers per
+  vector): the first transfer of vector ``j`` is ready from the cycle ``t[j-1]`` the previous
+  vector left the input buffer, the others whenever offered; with ``a[j]`` the handshake of
+  its last transfer, vector ``j`` leaves the buffer (``t[j]``) in the first enabled cycle
+  >= max(a[j] + 1, L[j-1]) where ``L`` is the cycle of a vector's last step; its F steps take
+  the next F enabled cycles; the result is written ``d + 1`` enabled cycles after the last step
+  (``d + 3 + argmax_stages(classes)`` for the score unit).
+* MST layer (``mst``: PE = C, SIMD = K, a pipeline of L = tree_stages(K) + depth + 1
+  registers after its input register, ``ready`` = enabled): input ``j`` is accepted in the
+  first enabled cycle >= its offer; its result is written L enabled cycles later (a whole
+  vector per transfer; a dense stage on a feature map gets a deserializer in front).
 * Sliding window / max-pool (two frame banks, T = kh·kw steps per window): pixels of frame
   ``f`` are accepted from ``L[f-2] + 1`` (its bank is free); frame ``f``'s first step is the
   first enabled cycle >= max(last pixel of f + 1, L[f-1] + 1); steps run in consecutive enabled
@@ -66,10 +79,13 @@ import numpy as np
 
 from ..compiler.ir import BinaryConv, BinaryDense, DataflowGraph, InputLayer, MaxPool, ScoreLayer
 
-__all__ = ["TimingResult", "simulate_timing", "chain", "tree_stages", "TREE_LEVELS_PER_STAGE"]
+__all__ = ["TimingResult", "simulate_timing", "chain", "tree_stages", "TREE_LEVELS_PER_STAGE",
+           "argmax_stages", "ARGMAX_LEVELS_PER_STAGE"]
 
 #: Adder-tree levels between two pipeline registers (the hardware contract's constant).
 TREE_LEVELS_PER_STAGE = 3
+#: Argmax comparator levels between two pipeline registers in the score unit (the contract's).
+ARGMAX_LEVELS_PER_STAGE = 2
 
 _NEG = -(1 << 60)       # "no such event": earlier than any cycle
 
@@ -78,6 +94,12 @@ def tree_stages(simd: int) -> int:
     """Pipeline registers in the adder tree over ``simd`` terms: ceil(ceil(log2 simd) / 3)."""
     levels = (simd - 1).bit_length()
     return -(-levels // TREE_LEVELS_PER_STAGE)
+
+
+def argmax_stages(classes: int) -> int:
+    """Registers inside the score unit's argmax tree: max(0, ceil(ceil(log2 n) / 2) - 1)."""
+    levels = (classes - 1).bit_length()
+    return max(0, -(-levels // ARGMAX_LEVELS_PER_STAGE) - 1)
 
 
 # -- the chain of blocks --------------------------------------------------------------------------
@@ -95,6 +117,36 @@ def _fold(graph: DataflowGraph, name: str, op) -> tuple[int, int]:
     return int(pe), int(simd)
 
 
+def _mst_spec(graph: DataflowGraph, name: str, op, pe: int, simd: int) -> dict | None:
+    """The MST layer's parameters when the stage's fold says ``"mst": True``, else None.
+
+    The layer (PE = C, SIMD = K, binary inputs) is a pipeline of ``stages = tree_stages(K) +
+    depth + 1`` registers after its input register, depth = the tree depth of the ``mst``
+    attribute (recomputed here from its parent array).
+    """
+    fold = graph.attrs(name).get("fold")
+    if not (isinstance(fold, dict) and fold.get("mst", False)):
+        return None
+    if (pe, simd) != (op.channels, op.k) or op.input_bits != 1 or isinstance(op, ScoreLayer):
+        raise ValueError(f"stage {name!r}: an MST layer needs a binary-input hidden layer at "
+                         f"PE = channels = {op.channels} and SIMD = K = {op.k}")
+    tree = graph.attrs(name).get("mst")
+    if not isinstance(tree, dict) or "parent" not in tree:
+        raise ValueError(f"stage {name!r} is folded as an MST layer but has no 'mst' attribute "
+                         "(parent, complement, depth); run OrderChannelsByMST first")
+    parent = [int(p) for p in tree["parent"]]
+    depth = [0 if p < 0 else -1 for p in parent]
+    for _ in range(len(parent)):
+        for v, p in enumerate(parent):
+            if depth[v] < 0 and depth[p] >= 0:
+                depth[v] = depth[p] + 1
+    if min(depth, default=0) < 0:
+        raise ValueError(f"stage {name!r}: the 'mst' attribute's parent array is not a forest")
+    d = max(depth, default=0)
+    return {"cycles": 1, "latency": tree_stages(op.k) + d + 1, "tree_depth": d,
+            "xnor": int(op.k * parent.count(-1) + tree.get("weight", 0))}
+
+
 def _fifo_depth(graph: DataflowGraph, name: str) -> int:
     depth = graph.attrs(name).get("fifo_depth", 2)
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
@@ -106,12 +158,13 @@ def _fifo_depth(graph: DataflowGraph, name: str) -> int:
 def chain(graph: DataflowGraph) -> list[dict]:
     """Return the accelerator's blocks in chain order, as plain dicts.
 
-    Each dict has ``node`` (graph stage), ``kind`` (``fifo``, ``threshold``, ``window``,
-    ``maxpool``, ``deserializer``, ``mvtu``, ``score``), ``tokens`` (input transfers per frame),
-    ``out_tokens`` (output transfers per frame), ``width`` (input payload bits) and the
-    kind's parameters (``depth``; ``steps``/``windows``/``pixels``; ``count``;
-    ``cycles``/``latency``/``pe``/``simd``/``k``/``channels``/``input_bits``). The order and
-    kinds are those of ``Accelerator.stages`` in the hardware generator.
+    Each dict has ``node`` (graph stage), ``kind`` (``fifo``, ``threshold``, ``serializer``,
+    ``window``, ``maxpool``, ``deserializer``, ``mvtu``, ``mst``, ``score``), ``tokens`` (input
+    transfers per frame), ``out_tokens`` (output transfers per frame), ``width`` (input payload
+    bits) and the kind's parameters (``depth``; ``count``; ``steps``/``windows``/``pixels``;
+    ``cycles``/``latency``/``pe``/``simd``/``k``/``channels``/``input_bits``/``count`` — an
+    MVTU's or score unit's ``count`` is its input transfers per vector). The order and kinds
+    are those of ``Accelerator.stages`` in the hardware generator.
     """
     if not isinstance(graph, DataflowGraph):
         raise TypeError(f"graph must be a DataflowGraph, not {graph!r}")
@@ -122,8 +175,9 @@ def chain(graph: DataflowGraph) -> list[dict]:
         raise TypeError(f"the graph must end with a ScoreLayer, not {ops[-1][0]!r}")
     shape = tuple(ops[0][1].in_shape)
     c_in, h, w = shape if len(shape) == 3 else (shape[0], 1, 1)
+    per = graph.pixels_per_transfer()        # pixels per transfer on the current stream
     blocks: list[dict] = []
-    tokens, width = h * w, 8 * c_in          # transfers per frame and bits on the stream
+    tokens, width = h * w // per, 8 * c_in * per    # transfers per frame, bits on the stream
 
     def add(node, kind, depth=0, **kw):
         nonlocal tokens
@@ -142,7 +196,7 @@ def chain(graph: DataflowGraph) -> list[dict]:
             if op.bits == 1:
                 add(name, "threshold", depth)
                 bits = 1
-                width = c_in
+                width = c_in * per
             elif depth:
                 blocks.append({"node": name, "kind": "fifo", "depth": depth, "tokens": tokens,
                                "out_tokens": tokens, "width": width})
@@ -154,14 +208,24 @@ def chain(graph: DataflowGraph) -> list[dict]:
             _, oh, ow = op.out_shape
             kh, kw = op.kernel
             kind = "window" if isinstance(op, BinaryConv) else "maxpool"
+            if per > 1:
+                add(name, "serializer", depth, count=per, out_tokens=tokens * per)
+                width = width // per
+                depth, per = 0, 1
             add(name, kind, depth, steps=kh * kw, windows=oh * ow, pixels=ih * iw,
                 out_tokens=oh * ow)
             if isinstance(op, BinaryConv):
                 pe, simd = _fold(graph, name, op)
                 width = kh * kw * c * op.input_bits
                 f = (op.channels // pe) * (op.k // simd)
-                add(name, "mvtu", cycles=f, latency=tree_stages(simd) + 1, pe=pe, simd=simd,
-                    k=op.k, channels=op.channels, input_bits=op.input_bits)
+                mst = _mst_spec(graph, name, op, pe, simd)
+                if mst is not None:
+                    add(name, "mst", pe=pe, simd=simd, k=op.k, channels=op.channels,
+                        input_bits=1, count=1, **mst)
+                else:
+                    add(name, "mvtu", cycles=f, latency=tree_stages(simd) + 1, pe=pe,
+                        simd=simd, k=op.k, channels=op.channels, input_bits=op.input_bits,
+                        count=1)
                 width = op.channels
             fmap, bits = tuple(op.out_shape), 1
         elif isinstance(op, (BinaryDense, ScoreLayer)):
@@ -172,17 +236,23 @@ def chain(graph: DataflowGraph) -> list[dict]:
             if c * ph * pw != op.k or bits != op.input_bits:
                 raise ValueError(f"stage {name!r} expects {op.k} elements of {op.input_bits} "
                                  f"bits, but its input stream carries {fmap} of {bits} bits")
-            unit_depth = depth
-            if ph * pw > 1:
-                add(name, "deserializer", depth, count=ph * pw, out_tokens=1)
-                width = op.k * op.input_bits
-                unit_depth = 0
+            count = ph * pw // per               # transfers per vector, collected by the unit
             f = (op.channels // pe) * (op.k // simd)
             score = isinstance(op, ScoreLayer)
-            add(name, "score" if score else "mvtu", unit_depth, cycles=f,
-                latency=tree_stages(simd) + (3 if score else 1), pe=pe, simd=simd, k=op.k,
-                channels=op.channels, input_bits=op.input_bits)
-            width = op.channels
+            mst = None if score else _mst_spec(graph, name, op, pe, simd)
+            if mst is not None:
+                if count > 1:                     # whole vectors into the MST layer
+                    add(name, "deserializer", depth, count=count, out_tokens=tokens // count)
+                    width, depth = op.k, 0
+                add(name, "mst", depth, pe=pe, simd=simd, k=op.k, channels=op.channels,
+                    input_bits=1, count=1, **mst)
+            else:
+                add(name, "score" if score else "mvtu", depth, cycles=f,
+                    latency=tree_stages(simd) + (3 + argmax_stages(op.channels) if score
+                                                 else 1),
+                    pe=pe, simd=simd, k=op.k, channels=op.channels,
+                    input_bits=op.input_bits, count=count, out_tokens=tokens // count)
+            width, per = op.channels, 1
             fmap, bits = (op.channels, 1, 1), 1
         else:
             raise TypeError(f"stage {name!r}: no timing model for {type(op).__name__}")
@@ -330,13 +400,35 @@ class _Deserializer(_Block):
         return (_rel(self.down_hs[-1], ref) if self.down_hs else None,)
 
 
+class _Serializer(_Block):
+    """One input word to ``count`` elements (in front of a window when P > 1)."""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.count = spec["count"]
+
+    def offer(self, q: int) -> int:
+        j, e = divmod(q, self.count)
+        if e:
+            return self.down_hs[q - 1] + 1
+        a = self.up.offer(j)
+        if q and self.down_hs[q - 1] > a:
+            a = self.down_hs[q - 1]
+        self.hs.append(a)
+        return a + 1
+
+    def state(self, ref):
+        return (_rel(self.down_hs[-1], ref) if self.down_hs else None,)
+
+
 class _Matrix(_Block):
-    """MVTU or score unit."""
+    """MVTU or score unit (collecting ``count`` input transfers per vector)."""
 
     def __init__(self, spec):
         super().__init__(spec)
         self.f = spec["cycles"]
         self.lat = spec["latency"]
+        self.count = spec.get("count", 1)
         self.en = _Enable()
         self.t = _NEG
         self.last = _NEG
@@ -346,9 +438,13 @@ class _Matrix(_Block):
         en = self.en
         if j:
             en.add(self.w, self.down_hs[j - 1])
-        v = self.up.offer(j)
+        up, hs, base = self.up, self.hs, j * self.count
+        v = up.offer(base)
         a = v if v > self.t else self.t
-        self.hs.append(a)
+        hs.append(a)
+        for e in range(base + 1, base + self.count):
+            a = up.offer(e)
+            hs.append(a)
         x = a + 1 if a + 1 > self.last else self.last
         en.prune(self.last)
         t = en.first(x)
@@ -358,7 +454,7 @@ class _Matrix(_Block):
         return w + 1
 
     def state(self, ref):
-        n = len(self.hs)
+        n = len(self.hs) // self.count
         b = self.down_hs[n - 1] - ref if n and len(self.down_hs) >= n else None
         return (_rel(self.t, ref), _rel(self.last, ref), _rel(self.w, ref), b,
                 self.en.state(ref))
@@ -412,8 +508,41 @@ class _Window(_Block):
                 self.en.state(ref))
 
 
+class _MSTPipe(_Block):
+    """MST layer: a globally stalled pipeline of ``latency`` registers after its input register.
+
+    Input ``j`` is accepted in the first enabled cycle ``a`` >= its offer (``ready`` = enabled);
+    the result is written in the ``latency``-th enabled cycle after ``a`` and valid from the
+    next cycle.
+    """
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.lat = spec["latency"]
+        self.en = _Enable()
+        self.a = _NEG
+        self.w = _NEG
+
+    def offer(self, j: int) -> int:
+        en = self.en
+        if j:
+            en.add(self.w, self.down_hs[j - 1])
+        v = self.up.offer(j)
+        en.prune(self.a)
+        a = en.first(v)
+        self.hs.append(a)
+        w = en.advance(a, self.lat)
+        self.a, self.w = a, w
+        return w + 1
+
+    def state(self, ref):
+        n = len(self.hs)
+        b = self.down_hs[n - 1] - ref if n and len(self.down_hs) >= n else None
+        return (_rel(self.a, ref), _rel(self.w, ref), b, self.en.state(ref))
+
+
 _BLOCKS = {"fifo": _Fifo, "deserializer": _Deserializer, "mvtu": _Matrix, "score": _Matrix,
-           "window": _Window, "maxpool": _Window}
+           "window": _Window, "maxpool": _Window, "serializer": _Serializer, "mst": _MSTPipe}
 
 
 # -- result ---------------------------------------------------------------------------------------
@@ -426,8 +555,9 @@ class TimingResult:
     ----------
     frames : int
     pixels_per_frame : int
+        H·W (1 for a vector input).
     input_cycles : numpy.ndarray
-        (frames * pixels_per_frame,) int64: the cycle of every input handshake.
+        (frames * transfers_per_frame,) int64: the cycle of every input handshake.
     output_cycles : numpy.ndarray
         (frames,) int64: the cycle of every output handshake.
     boundaries : dict
@@ -439,7 +569,7 @@ class TimingResult:
         Graph stage -> the most tokens its input FIFO ever held (stages with a FIFO only).
     stage_busy : dict
         Graph stage -> cycles per frame its busiest block does work (MVTU steps, window steps,
-        one per pixel for FIFO-only and deserializer stages).
+        one per input transfer for FIFO-only and deserializer stages).
     cycles_per_frame : float
         Steady-state cycles per frame: exactly ``period_cycles / period`` when the run reached
         a repeating state, else the mean spacing of the output handshakes over the second half
@@ -458,6 +588,8 @@ class TimingResult:
         With ``periodic_from``: the period in frames of the steady state, which takes exactly
         ``period_cycles`` cycles (so the steady-state cycles per frame is their ratio).
     period_cycles : int
+    transfers_per_frame : int
+        Input transfers per frame: ``pixels_per_frame / pixels_per_transfer``.
     """
 
     frames: int
@@ -475,6 +607,7 @@ class TimingResult:
     periodic_from: int | None = None
     period: int = 0
     period_cycles: int = 0
+    transfers_per_frame: int = 0
     blocks: list = field(default_factory=list, repr=False)
 
     def busy_fraction(self) -> dict:
@@ -512,7 +645,9 @@ def _check_stimulus(gaps, ready, total: int):
 def _busy(spec: dict) -> int:
     kind = spec["kind"]
     if kind in ("mvtu", "score"):
-        return spec["cycles"] * spec["tokens"]
+        return max(spec["cycles"] * spec["out_tokens"], spec["tokens"])
+    if kind == "serializer":
+        return spec["out_tokens"]
     if kind in ("window", "maxpool"):
         return max(spec["steps"] * spec["windows"], spec["tokens"])
     return spec["tokens"]
@@ -529,7 +664,7 @@ def simulate_timing(graph: DataflowGraph, frames: int, *, in_gaps=None, out_read
     frames
         Number of frames streamed in.
     in_gaps, out_ready
-        The stimulus (see the module docstring): idle cycles before each input pixel, and the
+        The stimulus (see the module docstring): idle cycles before each input transfer, and the
         output ``ready`` of each cycle (1 after the array ends). ``None``: back-to-back input,
         output always ready.
     record
@@ -639,7 +774,8 @@ def simulate_timing(graph: DataflowGraph, frames: int, *, in_gaps=None, out_read
         cpf = shift / period                     # exact steady state
     bottleneck = max(busy, key=lambda k: (busy[k], k))
     return TimingResult(
-        frames=frames, pixels_per_frame=px, input_cycles=inputs, output_cycles=outputs,
+        frames=frames, pixels_per_frame=px * graph.pixels_per_transfer(),
+        transfers_per_frame=px, input_cycles=inputs, output_cycles=outputs,
         boundaries=boundaries, fifo_max_occupancy=fifo_occ, stage_busy=busy,
         cycles_per_frame=cpf, cycles_per_frame_median=med,
         latency_cycles=int(outputs[0] - inputs[0]), bottleneck=bottleneck,

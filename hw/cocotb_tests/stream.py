@@ -117,7 +117,10 @@ def _decode(binstr: str, classes: int, score_width: int, class_width: int,
 async def stream_frames(dut):
     """Stream every frame in, collect one output per frame, record all handshake cycles."""
     cfg = np.load(os.environ[ENV_IN])
-    pixels = cfg["pixels"]  # (total, channels) uint8, frames back to back
+    per = int(cfg["pixels_per_transfer"]) if "pixels_per_transfer" in cfg.files else 1
+    # (transfers, pixels_per_transfer * channels) uint8, frames back to back: pixel 0 lowest
+    pixels = cfg["pixels"]
+    pixels = pixels.reshape(pixels.shape[0] // per, per * pixels.shape[1])
     n_frames = int(cfg["frames"])
     classes, score_width = int(cfg["classes"]), int(cfg["score_width"])
     class_width = int(cfg["class_width"])
@@ -211,7 +214,7 @@ async def stream_frames(dut):
         if k >= deadline:
             raise HarnessError(
                 f"timeout: no output for {timeout} cycles (cycle {k}); {j} of {n_frames} frames "
-                f"came out and {i} of {total} input pixels went in; the design stopped "
+                f"came out and {i} of {total} input transfers went in; the design stopped "
                 f"producing outputs (raise timeout_cycles if it is just slow)")
 
         nxt = k + 1

@@ -48,6 +48,11 @@ def check(result, board, folder):
     assert 0 < result["ffs_used"] <= profile.ffs
     assert 0 <= result["bram_used"] <= result["bram_total"] == profile.bram_blocks
     assert result["wall_s"] > 0
+    # nextpnr timed the PLL's output at the design clock
+    report = json.loads((folder / "bitstream" / board / "report.json").read_text())
+    constraints = [v["constraint"] for v in report["fmax"].values()]
+    assert constraints and all(c == pytest.approx(profile.clock_mhz, rel=1e-3)
+                               for c in constraints)
     print(f"\n{board}: {result}")
 
 
@@ -58,8 +63,9 @@ def test_icebreaker_bitstream(tmp_path):
     check(result, "icebreaker", tmp_path)
     assert (tmp_path / "bitstream" / "icebreaker.bin").is_file()
     assert json.loads((tmp_path / "report.json").read_text())["build"] == result
-    # the estimate that guards place and route is close to what nextpnr used
-    assert abs(result["luts_used"] - estimate_design_luts(graph)) < 0.3 * result["luts_used"]
+    # the estimate that guards place and route (and fit_to_board) is close to what nextpnr
+    # used, erring on the large side
+    assert 0.8 * result["luts_used"] < estimate_design_luts(graph) < 1.4 * result["luts_used"]
 
 
 def test_ulx3s_bitstream(tmp_path):
@@ -126,7 +132,8 @@ def test_nextpnr_overuse_is_explained():
 def test_missed_clock_is_a_failure():
     result = {"board": "ulx3s-85f", "fmax_mhz": 19.5, "clock_mhz": 25.0}
     with pytest.raises(BitstreamError, match=r"reaches 19\.5 MHz on the LFE5U-85F, below the "
-                       r"25 MHz clock of ulx3s-85f: the bitstream would not work\. Fold more"):
+                       r"25 MHz clock of ulx3s-85f: the bitstream would not work\. Build at a "
+                       r"lower clock \(clock_mhz=15\), or fold more \(a lower --fps or --luts"):
         check_timing(result, "ulx3s-85f")
     check_timing({"fmax_mhz": 25.1}, "ulx3s-85f")
     assert np.isfinite(get_board("icebreaker").clock_mhz)

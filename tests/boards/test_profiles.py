@@ -2,7 +2,7 @@
 
 import pytest
 
-from bnnforge.boards import BOARDS, ENERGY_KEYS, get_board
+from bnnforge.boards import BOARDS, DEFAULT_CLOCKS_MHZ, ENERGY_KEYS, get_board
 
 
 def test_boards_are_listed():
@@ -18,7 +18,9 @@ def test_profile_matches_its_platform(name):
     assert platform.package == board.package
     clk = platform().lookup(platform.default_clk)
     assert clk.clock.frequency == pytest.approx(board.oscillator_mhz * 1e6)
-    assert board.clock_mhz == board.oscillator_mhz          # no PLL: the clock is the oscillator
+    assert board.osc_mhz == board.oscillator_mhz
+    assert board.clock_mhz == DEFAULT_CLOCKS_MHZ[name]       # the PLL's output, or the oscillator
+    assert board.uses_pll == (board.clock_mhz != board.oscillator_mhz)
     uart = platform().lookup(*board.uart)
     assert {s.name for s in uart.ios} >= {"rx", "tx"}
     assert board.family in ("ice40up", "ice40hx", "ecp5")

@@ -153,3 +153,31 @@ def test_folding_equivalence(cnn_graph):
     g = ChooseFolding(target_cycles=700).apply(cnn_graph)
     np.testing.assert_array_equal(bnnforge.reference(cnn_graph, frames),
                                   bnnforge.reference(g, frames))
+
+
+def test_folding_raises_pixels_per_transfer_when_the_input_is_the_bottleneck():
+    graph = bnnforge.lower(randomize_model(small_mlp(1, hidden=16), 1), (1, 8, 8))
+    assert "pixels_per_transfer" not in ChooseFolding(target_cycles=64).apply(graph).attrs(
+        "input")
+    g = ChooseFolding(target_cycles=20).apply(graph)
+    assert g.attrs("input")["pixels_per_transfer"] == 4     # smallest P with 64 / P <= 20
+    cycles = pipeline_cycles(g)
+    assert cycles["input"] == 16 and max(cycles.values()) <= 20
+    assert "pixels_per_transfer" not in graph.attrs("input")    # input graph untouched
+    g = ChooseFolding(target_cycles=20, overrides={"input": (8, 1)}).apply(graph)
+    assert g.attrs("input")["pixels_per_transfer"] == 8 and pipeline_cycles(g)["input"] == 8
+    with pytest.raises(FoldingError, match=r"target of 20 cycles per frame is faster than the "
+                                           r"streaming stages allow \(64 cycles per frame: one "
+                                           r"input transfer of 1 pixel"):
+        ChooseFolding(target_cycles=20, overrides={"input": (1, 1)}).apply(graph)
+    with pytest.raises(FoldingError, match=r"\(8 cycles per frame: one input transfer of 8 "
+                                           r"pixel\(s\)"):
+        ChooseFolding(target_cycles=3).apply(graph)
+    with pytest.raises(FoldingError, match=r"stage 'input': pixels_per_transfer must divide the "
+                                           r"64 pixels of a frame \(legal: 1, 2, 4, 8, 16, 32, "
+                                           r"64\), not 3"):
+        ChooseFolding(target_cycles=20, overrides={"input": (3, 1)}).apply(graph)
+    # a convolution's window generator still reads one pixel a cycle: P does not help there
+    cnn = bnnforge.lower(randomize_model(small_cnn(), 1), (1, 8, 8))
+    with pytest.raises(FoldingError, match=r"faster than the streaming stages allow"):
+        ChooseFolding(target_cycles=40).apply(cnn)

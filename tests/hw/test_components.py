@@ -11,9 +11,11 @@ from bnnforge.hw import (
     InputThreshold,
     MaxPool,
     ScoreUnit,
+    Serializer,
     SlidingWindow,
     StreamFIFO,
     stream_get,
+    argmax_stages,
     stream_put,
     tree_stages,
 )
@@ -114,6 +116,30 @@ def test_mvtu_timing_contract(k, c, pe, simd):
     assert np.all(np.diff(oc) == f)            # II = F back to back
 
 
+@pytest.mark.parametrize("k,c,pe,simd,bits,count", [
+    (12, 6, 2, 4, 1, 3), (12, 6, 6, 12, 1, 12), (6, 4, 2, 3, 8, 2), (16, 4, 4, 1, 1, 4),
+])
+def test_mvtu_collects_count_transfers(k, c, pe, simd, bits, count):
+    rng = np.random.default_rng(k + c + count)
+    w = rng.integers(0, 2, (c, k)).astype(bool)
+    t = rng.integers(0, k + 1, c) if bits == 1 else rng.integers(-200 * k, 200 * k, c)
+    x = random_inputs(rng, 8, k, bits)
+    expected = [pack(e, 1) for e in accumulate(x, w, bits) >= t[None]]
+    dut = MVTU(k, c, pe, simd, w, t.tolist(), bits, count=count)
+    e = k // count
+    parts = [pack(v[i:i + e], bits) for v in x for i in range(0, k, e)]
+    out, _, _ = simulate(dut, parts, len(x), seed=count, idle=0.3, stall=0.4)
+    assert out == expected
+    dut = MVTU(k, c, pe, simd, w, t.tolist(), bits, count=count)
+    _, ic, oc = simulate(dut, parts, len(x))
+    f = dut.cycles
+    # the last transfer of a vector starts its latency; II = max(F, count) back to back
+    assert oc[0] - ic[count - 1] == dut.latency == f + 3 + tree_stages(simd)
+    assert np.all(np.diff(oc) == max(f, count))
+    with pytest.raises(ValueError, match=r"count must divide K=12, not 5"):
+        MVTU(12, 6, 2, 4, np.zeros((6, 12), bool), [0] * 6, count=5)
+
+
 def test_tree_stages():
     assert [tree_stages(s) for s in (1, 2, 8, 9, 64, 65, 784)] == [0, 1, 1, 2, 2, 3, 4]
 
@@ -176,12 +202,34 @@ def test_score_unit_timing_and_errors():
     dut = ScoreUnit(8, 4, 2, 4, w, [1] * 4, [0] * 4)
     x = random_inputs(rng, 4, 8, 1)
     _, ic, oc = simulate(dut, [pack(v, 1) for v in x], len(x))
-    assert dut.latency == dut.cycles + 5 + tree_stages(4)
+    assert dut.latency == dut.cycles + 5 + tree_stages(4) + argmax_stages(4)
     assert oc[0] - ic[0] == dut.latency and np.all(np.diff(oc) == dut.cycles)
     with pytest.raises(ValueError, match=r"PE must divide classes=4, not 3"):
         ScoreUnit(8, 4, 3, 4, w, [1] * 4, [0] * 4)
     with pytest.raises(ValueError, match=r"mul must hold 4 values, not 2"):
         ScoreUnit(8, 4, 2, 4, w, [1] * 2, [0] * 4)
+
+
+def test_argmax_stages_and_narrow_scores():
+    assert [argmax_stages(n) for n in (1, 2, 4, 5, 10, 16, 17, 64, 65)] == \
+        [0, 0, 0, 1, 1, 1, 2, 2, 3]
+    rng = np.random.default_rng(9)
+    w = rng.integers(0, 2, (10, 64)).astype(bool)
+    dut = ScoreUnit(64, 10, 10, 64, w, [1] * 10, [0] * 10)
+    assert dut.score_bits == 8                  # scores in [-64, 64]
+    assert dut.latency == 1 + 5 + tree_stages(64) + 1
+    x = random_inputs(rng, 6, 64, 1)
+    out, ic, oc = simulate(dut, [pack(v, 1) for v in x], len(x), idle=0.2, stall=0.5)
+    scores = 2 * accumulate(x, w, 1) - 64
+    for word, sc in zip(out, scores, strict=True):
+        got, cls = decode_scores(word, 10)
+        assert got == sc.tolist() and cls == int(np.argmax(sc))
+    _, ic, oc = simulate(ScoreUnit(64, 10, 10, 64, w, [1] * 10, [0] * 10),
+                         [pack(v, 1) for v in x], len(x))
+    assert oc[0] - ic[0] == dut.latency and np.all(np.diff(oc) == 1)
+    wide = ScoreUnit(8, 3, 1, 1, w[:3, :8], [1 << 30] * 3, [0] * 3)
+    silence(wide, dut)
+    assert wide.score_bits == 32                # reachable scores need all 32 bits
 
 
 # -- SlidingWindow / MaxPool -------------------------------------------------------------------
@@ -260,6 +308,22 @@ def test_deserializer_random(width, count):
         Deserializer(1, 0)
 
 
+@pytest.mark.parametrize("width,count", [(1, 1), (3, 2), (8, 4), (2, 16)])
+def test_serializer_random(width, count):
+    rng = np.random.default_rng(width + count)
+    words = rng.integers(0, 1 << (width * count), 6, dtype=np.uint64).tolist()
+    expected = [e for wd in words for e in unpack(int(wd), width, count)]
+    out, _, _ = simulate(Serializer(width, count), words, len(expected), seed=count,
+                         idle=0.4, stall=0.5)
+    assert out == expected
+    out, ic, oc = simulate(Serializer(width, count), words, len(expected))
+    # back to back: one element a cycle without gaps, the first one cycle after the word
+    assert oc == list(range(ic[0] + 1, ic[0] + 1 + len(expected)))
+    assert ic == [ic[0]] + [oc[count * j - 1] for j in range(1, len(words))]
+    with pytest.raises(ValueError, match=r"count must be at least 1, not 0"):
+        Serializer(1, 0)
+
+
 def test_input_threshold():
     rng = np.random.default_rng(3)
     px = rng.integers(0, 256, (30, 3))
@@ -270,6 +334,10 @@ def test_input_threshold():
     assert ic == oc                                     # combinational
     with pytest.raises(ValueError, match=r"threshold must be an integer 0..256, not -1"):
         InputThreshold(3, -1)
+    dut = InputThreshold(3, 100, pixels=4)
+    words = px[:28].reshape(-1, 12)
+    out, ic, oc = simulate(dut, [pack(p, 8) for p in words], len(words), stall=0.3)
+    assert out == [pack(p >= 100, 1) for p in words] and ic == oc
 
 
 @pytest.mark.parametrize("depth", [1, 2, 5])

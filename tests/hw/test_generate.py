@@ -10,6 +10,7 @@ from torch import nn
 
 import bnnforge
 from bnnforge.hw import Accelerator, emit_verilog, stream_get, stream_put
+from bnnforge.hw.components import silence
 from bnnforge.nn import BinaryActivation, BinaryConv2d, BinaryLinear, InputQuant
 
 
@@ -52,13 +53,14 @@ def set_folds(graph, folds, fifo_depths=None):
 
 
 def pixels(graph, frames):
-    """uint8 frames (N, *input_shape) -> the accelerator's input payloads (HWC, channel 0 low)."""
+    """uint8 frames (N, *input_shape) -> the accelerator's input payloads (HWC, P pixels a
+    transfer, pixel 0 and channel 0 low)."""
     if len(graph.input_shape) == 3:
         hwc = frames.transpose(0, 2, 3, 1)
     else:
         hwc = frames.reshape(frames.shape[0], 1, 1, -1)
     out = []
-    for px in hwc.reshape(-1, hwc.shape[-1]):
+    for px in hwc.reshape(-1, hwc.shape[-1] * graph.pixels_per_transfer()):
         out.append(sum(int(v) << (8 * i) for i, v in enumerate(px)))
     return out
 
@@ -127,6 +129,35 @@ def test_convnet_matches_reference(bits):
     check(graph, 3, seed=bits, idle=0.2, stall=0.3)
 
 
+@pytest.mark.parametrize("ppt", [2, 16, 64])
+def test_mlp_with_pixels_per_transfer_matches_reference(ppt):
+    graph = set_folds(bnnforge.lower(mlp(), (1, 8, 8)),
+                      {"fc0": {"pe": 4, "simd": 8}, "scores": {"pe": 5, "simd": 4}})
+    graph.attrs("input")["pixels_per_transfer"] = ppt
+    acc = Accelerator(graph)
+    assert acc.i_stream.payload.shape().width == 8 * ppt
+    kinds = [kind for _, kind, _ in acc.stages]
+    assert "deserializer" not in kinds and "serializer" not in kinds
+    mvtu = next(c for _, kind, c in acc.stages if kind == "mvtu")
+    assert mvtu.count == 64 // ppt
+    silence(acc, *(c for _, _, c in acc.stages))
+    check(graph, 4, seed=ppt, idle=0.2, stall=0.3)
+
+
+@pytest.mark.parametrize("bits,ppt", [(1, 4), (8, 8)])
+def test_convnet_with_pixels_per_transfer_matches_reference(bits, ppt):
+    graph = set_folds(bnnforge.lower(convnet(bits, seed=bits), (2, 8, 8)), {
+        "conv0": {"pe": 2, "simd": 6}, "conv1": {"pe": 3, "simd": 12},
+        "fc0": {"pe": 4, "simd": 24}, "scores": {"pe": 3, "simd": 2}})
+    graph.attrs("input")["pixels_per_transfer"] = ppt
+    acc = Accelerator(graph)
+    kinds = [(node, kind) for node, kind, _ in acc.stages]
+    assert ("conv0", "serializer") in kinds
+    assert kinds.index(("conv0", "serializer")) + 1 == kinds.index(("conv0", "window"))
+    silence(acc, *(c for _, _, c in acc.stages))
+    check(graph, 2, seed=bits, idle=0.2, stall=0.3)
+
+
 def test_fold_errors_name_the_node():
     graph = bnnforge.lower(mlp(), (1, 8, 8))
     with pytest.raises(ValueError, match=r"stage 'fc0' has no fold attribute"):
@@ -168,7 +199,19 @@ def test_emit_verilog_is_deterministic(tmp_path):
     info = json.loads(ja)
     assert info["top"] == "bnnforge_top"
     assert info["pixel_width"] == 16 and info["pixels_per_frame"] == 64
+    assert info["pixels_per_transfer"] == 1 and info["transfer_width"] == 16
     assert info["classes"] == 3 and info["score_width"] == 32 and info["class_width"] == 2
     stages = {s["name"]: s for s in info["stages"]}
     assert stages["conv0"]["pe"] == 2 and stages["conv0"]["cycles_per_vector"] == 2 * 3
     assert stages["scores"]["cycles_per_vector"] == 1 * 4
+    graph = set_folds(bnnforge.lower(convnet(1), (2, 8, 8)), folds)
+    graph.attrs("input")["pixels_per_transfer"] = 4
+    path = emit_verilog(graph, tmp_path / "p4")
+    info = json.loads((path.parent / "top.json").read_text())
+    assert info["pixel_width"] == 16 and info["pixels_per_frame"] == 64
+    assert info["pixels_per_transfer"] == 4 and info["transfer_width"] == 64
+    graph.attrs("input")["pixels_per_transfer"] = 5
+    with pytest.raises(ValueError, match=r"stage 'input': pixels_per_transfer must divide the "
+                                         r"64 pixels of a frame \(legal: 1, 2, 4, 8, 16, 32, "
+                                         r"64\), not 5"):
+        Accelerator(graph)

@@ -56,8 +56,8 @@ def test_digits_learns_something_with_every_quantizer():
 def test_train_argument_errors():
     ds = load_dataset("digits")
     model = build("tfc", ds.input_shape, ds.num_classes)
-    with pytest.raises(ValueError, match=r"MST regularizer not available yet"):
-        train(model, ds, epochs=1, mst_reg=0.1, progress=False)
+    with pytest.raises(ValueError, match=r"mst_reg must be zero or positive, not -0.1"):
+        train(model, ds, epochs=1, mst_reg=-0.1, progress=False)
     with pytest.raises(ValueError, match=r"epochs must be at least 1, not 0"):
         train(model, ds, epochs=0, progress=False)
     with pytest.raises(ValueError, match=r"batch_size must be at least 1, not 0"):
@@ -66,3 +66,22 @@ def test_train_argument_errors():
         train(model, ds, lr=-1, progress=False)
     with pytest.raises(ValueError, match=r"no BinaryLinear or BinaryConv2d"):
         train(torch.nn.Sequential(torch.nn.Flatten()), ds, progress=False)
+
+
+def test_mst_regularizer_lowers_the_tree_weight():
+    """The same digits run with the MST regularizer gives hidden layers a lighter tree."""
+    import bnnforge
+    from bnnforge.compiler.mst import analyse_graph
+
+    ds = load_dataset("digits")
+    ratios = {}
+    for lam in (0.0, 0.3):
+        torch.manual_seed(0)
+        model = build("tfc", ds.input_shape, ds.num_classes)
+        hist = train(model, ds, epochs=4, mst_reg=lam, progress=False)
+        assert hist["final_test_accuracy"] > 0.6
+        layers = analyse_graph(bnnforge.lower(model, ds.input_shape))["layers"]
+        hidden = [row for row in layers if row["name"] != "scores"]
+        dense = sum(r["k"] * r["channels"] for r in hidden)
+        ratios[lam] = dense / sum(r["k"] * r["roots"] + r["mst_weight"] for r in hidden)
+    assert ratios[0.3] > 1.5 * ratios[0.0], ratios

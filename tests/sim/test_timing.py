@@ -12,12 +12,14 @@ from conftest import random_frames, randomize_model, small_cnn, small_mlp
 
 
 def payloads(graph, frames):
-    """uint8 frames -> one int per input pixel (HWC order, channel 0 in the low byte)."""
+    """uint8 frames -> one int per input transfer: P pixels (HWC order, pixel 0 and channel 0
+    in the low byte)."""
     if len(graph.input_shape) == 3:
         hwc = frames.transpose(0, 2, 3, 1)
     else:
         hwc = frames.reshape(frames.shape[0], 1, 1, -1)
-    px = hwc.reshape(-1, hwc.shape[-1]).astype(np.int64)
+    per = graph.pixels_per_transfer()
+    px = hwc.reshape(-1, hwc.shape[-1] * per).astype(np.int64)
     return [sum(int(v) << (8 * i) for i, v in enumerate(row)) for row in px]
 
 
@@ -216,9 +218,10 @@ def test_result_figures():
     assert res.cycles_per_frame == 256 == res.cycles_per_frame_median
     assert res.latency_cycles == res.output_cycles[0] - res.input_cycles[0]
     assert res.input_cycles.shape == (12 * 64,) and res.output_cycles.shape == (12,)
-    assert set(res.boundaries) == {"input:fifo", "input:threshold", "fc0:fifo",
-                                   "fc0:deserializer", "fc0:mvtu", "fc1:fifo", "fc1:mvtu",
-                                   "scores:fifo", "scores:score", "output"}
+    assert set(res.boundaries) == {"input:fifo", "input:threshold", "fc0:fifo", "fc0:mvtu",
+                                   "fc1:fifo", "fc1:mvtu", "scores:fifo", "scores:score",
+                                   "output"}
+    assert res.pixels_per_frame == res.transfers_per_frame == 64
     np.testing.assert_array_equal(res.boundaries["input:fifo"], res.input_cycles)
     assert res.busy_fraction()["fc1"] == 1.0
     small = simulate_timing(graph, 12, record=False)
@@ -246,4 +249,76 @@ def test_stimulus_errors():
         simulate_timing(unfolded, 1)
     graph.attrs("fc1")["fifo_depth"] = -2
     with pytest.raises(ValueError, match=r"stage 'fc1': fifo_depth must be a non-negative"):
+        simulate_timing(graph, 1)
+
+
+# -- several pixels per input transfer ----------------------------------------------------------
+
+def with_ppt(graph, ppt):
+    graph.attrs(graph.input_node())["pixels_per_transfer"] = ppt
+    return graph
+
+
+@pytest.mark.parametrize("bits,fold,ppt", [(1, "middle", 4), (8, "parallel", 16),
+                                           (1, "parallel", 64), (8, "serial", 2),
+                                           (1, "unbalanced", 8)])
+def test_mlp_pixels_per_transfer_cycle_exact(bits, fold, ppt):
+    graph = with_ppt(folded(mlp(bits), (1, 8, 8), MLP_FOLDS[fold]), ppt)
+    model = check_exact(graph, 3, seed=ppt)
+    assert model.input_cycles.shape == (3 * 64 // ppt,)
+    assert model.transfers_per_frame == 64 // ppt and model.pixels_per_frame == 64
+    check_exact(graph, 3, seed=ppt + 1, idle=0.3, stall=0.4, probe=True)
+
+
+def test_mlp_pixels_per_transfer_with_fifo_depths_cycle_exact():
+    graph = with_ppt(folded(mlp(1), (1, 8, 8), MLP_FOLDS["parallel"], depths={
+        "input": 0, "fc0": 1, "fc1": 0, "scores": 3}), 4)
+    check_exact(graph, 4, seed=21, idle=0.5, stall=0.5, probe=True)
+
+
+@pytest.mark.parametrize("bits,fold,ppt", [(1, "middle", 4), (8, "parallel", 2),
+                                           (1, "serial", 16), (8, "middle", 64)])
+def test_cnn_pixels_per_transfer_cycle_exact(bits, fold, ppt):
+    graph = with_ppt(folded(cnn(bits), (1, 8, 8), CNN_FOLDS[fold]), ppt)
+    assert [b["kind"] for b in chain(graph)][:4] == (
+        ["fifo", "threshold", "fifo", "serializer"] if bits == 1
+        else ["fifo", "fifo", "serializer", "window"])
+    check_exact(graph, 2, seed=ppt)
+    check_exact(graph, 2, seed=ppt + 3, idle=0.3, stall=0.4, probe=True)
+
+
+def test_cnn_pixels_per_transfer_without_fifos_cycle_exact():
+    depths = {"input": 0, "conv0": 0, "pool0": 0, "conv1": 0, "fc0": 0, "scores": 0}
+    graph = with_ppt(folded(cnn(1), (1, 8, 8), CNN_FOLDS["parallel"], depths=depths), 8)
+    check_exact(graph, 2, seed=5, idle=0.4, stall=0.5, probe=True)
+
+
+def test_pixels_per_transfer_periodic_continuation_is_exact():
+    graph = with_ppt(folded(mlp(1), (1, 8, 8), MLP_FOLDS["parallel"], depth=1), 8)
+    rng = np.random.default_rng(4)
+    gaps = np.concatenate([rng.geometric(0.6, 8 * 5) - 1, np.zeros(8 * 35, dtype=int)])
+    ready = rng.random(600) > 0.5
+    for kw in ({}, {"in_gaps": gaps, "out_ready": ready}):
+        fast = simulate_timing(graph, 40, **kw)
+        slow = simulate_timing(graph, 40, periodic=False, **kw)
+        assert fast.periodic_from is not None and slow.periodic_from is None
+        for key in slow.boundaries:
+            np.testing.assert_array_equal(fast.boundaries[key], slow.boundaries[key], key)
+    # 8 pixels a transfer: the input no longer limits a fast pipeline to 64 cycles a frame
+    # (depth-1 FIFOs pass a token every other cycle; the default depth 2 every cycle)
+    assert simulate_timing(graph, 40).cycles_per_frame == 16
+    fast = with_ppt(folded(mlp(1), (1, 8, 8), MLP_FOLDS["parallel"]), 8)
+    assert simulate_timing(fast, 40).cycles_per_frame == 8
+
+
+def test_pixels_per_transfer_errors():
+    graph = with_ppt(folded(mlp(1), (1, 8, 8), MLP_FOLDS["middle"]), 3)
+    msg = (r"stage 'input': pixels_per_transfer must divide the 64 pixels of a frame "
+           r"\(legal: 1, 2, 4, 8, 16, 32, 64\), not 3")
+    with pytest.raises(ValueError, match=msg):
+        simulate_timing(graph, 1)
+    with pytest.raises(ValueError, match=msg):
+        Accelerator(graph)
+    with_ppt(graph, 0)
+    with pytest.raises(ValueError, match=r"pixels_per_transfer must divide .* not 0"):
         simulate_timing(graph, 1)

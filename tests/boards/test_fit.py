@@ -1,0 +1,89 @@
+"""fit_to_board: the fastest (or cheapest for a frame rate) folding that fits a board."""
+
+import math
+import re
+
+import pytest
+
+import bnnforge
+from bnnforge.boards import HEADROOM, estimate_design_luts, fit_to_board, get_board
+from bnnforge.compiler.folding import ChooseFolding, matrix_ops, pipeline_cycles
+from bnnforge.nn import archs
+from conftest import randomize_model
+
+MNIST = (1, 28, 28)
+
+
+def lowered(arch):
+    return bnnforge.lower(randomize_model(archs.build(arch, MNIST, 10), 1), MNIST, name=arch)
+
+
+@pytest.fixture(scope="module")
+def tfc():
+    return lowered("tfc")
+
+
+def cycles(graph):
+    return max(pipeline_cycles(graph).values())
+
+
+@pytest.mark.parametrize("board", ["ulx3s-85f", "ice40-hx8k"])
+def test_fastest_folding_that_fits(tfc, board):
+    profile = get_board(board)
+    fit = fit_to_board(tfc, board)
+    luts = estimate_design_luts(fit)
+    assert luts <= HEADROOM * profile.luts
+    assert all(fit.attrs(n).get("fold") for n in matrix_ops(fit))
+    # exactly what ChooseFolding gives at that target (pixels_per_transfer included)
+    again = ChooseFolding(target_cycles=cycles(fit)).apply(tfc)
+    assert {n: dict(again.attrs(n)) for n in again.order()} == \
+        {n: dict(fit.attrs(n)) for n in fit.order()}
+    # and nothing faster fits: the next faster balanced folding is over the budget
+    faster = sorted({c for c in range(1, cycles(fit))}, reverse=True)[:50]
+    for target in faster:
+        try:
+            trial = ChooseFolding(target_cycles=target).apply(tfc)
+        except ValueError:
+            continue
+        if cycles(trial) < cycles(fit):
+            assert estimate_design_luts(trial) > HEADROOM * profile.luts
+            break
+
+
+def test_fps_gives_the_cheapest_folding_that_meets_it(tfc):
+    fit = fit_to_board(tfc, "ice40-hx8k", fps=2000)
+    assert cycles(fit) <= 12e6 / 2000
+    fastest = fit_to_board(tfc, "ice40-hx8k")
+    assert estimate_design_luts(fit) < estimate_design_luts(fastest)
+    # at a faster clock the same frame rate needs less hardware
+    faster = fit_to_board(tfc, "ice40-hx8k", fps=2000, clock_mhz=48)
+    assert cycles(faster) <= 48e6 / 2000 and cycles(faster) > cycles(fit)
+
+
+def test_model_too_big_for_the_board():
+    with pytest.raises(ValueError, match=r"^lfc needs ~[\d,]+ LUTs even fully serial; "
+                                         r"icebreaker \(iCE40UP5K\) has 5,280 LUTs, 4,224 after "
+                                         r"20% left for routing: choose a smaller model or "
+                                         r"ulx3s-85f$"):
+        fit_to_board(lowered("lfc"), "icebreaker")
+
+
+def test_fps_out_of_reach(tfc):
+    with pytest.raises(ValueError, match=r"^1e\+07 frames/s needs at most 7 cycles per frame at "
+                                         r"75 MHz; tfc takes at least \d+ even fully parallel "
+                                         r"\(the streaming stages\): at most [\d,]+ frames/s on "
+                                         r"ulx3s-85f at this clock; lower --fps or raise the "
+                                         r"clock$"):
+        fit_to_board(tfc, "ulx3s-85f", fps=1e7, clock_mhz=75)
+
+
+def test_fps_that_does_not_fit(tfc):
+    with pytest.raises(ValueError, match=r"^tfc at 100,000 frames/s needs ~[\d,]+ LUTs; "
+                                         r"ice40-hx8k \(iCE40HX8K\) has 7,680 LUTs, 6,144 after "
+                                         r"20% left for routing: at most ([\d,]+) frames/s fits "
+                                         r"at 12 MHz \(--fps \d+\), or choose a bigger board "
+                                         r"\(ulx3s-85f\)$") as info:
+        fit_to_board(tfc, "ice40-hx8k", fps=100_000)
+    most = int(re.search(r"at most ([\d,]+) frames/s", str(info.value))[1].replace(",", ""))
+    fit_to_board(tfc, "ice40-hx8k", fps=most)                  # the suggestion fits
+    assert most == math.floor(12e6 / cycles(fit_to_board(tfc, "ice40-hx8k")))
