@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 -p no:logging --durations=25 tests
 
 demo: $(STAMP)
 	$(PY) -m bnnforge demo

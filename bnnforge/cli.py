@@ -71,6 +71,8 @@ def _parser() -> _Parser:
                    help="LUT budget: the fastest balanced folding that fits")
     c.add_argument("--fold", action="append", metavar="LAYER=PE,SIMD",
                    help="fix one stage's folding (repeatable)")
+    c.add_argument("--mst", action="store_true",
+                   help="use MST-compressed layers where they need fewer LUTs")
     c.add_argument("--no-rtl", action="store_true", help=argparse.SUPPRESS)
 
     v = sub.add_parser("verify", help="run the RTL under cocotb and compare with the reference")
@@ -133,7 +135,7 @@ def _run(args) -> int:
     if args.command == "compile":
         report = flow.compile_model(args.model, args.output, fps=args.fps,
                                     clock_mhz=args.clock_mhz, luts=args.luts, fold=args.fold,
-                                    board=args.board, rtl=not args.no_rtl)
+                                    board=args.board, mst=args.mst, rtl=not args.no_rtl)
         m = report["model"]
         comp = report["compile"]
         print(f"compiled {args.model} -> {args.output}")
@@ -173,8 +175,12 @@ def _run(args) -> int:
     if args.command == "build":
         from .build import build_board
 
+        from .buildfolder import read_report
+
+        compiled = read_report(args.build).get("compile", {})
+        clock = compiled.get("clock_mhz") if compiled.get("board") == args.board else None
         res = build_board(args.build, args.board, progress=not args.no_progress,
-                          baud=args.baud)
+                          baud=args.baud, clock_mhz=clock)
         print(f"bitstream for {res['board']} ({res['device']}): {res['bitstream']}")
         print(f"LUTs {res['luts_used']}/{res['luts_total']}, FFs {res['ffs_used']}, BRAM "
               f"{res['bram_used']}/{res['bram_total']}, Fmax {res['fmax_mhz']:.1f} MHz at a "

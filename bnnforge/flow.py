@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -116,17 +117,22 @@ def fold_graph(graph, *, fps: float | None = None, clock_mhz: float = 100.0,
     if fps is not None:
         if fps <= 0:
             raise FoldingError(f"--fps must be positive, not {fps}")
-        target = max(1, int(clock_mhz * 1e6 // fps))
+        # floor of clock / fps, safe against float rounding (1e8 / (1e8 / 576) is 575.99...)
+        target = max(1, math.floor(clock_mhz * 1e6 / fps * (1 + 1e-9)))
     return ChooseFolding(target_cycles=target, luts=luts,
                          overrides=parse_fold_overrides(fold), mst=mst).apply(graph)
 
 
 def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
-                  fps: float | None = None, clock_mhz: float = 100.0, luts: int | None = None,
-                  fold: list[str] | None = None, rtl: bool = True, mst: bool = False) -> dict:
+                  fps: float | None = None, clock_mhz: float | None = None,
+                  luts: int | None = None, fold: list[str] | None = None,
+                  board: str | None = None, mst: bool = False, rtl: bool = True) -> dict:
     """Compile a model file into the build folder ``output``: graph files, RTL and report.json.
 
-    The folder is written in full or not at all. Returns the report.
+    With ``board`` the folding is the fastest that fits that board at its clock (or the cheapest
+    that meets ``fps`` and fits); otherwise it follows ``fps`` at ``clock_mhz`` (default 100),
+    ``luts`` or the default balance. ``mst`` lets the folding use MST-compressed layers where
+    they are cheaper. The folder is written in full or not at all. Returns the report.
     """
     from .compiler.folding import pipeline_cycles
 
@@ -136,7 +142,21 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
     name = str(meta.get("name") or Path(model_path).stem)
     graph = lower(model, model.input_shape, name=name,
                   meta={"dataset": meta.get("dataset"), "source": Path(model_path).name})
-    graph = fold_graph(graph, fps=fps, clock_mhz=clock_mhz, luts=luts, fold=fold, mst=mst)
+    if board is not None:
+        from .boards import get_board
+        from .boards.fit import fit_to_board
+
+        profile = get_board(board)
+        if luts is not None or fold or mst:
+            raise ValueError("--board chooses the folding itself; drop --luts/--fold/--mst, or "
+                             "drop --board and fold by hand")
+        if clock_mhz is not None and clock_mhz != profile.clock_mhz:
+            profile = profile.with_clock(clock_mhz)
+        clock_mhz = float(profile.clock_mhz)
+        graph = fit_to_board(graph, profile, fps=fps)
+    else:
+        clock_mhz = 100.0 if clock_mhz is None else float(clock_mhz)
+        graph = fold_graph(graph, fps=fps, clock_mhz=clock_mhz, luts=luts, fold=fold, mst=mst)
     from .compiler.mst import OrderChannelsByMST, analyse_graph
     from .sim.fifo_sizing import SizeFifos
 

@@ -365,7 +365,7 @@ def _slower_clock(profile: BoardProfile, fmax: float) -> str:
     target, osc = 0.95 * fmax, profile.oscillator_mhz
     if profile.pll is not None:
         for want in range(math.floor(target), 0, -1):
-            if want <= osc <= target:
+            if want <= osc <= fmax:
                 break                       # the oscillator is as fast, without PLL
             try:
                 made = profile.with_clock(float(want)).clock_mhz

@@ -337,6 +337,8 @@ class ChooseFolding:
                             and self._floor(graph, p) <= self.target_cycles:
                         ppt, floor = p, self._floor(graph, p)
                         break
+                else:
+                    floor = self._floor(graph, widest)
             if self.target_cycles < floor:
                 raise FoldingError(
                     f"the target of {self.target_cycles} cycles per frame is faster than the "

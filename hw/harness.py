@@ -2,9 +2,10 @@
 
 :func:`run_rtl` builds ``rtl_dir/*.v`` once per (design, simulator) with cocotb's Python runner,
 then runs the cocotb test :mod:`bnnforge.hw.cocotb_tests.stream`, which drives the top-level
-``i_stream`` with every pixel of every frame and collects one ``o_stream`` transfer per frame,
-stamping each handshake with its clock cycle. Frames and options go to the test in an npz file
-whose path travels in an environment variable; the test writes its results to another npz.
+``i_stream`` with every transfer (``pixels_per_transfer`` pixels) of every frame and collects one
+``o_stream`` transfer per frame, stamping each handshake with its clock cycle. Frames and options
+go to the test in an npz file whose path travels in an environment variable; the test writes its
+results to another npz.
 
 The ports and the payload layout are those of ``rtl_dir/top.json`` (written by
 ``bnnforge.hw.generate.emit_verilog``): ``i_stream__payload`` holds ``pixels_per_transfer``
@@ -370,9 +371,9 @@ def run_rtl(rtl_dir: str | os.PathLike, frames: np.ndarray, simulator: str = "ic
     dict
         ``scores`` (N, classes) int64, ``classes`` (N,) int64, ``out_cycles`` (N,) int64 (cycle
         of every output handshake), ``in_cycles`` (N * pixels / pixels_per_transfer,) int64
-        (cycle of every input transfer's handshake), ``cycles`` (cycles run until the last output, inclusive), ``wall_s`` (all of
-        it, build included) and ``sim_s`` (the simulation alone). Cycle 0 is the first cycle
-        after reset is released.
+        (cycle of every input transfer's handshake), ``cycles`` (cycles run until the last
+        output, inclusive), ``wall_s`` (all of it, build included) and ``sim_s`` (the
+        simulation alone). Cycle 0 is the first cycle after reset is released.
 
     Raises
     ------

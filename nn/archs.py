@@ -63,8 +63,10 @@ def _cnv(shape, num_classes: int, q: str, input_bits: int) -> nn.Sequential:
             layers.append(nn.MaxPool2d(2))
             h, w = h // 2, w // 2
         else:
+            # an 8-bit first layer pads with black pixels (0), binary layers with -1
+            pad_value = 0.0 if (input_bits == 8 and ch == c and len(layers) == 1) else -1.0
             layers += [
-                BinaryConv2d(ch, item, 3, padding=pad, weight_quantizer=q),
+                BinaryConv2d(ch, item, 3, padding=pad, weight_quantizer=q, pad_value=pad_value),
                 nn.BatchNorm2d(item),
                 BinaryActivation(q),
             ]

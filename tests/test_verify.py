@@ -126,6 +126,17 @@ def test_verify_compares_every_handshake_cycle(build, sim):
     assert section["handshakes_checked"] == 30 + 30 * 64
 
 
+def test_verify_with_four_pixels_per_transfer_on_verilator(tmp_path):
+    graph = digits_mlp()
+    graph.attrs("input")["pixels_per_transfer"] = 4
+    save_graph(graph, tmp_path)
+    emit_verilog(graph, tmp_path)
+    section = verify_build(tmp_path, simulator="verilator", frames=30, input_gap=0.3,
+                           output_stall=0.4, seed=6, progress=False)
+    assert section["value_mismatches"] == 0 and section["cycle_mismatches"] == 0
+    assert section["handshakes_checked"] == 30 + 30 * 64 // 4
+
+
 def test_verify_catches_a_timing_change(build, tmp_path):
     """A design whose timing differs from what the graph says is caught cycle by cycle."""
     folder = tmp_path / "b"

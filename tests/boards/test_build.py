@@ -135,5 +135,9 @@ def test_missed_clock_is_a_failure():
                        r"25 MHz clock of ulx3s-85f: the bitstream would not work\. Build at a "
                        r"lower clock \(clock_mhz=15\), or fold more \(a lower --fps or --luts"):
         check_timing(result, "ulx3s-85f")
-    check_timing({"fmax_mhz": 25.1}, "ulx3s-85f")
+    check_timing({"fmax_mhz": 75.1}, "ulx3s-85f")                    # the default clock
+    check_timing({"fmax_mhz": 25.1, "clock_mhz": 25.0}, "ulx3s-85f")
+    with pytest.raises(BitstreamError, match=r"reaches 25\.1 MHz .* Build at clock_mhz=25 \(the "
+                       r"oscillator, without PLL\), or fold more"):
+        check_timing({"fmax_mhz": 25.1}, "ulx3s-85f")
     assert np.isfinite(get_board("icebreaker").clock_mhz)

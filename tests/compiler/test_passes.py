@@ -170,7 +170,7 @@ def test_folding_raises_pixels_per_transfer_when_the_input_is_the_bottleneck():
                                            r"streaming stages allow \(64 cycles per frame: one "
                                            r"input transfer of 1 pixel"):
         ChooseFolding(target_cycles=20, overrides={"input": (1, 1)}).apply(graph)
-    with pytest.raises(FoldingError, match=r"\(8 cycles per frame: one input transfer of 8 "
+    with pytest.raises(FoldingError, match=r"\(4 cycles per frame: one input transfer of 16 "
                                            r"pixel\(s\)"):
         ChooseFolding(target_cycles=3).apply(graph)
     with pytest.raises(FoldingError, match=r"stage 'input': pixels_per_transfer must divide the "

@@ -15,7 +15,7 @@ from conftest import random_frames, randomize_model, small_cnn
 def graph():
     g = bnnforge.lower(randomize_model(small_cnn(8, "biper", last_bn=True), 3), (1, 8, 8),
                        name="cnn", meta={"dataset": "digits"})
-    return ChooseFolding(target_cycles=500).apply(g)
+    return ChooseFolding(target_cycles=700).apply(g)
 
 
 def test_roundtrip_is_lossless(graph, tmp_path):
@@ -30,7 +30,7 @@ def test_roundtrip_is_lossless(graph, tmp_path):
 def test_files_are_byte_identical(graph, tmp_path):
     save_graph(graph, tmp_path / "a")
     model = randomize_model(small_cnn(8, "biper", last_bn=True), 3)
-    again = ChooseFolding(target_cycles=500).apply(
+    again = ChooseFolding(target_cycles=700).apply(
         bnnforge.lower(model, (1, 8, 8), name="cnn", meta={"dataset": "digits"}))
     save_graph(again, tmp_path / "b")
     for name in ("graph.json", "weights.npz"):

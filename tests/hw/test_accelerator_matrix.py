@@ -9,7 +9,9 @@ the 8x8 digits so the RTL simulations fit CI.
 Each (architecture, input bits, folding) runs on one simulator, chosen so that every
 architecture meets both simulators, each simulator meets every folding of every architecture
 (across the two input widths), and half the runs use random input gaps and output
-back-pressure. ``BNNFORGE_FULL_MATRIX=1`` runs every case on both simulators (twice the time).
+back-pressure. lfc (1024-wide layers) is the exception that keeps CI in budget: its three
+foldings run with 1-bit inputs on Verilator only (on Icarus one lfc run takes minutes).
+``BNNFORGE_FULL_MATRIX=1`` runs every case, lfc included, on both simulators.
 """
 
 from __future__ import annotations
@@ -39,8 +41,12 @@ def _cases():
     cases = []
     for arch in TARGETS:
         for bits in (1, 8):
+            if arch == "lfc" and bits == 8 and not full:
+                continue
             for i, folding in enumerate(("serial", "middle", "fast")):
                 first = "icarus" if (i + bits) % 2 else "verilator"
+                if arch == "lfc":
+                    first = "verilator"
                 for sim in (("icarus", "verilator") if full else (first,)):
                     cases.append((arch, bits, folding, sim))
     return cases

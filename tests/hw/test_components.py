@@ -14,8 +14,8 @@ from bnnforge.hw import (
     Serializer,
     SlidingWindow,
     StreamFIFO,
-    stream_get,
     argmax_stages,
+    stream_get,
     stream_put,
     tree_stages,
 )

@@ -83,6 +83,26 @@ def test_back_to_back_and_with_gaps_and_backpressure(design, sim):
         np.testing.assert_array_equal(again[key], rough[key])
 
 
+def test_several_pixels_per_transfer_on_icarus(tmp_path):
+    graph = small_convnet()
+    graph.attrs("input")["pixels_per_transfer"] = 4     # 16-bit pixels: 64-bit transfers
+    emit_verilog(graph, tmp_path)
+    rtl = tmp_path / "rtl"
+    top = json.loads((rtl / "top.json").read_text())
+    assert top["pixels_per_transfer"] == 4 and top["transfer_width"] == 64
+    frames = np.random.default_rng(8).integers(0, 256, (3,) + graph.input_shape, dtype=np.uint8)
+    expected = bnnforge.reference(graph, frames)
+    res = run_rtl(rtl, frames, input_gap=0.3, output_stall=0.4, seed=2)
+    check_stream(res, expected, 36 // 4)                # in_cycles: one per transfer
+    gaps = np.arange(3 * 9) % 3
+    ready = np.arange(400) % 4 != 1
+    res = run_rtl(rtl, frames, in_gaps=gaps, out_ready=ready)
+    check_stream(res, expected, 9)
+    timing = bnnforge.sim.simulate_timing(graph, 3, in_gaps=gaps, out_ready=ready)
+    np.testing.assert_array_equal(res["in_cycles"], timing.input_cycles)
+    np.testing.assert_array_equal(res["out_cycles"], timing.output_cycles)
+
+
 def test_icarus_and_verilator_agree_cycle_for_cycle(design):
     rtl, frames, _ = design
     a = run_rtl(rtl, frames[:3], simulator="icarus", input_gap=0.2, output_stall=0.3, seed=5)
