@@ -112,8 +112,8 @@ def _parser() -> _Parser:
 
     d = sub.add_parser("demo", help="train -> compile -> simulate -> verify -> bitstream")
     d.add_argument("-o", "--output", default="demo-build", help="demo folder")
-    d.add_argument("--board", default="icebreaker")
-    d.add_argument("--arch", default="tfc")
+    d.add_argument("--board", default="ulx3s-85f")
+    d.add_argument("--arch", default="sfc")
     d.add_argument("--epochs", type=_positive_int, default=10)
     d.add_argument("--no-bitstream", action="store_true", help="skip place-and-route")
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -199,8 +199,8 @@ def energy_profile(folder, family: str | None = None) -> tuple[str, dict | None]
     return family or "ice40up", None
 
 
-def run_demo(output: str | os.PathLike = "demo-build", *, board: str = "icebreaker",
-             arch: str = "tfc", dataset: str = "mnist5k", quantizer: str = "ste",
+def run_demo(output: str | os.PathLike = "demo-build", *, board: str = "ulx3s-85f",
+             arch: str = "sfc", dataset: str = "mnist5k", quantizer: str = "ste",
              epochs: int = 10, frames: int = 100, simulator: str = "verilator",
              bitstream: bool = True, progress: bool = True) -> dict:
     """Run the whole flow on the embedded default and return the build folder's report.
