@@ -202,12 +202,15 @@ def energy_profile(folder, family: str | None = None) -> tuple[str, dict | None]
 def run_demo(output: str | os.PathLike = "demo-build", *, board: str = "ulx3s-85f",
              arch: str = "sfc", dataset: str = "mnist5k", quantizer: str = "ste",
              epochs: int = 10, frames: int = 100, simulator: str = "verilator",
-             bitstream: bool = True, progress: bool = True) -> dict:
+             fps: float | None = 200_000, bitstream: bool = True,
+             progress: bool = True) -> dict:
     """Run the whole flow on the embedded default and return the build folder's report.
 
     Trains ``arch`` on ``dataset`` (kept as ``output/model.bnn`` and reused when present),
-    compiles it for ``board``, simulates 10,000 frames, verifies ``frames`` frames as RTL, builds
-    the bitstream and prints one summary.
+    compiles it for ``board`` (the cheapest folding that reaches ``fps`` — 200,000 frames/s by
+    default, which keeps place-and-route to a few minutes; ``None``: the fastest that fits),
+    simulates 10,000 frames, verifies ``frames`` frames as RTL, builds the bitstream and prints
+    one summary.
     """
     from .buildfolder import read_report
 
@@ -228,7 +231,7 @@ def run_demo(output: str | os.PathLike = "demo-build", *, board: str = "ulx3s-85
         print(f"held-out accuracy {100 * meta['accuracy_torch']:.2f}% "
               f"({meta['train_seconds']:.0f} s)")
     say(f"2/5 compile for {board}")
-    compile_model(model_path, build, board=board)
+    compile_model(model_path, build, board=board, fps=fps)
     say("3/5 simulate 10,000 frames (cycle-accurate)")
     from .simulate import simulate_build
 
