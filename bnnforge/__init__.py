@@ -3,10 +3,17 @@
 The front door: the public API in one namespace.
 """
 
-from .compiler import (DataflowGraph, FoldThresholds, GraphFileError, UnsupportedModelError,
-                        load_graph, lower, save_graph)
-from .sim import reference
+from .compiler import (
+                        DataflowGraph,
+                        FoldThresholds,
+                        GraphFileError,
+                        UnsupportedModelError,
+                        load_graph,
+                        lower,
+                        save_graph,
+)
 from .modelfile import ModelFileError, load, read_info, save
+from .sim import reference
 
 __version__ = "0.1.0"
 

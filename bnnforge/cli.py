@@ -177,7 +177,6 @@ def _run(args) -> int:
         return 0
     if args.command == "build":
         from .build import build_board
-
         from .buildfolder import read_report
 
         compiled = read_report(args.build).get("compile", {})
@@ -190,10 +189,10 @@ def _run(args) -> int:
               f"{res['clock_mhz']} MHz clock, built in {res['wall_s']:.0f} s")
         return 0
     if args.command == "run":
+        from .buildfolder import require_build
+        from .compiler import load_graph
         from .host import classify
         from .verify import load_inputs
-        from .compiler import load_graph
-        from .buildfolder import require_build
 
         folder = require_build(args.build)
         images = load_inputs(args.images, load_graph(folder).input_shape)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .buildfolder import staged_folder, update_report
 from .compiler.lower import lower
 from .compiler.serialize import load_graph, save_graph
-from .sim.reference import reference
-from .buildfolder import staged_folder, update_report
 from .modelfile import load, save
+from .sim.reference import reference
 
 __all__ = ["train_model", "compile_model", "accuracy_section", "layer_table", "fold_graph"]
 
@@ -26,10 +26,11 @@ def train_model(arch: str, dataset: str, quantizer: str, output: str | os.PathLi
 
     Returns the metadata stored with the model (accuracy included).
     """
+    import torch
+
     from .nn.archs import build
     from .nn.datasets import load_dataset
     from .nn.train import evaluate, train
-    import torch
 
     if epochs < 1:
         raise ValueError(f"--epochs must be at least 1, not {epochs}")

@@ -1,8 +1,20 @@
 """bnnforge.compiler: the dataflow IR, lowering from torch, passes and serialization."""
 
-from .ir import (OP_TYPES, BinaryConv, BinaryDense, DataflowGraph, InputLayer, MaxPool, Op,
-                 ScoreLayer, pack_bits, unpack_bits)
+from .folding import ChooseFolding, FoldingError, estimate_luts, pipeline_cycles
+from .ir import (
+    OP_TYPES,
+    BinaryConv,
+    BinaryDense,
+    DataflowGraph,
+    InputLayer,
+    MaxPool,
+    Op,
+    ScoreLayer,
+    pack_bits,
+    unpack_bits,
+)
 from .lower import UnsupportedModelError, lower
+from .mst import OrderChannelsByMST, analyse_graph, hamming_matrix, mst_tree
 from .passes import FoldThresholds, fold_score_affine
 from .serialize import GraphFileError, load_graph, save_graph
 
@@ -10,4 +22,6 @@ __all__ = [
     "OP_TYPES", "BinaryConv", "BinaryDense", "DataflowGraph", "InputLayer", "MaxPool", "Op",
     "ScoreLayer", "pack_bits", "unpack_bits", "lower", "UnsupportedModelError",
     "FoldThresholds", "fold_score_affine", "GraphFileError", "load_graph", "save_graph",
+    "ChooseFolding", "FoldingError", "estimate_luts", "pipeline_cycles",
+    "OrderChannelsByMST", "analyse_graph", "hamming_matrix", "mst_tree",
 ]

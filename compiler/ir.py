@@ -19,8 +19,8 @@ Layout conventions (shared by every backend):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
-from typing import Iterator
 
 import networkx as nx
 import numpy as np
@@ -73,7 +73,7 @@ class Op:
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
-    def same_as(self, other: "Op") -> bool:
+    def same_as(self, other: Op) -> bool:
         """Return whether two ops are equal field by field (arrays compared by value)."""
         if type(self) is not type(other):
             return False
@@ -268,7 +268,7 @@ class DataflowGraph:
                                  f"produces {prev.out_shape}")
             self.nx.add_edge(last, name, shape=tuple(op.in_shape), bits=prev.out_bits)
 
-    def copy(self) -> "DataflowGraph":
+    def copy(self) -> DataflowGraph:
         """Return a copy sharing the (immutable) ops but not the attribute dicts."""
         other = DataflowGraph(self.name, self.meta)
         other.nx = self.nx.copy()
@@ -322,7 +322,7 @@ class DataflowGraph:
     def num_classes(self) -> int:
         return int(self.op(self.output_node()).channels)
 
-    def same_as(self, other: "DataflowGraph") -> bool:
+    def same_as(self, other: DataflowGraph) -> bool:
         """Return whether two graphs hold the same stages, ops and attributes."""
         if self.order() != other.order() or self.name != other.name or self.meta != other.meta:
             return False

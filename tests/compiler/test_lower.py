@@ -10,8 +10,14 @@ from hypothesis import strategies as st
 from torch import nn
 
 import bnnforge
-from bnnforge.compiler import (BinaryConv, BinaryDense, InputLayer, MaxPool, ScoreLayer,
-                               UnsupportedModelError)
+from bnnforge.compiler import (
+    BinaryConv,
+    BinaryDense,
+    InputLayer,
+    MaxPool,
+    ScoreLayer,
+    UnsupportedModelError,
+)
 from bnnforge.nn import BinaryActivation, BinaryConv2d, BinaryLinear, InputQuant, predict_scores
 from conftest import random_frames, randomize_model, small_cnn, small_mlp
 

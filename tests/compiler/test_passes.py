@@ -7,9 +7,16 @@ import pytest
 
 import bnnforge
 from bnnforge.compiler import FoldThresholds, fold_score_affine
-from bnnforge.compiler.folding import (ChooseFolding, FoldingError, divisors, estimate_luts,
-                                       matrix_ops,
-                                       parse_fold_overrides, pipeline_cycles, stage_cycles)
+from bnnforge.compiler.folding import (
+    ChooseFolding,
+    FoldingError,
+    divisors,
+    estimate_luts,
+    matrix_ops,
+    parse_fold_overrides,
+    pipeline_cycles,
+    stage_cycles,
+)
 from conftest import random_frames, randomize_model, small_cnn, small_mlp
 
 
@@ -22,7 +29,7 @@ def test_fold_thresholds_is_equivalent(bits, last_bn):
     frames = random_frames((1, 8, 8), 3000, seed=3)
     before = bnnforge.reference(raw, frames, return_all=True)
     after = bnnforge.reference(folded, frames, return_all=True)
-    for name, op in folded:
+    for name in folded.order():
         if name == "scores":
             np.testing.assert_array_equal(before[name].argmax(1), after[name].argmax(1))
         else:
