@@ -115,8 +115,10 @@ def _parser() -> _Parser:
     d.add_argument("--board", default="ulx3s-85f")
     d.add_argument("--arch", default="sfc")
     d.add_argument("--epochs", type=_positive_int, default=10)
-    d.add_argument("--fps", type=float, default=200_000,
-                   help="throughput to fold for (default 200000; 0 = the fastest that fits)")
+    d.add_argument("--fps", type=float, default=150_000,
+                   help="throughput to fold for (default 150000; 0 = the fastest that fits)")
+    d.add_argument("--clock-mhz", type=float, default=50.0,
+                   help="design clock (default 50; 0 = the board's default)")
     d.add_argument("--no-bitstream", action="store_true", help="skip place-and-route")
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
@@ -172,7 +174,8 @@ def _run(args) -> int:
         return 0
     if args.command == "demo":
         flow.run_demo(args.output, board=args.board, arch=args.arch, epochs=args.epochs,
-                      fps=args.fps or None, bitstream=not args.no_bitstream,
+                      fps=args.fps or None, clock_mhz=args.clock_mhz or None,
+                      bitstream=not args.no_bitstream,
                       progress=not args.no_progress)
         return 0
     if args.command == "build":

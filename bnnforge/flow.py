@@ -203,13 +203,15 @@ def energy_profile(folder, family: str | None = None) -> tuple[str, dict | None]
 def run_demo(output: str | os.PathLike = "demo-build", *, board: str = "ulx3s-85f",
              arch: str = "sfc", dataset: str = "mnist5k", quantizer: str = "ste",
              epochs: int = 10, frames: int = 100, simulator: str = "verilator",
-             fps: float | None = 200_000, bitstream: bool = True,
-             progress: bool = True) -> dict:
+             fps: float | None = 150_000, clock_mhz: float | None = 50.0,
+             bitstream: bool = True, progress: bool = True) -> dict:
     """Run the whole flow on the embedded default and return the build folder's report.
 
     Trains ``arch`` on ``dataset`` (kept as ``output/model.bnn`` and reused when present),
-    compiles it for ``board`` (the cheapest folding that reaches ``fps`` — 200,000 frames/s by
-    default, which keeps place-and-route to a few minutes; ``None``: the fastest that fits),
+    compiles it for ``board`` at ``clock_mhz`` (``None``: the board's default clock) with the
+    cheapest folding that reaches ``fps`` (``None``: the fastest that fits). The defaults, 150,000
+    frames/s at 50 MHz, keep place-and-route to a few minutes and meet timing with margin (the
+    same folding places at 68 MHz on the ULX3S, under its 75 MHz default clock),
     simulates 10,000 frames, verifies ``frames`` frames as RTL, builds the bitstream and prints
     one summary.
     """
@@ -232,7 +234,7 @@ def run_demo(output: str | os.PathLike = "demo-build", *, board: str = "ulx3s-85
         print(f"held-out accuracy {100 * meta['accuracy_torch']:.2f}% "
               f"({meta['train_seconds']:.0f} s)")
     say(f"2/5 compile for {board}")
-    compile_model(model_path, build, board=board, fps=fps)
+    compile_model(model_path, build, board=board, fps=fps, clock_mhz=clock_mhz)
     say("3/5 simulate 10,000 frames (cycle-accurate)")
     from .simulate import simulate_build
 
@@ -247,7 +249,8 @@ def run_demo(output: str | os.PathLike = "demo-build", *, board: str = "ulx3s-85
         say(f"5/5 bitstream for {board} (Yosys + nextpnr via YoWASP)")
         from .build import build_board
 
-        build_board(build, board, progress=progress)
+        build_board(build, board, progress=progress,
+                    clock_mhz=read_report(build)["compile"]["clock_mhz"])
     report = read_report(build)
     print("\n" + summary_table(report))
     return report
