@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
+from test_timing import run_rtl, stimulus  # the one shared RTL driver
 
 import bnnforge
 from bnnforge.compiler.mst import OrderChannelsByMST
@@ -14,78 +14,14 @@ from conftest import random_frames, randomize_model, small_cnn, small_mlp
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 
 
-def payloads(graph, frames):
-    """uint8 frames -> one int per input pixel (HWC order, channel 0 in the low byte)."""
-    if len(graph.input_shape) == 3:
-        hwc = frames.transpose(0, 2, 3, 1)
-    else:
-        hwc = frames.reshape(frames.shape[0], 1, 1, -1)
-    px = hwc.reshape(-1, hwc.shape[-1]).astype(np.int64)
-    return [sum(int(v) << (8 * i) for i, v in enumerate(row)) for row in px]
-
-
-def run_rtl(graph, frames, in_gaps, out_ready, timeout=200_000):
-    """Drive the accelerator with sim.timing's stimulus contract; return the handshake cycles
-    (inputs, outputs), the output payloads and the cycles at every block's input."""
-    dut = Accelerator(graph)
-    data = payloads(graph, frames)
-    res = {"in": [], "out": [], "val": []}
-    probes = [(f"{node}:{kind}", comp.i_stream) for node, kind, comp in dut.stages]
-    seen = {name: [] for name, _ in probes}
-    sigs = [x for _, st in probes for x in (st.valid, st.ready)]
-
-    async def put(ctx):
-        cycle = 0
-        for n, payload in enumerate(data):
-            for _ in range(int(in_gaps[n]) if in_gaps is not None else 0):
-                ctx.set(dut.i_stream.valid, 0)
-                await ctx.tick()
-                cycle += 1
-            ctx.set(dut.i_stream.payload, payload)
-            ctx.set(dut.i_stream.valid, 1)
-            while True:
-                _, _, ready = await ctx.tick().sample(dut.i_stream.ready)
-                cycle += 1
-                if ready:
-                    break
-            res["in"].append(cycle - 1)
-        ctx.set(dut.i_stream.valid, 0)
-
-    async def get(ctx):
-        cycle = 0
-        while len(res["out"]) < len(frames):
-            assert cycle < timeout, "timeout"
-            ready = out_ready is None or cycle >= len(out_ready) or bool(out_ready[cycle])
-            ctx.set(dut.o_stream.ready, int(ready))
-            _, _, valid, payload, *hs = await ctx.tick().sample(
-                dut.o_stream.valid, dut.o_stream.payload, *sigs)
-            for i, (name, _) in enumerate(probes):
-                if hs[2 * i] and hs[2 * i + 1]:
-                    seen[name].append(cycle)
-            if valid and ready:
-                res["out"].append(cycle)
-                res["val"].append(int(payload))
-            cycle += 1
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(put)
-    sim.add_testbench(get)
-    sim.run()
-    return np.array(res["in"]), np.array(res["out"]), res["val"], seen, dut
-
-
 def check_exact(graph, n_frames, seed=0, idle=0.0, stall=0.0):
     frames = random_frames(graph.input_shape, n_frames, seed)
     free = simulate_timing(graph, n_frames)
     horizon = int(free.total_cycles * (1 + 3 * stall) * (1 + 2 * idle)) + 50
-    rng = np.random.default_rng(seed)
-    total = n_frames * chain(graph)[0]["tokens"]
-    gaps = rng.geometric(1 - idle, total) - 1 if idle else None
-    ready = rng.random(horizon) >= stall if stall else None
+    gaps, ready = stimulus(graph, n_frames, seed, idle, stall, horizon)
     model = simulate_timing(graph, n_frames, in_gaps=gaps, out_ready=ready)
-    rtl_in, rtl_out, values, seen, dut = run_rtl(graph, frames, gaps, ready)
-    assert any(kind == "mst" for _, kind, _ in dut.stages)
+    rtl_in, rtl_out, values, seen = run_rtl(graph, frames, gaps, ready, probe=True)
+    assert any(block["kind"] == "mst" for block in chain(graph))
     np.testing.assert_array_equal(model.input_cycles, rtl_in)
     np.testing.assert_array_equal(model.output_cycles, rtl_out)
     for name, cycles in seen.items():
