@@ -20,7 +20,7 @@ __all__ = ["train_model", "compile_model", "accuracy_section", "layer_table", "f
 
 def train_model(arch: str, dataset: str, quantizer: str, output: str | os.PathLike, *,
                 epochs: int = 10, input_bits: int = 1, seed: int = 0, lr: float | None = None,
-                batch_size: int | None = None, mst_reg: float = 0.0,
+                batch_size: int | None = None, mst_reg: float = 0.0, shift: int = 0,
                 progress: bool = True) -> dict:
     """Train ``arch`` on ``dataset`` with ``quantizer`` and save it to ``output``.
 
@@ -43,11 +43,13 @@ def train_model(arch: str, dataset: str, quantizer: str, output: str | os.PathLi
                   input_bits=input_bits)
     kwargs = {k: v for k, v in (("lr", lr), ("batch_size", batch_size)) if v is not None}
     start = time.perf_counter()
-    train(model, data, epochs=epochs, seed=seed, progress=progress, mst_reg=mst_reg, **kwargs)
+    train(model, data, epochs=epochs, seed=seed, progress=progress, mst_reg=mst_reg,
+          shift=shift, **kwargs)
     seconds = time.perf_counter() - start
     accuracy = evaluate(model, data.x_test, data.y_test)
     meta = {"name": arch, "arch": arch, "dataset": dataset, "quantizer": quantizer,
             "input_bits": input_bits, "epochs": epochs, "seed": seed, "mst_reg": mst_reg,
+            "shift": shift,
             "accuracy_torch": round(float(accuracy), 6), "test_frames": int(len(data.y_test))}
     save(model, out, data.input_shape, meta)
     meta["train_seconds"] = seconds
@@ -200,20 +202,20 @@ def energy_profile(folder, family: str | None = None) -> tuple[str, dict | None]
     return family or "ice40up", None
 
 
-def run_demo(output: str | os.PathLike = "demo-build", *, board: str = "ulx3s-85f",
-             arch: str = "sfc", dataset: str = "mnist5k", quantizer: str = "ste",
-             epochs: int = 10, frames: int = 100, simulator: str = "verilator",
-             fps: float | None = 150_000, clock_mhz: float | None = 50.0,
-             bitstream: bool = True, progress: bool = True) -> dict:
+def run_demo(output: str | os.PathLike = "demo-build", *, board: str = "icebreaker",
+             arch: str = "tfc", dataset: str = "mnist5k", quantizer: str = "ste",
+             epochs: int = 20, shift: int = 1, frames: int = 100,
+             simulator: str = "verilator", fps: float | None = 100_000,
+             clock_mhz: float | None = None, bitstream: bool = True,
+             progress: bool = True) -> dict:
     """Run the whole flow on the embedded default and return the build folder's report.
 
-    Trains ``arch`` on ``dataset`` (kept as ``output/model.bnn`` and reused when present),
-    compiles it for ``board`` at ``clock_mhz`` (``None``: the board's default clock) with the
-    cheapest folding that reaches ``fps`` (``None``: the fastest that fits). The defaults, 150,000
-    frames/s at 50 MHz, keep place-and-route to a few minutes and meet timing with margin (the
-    same folding places at 68 MHz on the ULX3S, under its 75 MHz default clock),
-    simulates 10,000 frames, verifies ``frames`` frames as RTL, builds the bitstream and prints
-    one summary.
+    Trains ``arch`` on ``dataset`` (``epochs``, images moved by up to ``shift`` pixels; kept as
+    ``output/model.bnn`` and reused when present), compiles it for ``board`` at ``clock_mhz``
+    (``None``: the board's default clock) with the cheapest folding that reaches ``fps``
+    (``None``: the fastest that fits), simulates 10,000 frames, verifies ``frames`` frames as
+    RTL, builds the bitstream and prints one summary. The defaults: tfc on the iCEBreaker
+    (iCE40UP5K) at its 30 MHz clock, folded for 100,000 frames/s.
     """
     from .buildfolder import read_report
 
@@ -225,11 +227,12 @@ def run_demo(output: str | os.PathLike = "demo-build", *, board: str = "ulx3s-85
     def say(step: str) -> None:
         print(f"\n== {step}", flush=True)
 
-    say(f"1/5 train {arch} on {dataset} ({quantizer}, {epochs} epochs)")
+    say(f"1/5 train {arch} on {dataset} ({quantizer}, {epochs} epochs, shifts of up to "
+        f"{shift} px)")
     if model_path.exists():
         print(f"reusing {model_path} (delete it to retrain)")
     else:
-        meta = train_model(arch, dataset, quantizer, model_path, epochs=epochs,
+        meta = train_model(arch, dataset, quantizer, model_path, epochs=epochs, shift=shift,
                            progress=progress)
         print(f"held-out accuracy {100 * meta['accuracy_torch']:.2f}% "
               f"({meta['train_seconds']:.0f} s)")

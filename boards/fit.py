@@ -2,8 +2,10 @@
 
 :func:`fit_to_board` searches :class:`~bnnforge.compiler.folding.ChooseFolding`'s throughput
 targets and sizes each candidate with :func:`~bnnforge.boards.build.estimate_design_luts` (the
-whole board design: matrix stages, their input registers, FIFOs, the UART), against the board's
-logic cells less a routing headroom, at the board's design clock.
+whole board design: matrix stages, their input buffers, FIFOs, the UART), against the board's
+logic cells less a routing headroom, and with
+:func:`~bnnforge.boards.build.estimate_design_brams` against its block RAM, at the board's
+design clock.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ..compiler.folding import (
     stage_cycles,
 )
 from ..compiler.ir import DataflowGraph
-from .build import estimate_design_luts
+from .build import estimate_design_brams, estimate_design_luts
 from .profiles import BOARDS, BoardProfile, get_board
 
 __all__ = ["HEADROOM", "fit_to_board"]
@@ -40,12 +42,18 @@ def _targets(graph: DataflowGraph) -> list[int]:
 
 
 def _fold(graph: DataflowGraph, target: int):
-    """ChooseFolding at ``target`` cycles per frame: (graph, LUT estimate, cycles), or None."""
+    """ChooseFolding at ``target`` cycles per frame: (graph, LUT estimate, cycles, block-RAM
+    bits), or None."""
     try:
         folded = ChooseFolding(target_cycles=target).apply(graph)
     except FoldingError:
         return None
-    return folded, estimate_design_luts(folded), max(pipeline_cycles(folded).values())
+    return (folded, estimate_design_luts(folded), max(pipeline_cycles(folded).values()),
+            4096 * estimate_design_brams(folded))
+
+
+def _fits(found, budget: int, profile: BoardProfile) -> bool:
+    return found[1] <= budget and found[3] <= profile.bram_blocks * profile.bram_bits
 
 
 def _name(graph: DataflowGraph) -> str:
@@ -110,6 +118,11 @@ def fit_to_board(graph: DataflowGraph, board, *, fps: float | None = None,
         fix = f"choose a smaller model or {other}" if other else "choose a smaller model"
         raise ValueError(f"{_name(graph)} needs ~{serial[1]:,} LUTs even fully serial; {where}: "
                          f"{fix}")
+    if not _fits(serial, budget, profile):
+        raise ValueError(f"{_name(graph)} needs ~{serial[3] // 1024:,} kbit of block RAM even "
+                         f"fully serial; {profile.name} ({profile.device}) has "
+                         f"{profile.bram_blocks * profile.bram_bits // 1024:,} kbit: choose a "
+                         "smaller model or a bigger board")
     if fps is not None:
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
             raise ValueError(f"fps must be a positive number of frames per second, not {fps!r}")
@@ -123,24 +136,26 @@ def fit_to_board(graph: DataflowGraph, board, *, fps: float | None = None,
                 f"{_name(graph)} takes at least {fastest[2]:,} even fully parallel (the "
                 f"streaming stages): at most {math.floor(best):,} frames/s on {profile.name} "
                 "at this clock; lower --fps or raise the clock")
-        if found[1] <= budget:
+        if _fits(found, budget, profile):
             return found[0]
-        fit = _fastest(graph, targets, budget, start=target)
+        fit = _fastest(graph, targets, budget, profile, start=target)
         most = math.floor(clock * 1e6 / fit[2])
         other = _bigger(profile, found[1])
         raise ValueError(
             f"{_name(graph)} at {fps:,g} frames/s needs ~{found[1]:,} LUTs; {where}: at most "
             f"{most:,} frames/s fits at {clock:g} MHz (--fps {most}), or choose a bigger "
             f"board{f' ({other})' if other else ''}")
-    return _fastest(graph, targets, budget)[0]
+    return _fastest(graph, targets, budget, profile)[0]
 
 
-def _fastest(graph: DataflowGraph, targets: list[int], budget: int, start: int = 0):
-    """The fastest candidate (fewest cycles, above ``start``) whose estimate fits ``budget``."""
+def _fastest(graph: DataflowGraph, targets: list[int], budget: int, profile: BoardProfile,
+             start: int = 0):
+    """The fastest candidate (fewest cycles, above ``start``) whose estimates fit ``budget``
+    and the board's block RAM."""
     for target in targets:
         if target < start:
             continue
         found = _fold(graph, target)
-        if found is not None and found[1] <= budget:
+        if found is not None and _fits(found, budget, profile):
             return found
     raise AssertionError("the serial folding fits but no target does")   # checked by the caller

@@ -29,7 +29,8 @@ from .ir import (
 __all__ = ["ChooseFolding", "FoldingError", "divisors", "matrix_ops", "vectors_per_frame",
            "stage_cycles", "window_cycles", "estimate_luts", "pipeline_cycles",
            "parse_fold_overrides", "pixels_per_transfer", "MAX_PIXELS_PER_TRANSFER",
-           "estimate_mst_luts", "mst_eligible"]
+           "estimate_mst_luts", "mst_eligible", "input_buffer_in_ram", "transfers_per_vector",
+           "estimate_brams", "folding_cost", "BRAM_CELLS", "MAX_INPUT_RAM_WORD", "ram_blocks"]
 
 #: The most pixels per input transfer :class:`ChooseFolding` picks by itself.
 MAX_PIXELS_PER_TRANSFER = 16
@@ -113,23 +114,124 @@ def pipeline_cycles(graph: DataflowGraph) -> dict[str, int]:
     return out
 
 
-def estimate_luts(op, pe: int, simd: int) -> int:
-    """Rough LUT4 estimate of a matrix stage at a folding (datapath, accumulators, ROM).
+#: Widest RAM word (bits) :func:`input_buffer_in_ram` puts in block RAM: eight 16-bit iCE40
+#: blocks. Wider words (a wide SIMD reading a vector that arrives a few pixels at a time) would
+#: spend more blocks on a shallow buffer than its registers cost in logic.
+MAX_INPUT_RAM_WORD = 128
 
-    Per lane: SIMD XNORs and a SIMD-input popcount tree (about 2 LUTs per input bit; 8-bit
-    inputs cost about 8 per element), an accumulator and a threshold comparator of log2(K) + 2
-    bits. Weights and thresholds sit in LUT ROM (16 bits a LUT) when a fold has few words, else in
-    block RAM. A planning figure, not a synthesis result.
+
+def input_buffer_in_ram(k: int, count: int, simd: int, input_bits: int = 1) -> bool:
+    """Whether a matrix unit keeps its input buffer and held vector in a block RAM.
+
+    It does when the vector arrives in ``count > 1`` transfers and splits into at least two RAM
+    words of ``L = lcm(K/count, SIMD)`` elements (the unit gathers transfers into such words and
+    reads SIMD elements a step) of at most :data:`MAX_INPUT_RAM_WORD` bits; otherwise the two
+    K-element vectors are registers.
+    """
+    if count <= 1 or k % count or k % simd:
+        return False
+    word = math.lcm(k // count, simd)
+    return k // word >= 2 and word * input_bits <= MAX_INPUT_RAM_WORD
+
+
+def transfers_per_vector(graph: DataflowGraph, ppt: int | None = None) -> dict[str, int]:
+    """Input transfers per vector of every matrix stage (the hardware's ``count``).
+
+    A dense stage fed by a feature map of H·W pixels takes H·W / P transfers (P: the input's
+    pixels per transfer, ``ppt`` or the graph's, up to the first convolution or pool; 1 after);
+    a stage fed by a vector, and a convolution (fed by its window generator), takes one.
+    """
+    per = graph.pixels_per_transfer() if ppt is None else ppt
+    pixels = _pixels(tuple(graph.input_shape))
+    out = {}
+    for name, op in graph:
+        if isinstance(op, BinaryConv):
+            out[name] = 1
+            pixels, per = _pixels(tuple(op.out_shape)), 1
+        elif isinstance(op, MaxPool):
+            pixels, per = _pixels(tuple(op.out_shape)), 1
+        elif isinstance(op, (_Matrix, ScoreLayer)):
+            out[name] = max(1, pixels // per)
+            pixels, per = 1, 1
+    return out
+
+
+#: Logic cells of a matrix unit's sequencer, control pipeline and handshakes.
+_CONTROL_CELLS = 48
+
+#: Logic cells a planning estimate charges for one block RAM (about a UP5K's cells per block).
+BRAM_CELLS = 128
+
+
+def ram_blocks(width: int, depth: int) -> int:
+    """4-kbit block RAMs (iCE40 SB_RAM40_4K: 16 x 256, 8 x 512, 4 x 1024 or 2 x 2048 bits) that
+    hold ``depth`` words of ``width`` bits, in the best of those shapes."""
+    return min(-(-width // w) * -(-depth // d) for w, d in ((16, 256), (8, 512), (4, 1024),
+                                                            (2, 2048)))
+
+
+def _memory_cells(width: int, depth: int) -> tuple[int, int]:
+    """(logic cells, block RAMs) of a ROM of ``depth`` words of ``width`` bits.
+
+    One word: constants. Yosys puts ROMs of 128 words or more in block RAM (iCE40 geometry: 16
+    bits x 256 words a block), smaller ones in logic (about 16 bits a LUT4).
+    """
+    if depth <= 1:
+        return 0, 0
+    if depth >= 128:
+        return 0, ram_blocks(width, depth)
+    return -(-width * depth // 16), 0
+
+
+def _buffer_cells(op, simd: int, count: int) -> tuple[int, int]:
+    """(logic cells, block RAMs) of a matrix unit's input buffer and held vector."""
+    k, b = op.k, op.input_bits
+    if input_buffer_in_ram(k, count, simd, b):
+        ew = k // count
+        word = math.lcm(ew, simd)
+        subs = word // simd
+        cells = (word - ew) * b + 2 * word * b + simd * b * ((subs - 1 + 2) // 3)
+        return cells, ram_blocks(word * b, 2 * (k // word))
+    folds = k // simd
+    return 2 * k * b + simd * b + simd * b * ((folds - 1 + 2) // 3), 0
+
+
+def estimate_luts(op, pe: int, simd: int, count: int = 1) -> int:
+    """Rough logic-cell (LUT4 + flip-flop) estimate of a matrix stage at a folding.
+
+    Per lane: SIMD XNORs and a SIMD-input popcount tree with its pipeline registers (about 3
+    cells per input bit; 8-bit inputs cost about 10 per element), an accumulator and a threshold
+    comparator of log2(K) + 2 bits; per channel an output bit and the output register; about
+    48 cells of control. The input buffer and held vector (``count`` transfers a vector):
+    2·K·b registers and a word select, or a block RAM with a gather register
+    (:func:`input_buffer_in_ram`). Weights and thresholds: ROMs of 128 words or more sit in
+    block RAM (counted by :func:`estimate_brams`, not here), smaller ones in logic. A planning
+    figure, not a synthesis result; calibrated on the iCEBreaker tfc build (within ~5% of
+    nextpnr's logic cells).
     """
     acc_bits = max(1, math.ceil(math.log2(op.k * (255 if op.in_bits == 8 else 1) + 1))) + 2
-    per_bit = 8 if op.in_bits == 8 else 2
-    datapath = pe * (simd * per_bit + 3 * acc_bits)
-    words = (op.channels // pe) * (op.k // simd)
-    rom_bits = words * pe * (simd + acc_bits)
-    rom = 0 if words > 256 else math.ceil(rom_bits / 16)
+    per_bit = 10 if op.in_bits == 8 else 3
+    datapath = pe * (simd * per_bit + 3 * acc_bits) + 2 * op.channels + _CONTROL_CELLS
+    groups, folds = op.channels // pe, op.k // simd
+    rom = _memory_cells(pe * simd, groups * folds)[0] + _memory_cells(pe * acc_bits, groups)[0]
     if isinstance(op, ScoreLayer):
         datapath += op.channels * 40
-    return int(datapath + rom)
+    return int(datapath + rom + _buffer_cells(op, simd, count)[0])
+
+
+def estimate_brams(op, pe: int, simd: int, count: int = 1) -> int:
+    """Block RAMs (4-kbit iCE40 blocks) of a matrix stage at a folding: the weight and threshold
+    ROMs of 128 words or more, and an input buffer in RAM (:func:`estimate_luts`)."""
+    acc_bits = max(1, math.ceil(math.log2(op.k * (255 if op.in_bits == 8 else 1) + 1))) + 2
+    groups, folds = op.channels // pe, op.k // simd
+    return (_memory_cells(pe * simd, groups * folds)[1] + _memory_cells(pe * acc_bits, groups)[1]
+            + _buffer_cells(op, simd, count)[1])
+
+
+def folding_cost(op, pe: int, simd: int, count: int = 1) -> int:
+    """What :class:`ChooseFolding` minimises: :func:`estimate_luts` plus :data:`BRAM_CELLS` per
+    block of :func:`estimate_brams`."""
+    return estimate_luts(op, pe, simd, count) + BRAM_CELLS * estimate_brams(op, pe, simd, count)
 
 
 def mst_eligible(op) -> bool:
@@ -237,11 +339,11 @@ class ChooseFolding:
                                                      max_depth=self.mst_max_depth))
         return self._trees[name]
 
-    def _luts(self, graph: DataflowGraph, name: str, fold: tuple) -> int:
+    def _luts(self, graph: DataflowGraph, name: str, fold: tuple, count: int = 1) -> int:
         op = graph.op(name)
         if len(fold) > 2 and fold[2]:
             return estimate_mst_luts(op, self._tree(graph, name))
-        return estimate_luts(op, fold[0], fold[1])
+        return estimate_luts(op, fold[0], fold[1], count)
 
     @staticmethod
     def _check_override(name: str, op, pe: int, simd: int) -> None:
@@ -256,14 +358,15 @@ class ChooseFolding:
             raise FoldingError(f"illegal folding {name}={pe},{simd}: {'; '.join(bad)}")
 
     @staticmethod
-    def cheapest(op, target: int) -> tuple[int, int] | None:
-        """The folding with the fewest estimated LUTs that meets ``target`` cycles per frame."""
+    def cheapest(op, target: int, count: int = 1) -> tuple[int, int] | None:
+        """The folding of least :func:`folding_cost` (``count`` input transfers per vector) that
+        meets ``target`` cycles per frame."""
         best = None
         for pe in divisors(op.channels):
             for simd in divisors(op.k):
                 if stage_cycles(op, pe, simd) > target:
                     continue
-                key = (estimate_luts(op, pe, simd), pe * simd, pe)
+                key = (folding_cost(op, pe, simd, count), pe * simd, pe)
                 if best is None or key < best[0]:
                     best = (key, (pe, simd))
         return None if best is None else best[1]
@@ -275,14 +378,16 @@ class ChooseFolding:
         floors += [window_cycles(op) for _, op in graph if isinstance(op, BinaryConv)]
         return max(floors)
 
-    def _assign(self, graph: DataflowGraph, target: int) -> dict[str, tuple[int, int]]:
+    def _assign(self, graph: DataflowGraph, target: int,
+                ppt: int = 1) -> dict[str, tuple[int, int]]:
         folds = {}
+        counts = transfers_per_vector(graph, ppt)
         for name in matrix_ops(graph):
             op = graph.op(name)
             if name in self.overrides and name != graph.input_node():
                 folds[name] = self.overrides[name]
                 continue
-            choice = self.cheapest(op, target)
+            choice = self.cheapest(op, target, counts[name])
             if choice is None:
                 fastest = stage_cycles(op, op.channels, op.k)
                 raise FoldingError(
@@ -290,13 +395,15 @@ class ChooseFolding:
                     f"parallel (PE={op.channels}, SIMD={op.k}); the target is {target}: lower "
                     "the throughput target")
             if self.mst and mst_eligible(op) and \
-                    estimate_mst_luts(op, self._tree(graph, name)) < estimate_luts(op, *choice):
+                    estimate_mst_luts(op, self._tree(graph, name)) < \
+                    folding_cost(op, *choice, counts[name]):
                 choice = (op.channels, op.k, True)        # one vector a cycle: meets target
             folds[name] = choice
         return folds
 
-    def _total_luts(self, graph: DataflowGraph, folds: dict) -> int:
-        return sum(self._luts(graph, n, f) for n, f in folds.items())
+    def _total_luts(self, graph: DataflowGraph, folds: dict, ppt: int = 1) -> int:
+        counts = transfers_per_vector(graph, ppt)
+        return sum(self._luts(graph, n, f, counts[n]) for n, f in folds.items())
 
     def _pixels_per_transfer(self, graph: DataflowGraph) -> tuple[int, bool]:
         """Return the input's pixels per transfer and whether it is fixed (override)."""
@@ -345,7 +452,7 @@ class ChooseFolding:
                     f"streaming stages allow ({floor} cycles per frame: one input transfer of "
                     f"{widest} pixel(s), or one window pixel, "
                     "per cycle): lower the throughput target or raise the clock")
-            folds = self._assign(graph, self.target_cycles)
+            folds = self._assign(graph, self.target_cycles, ppt)
         elif self.luts is not None:
             candidates = sorted({stage_cycles(graph.op(n), pe, simd) for n in names
                                  for pe in divisors(graph.op(n).channels)
@@ -359,18 +466,19 @@ class ChooseFolding:
             while lo <= hi:                 # fewest cycles whose cheapest design fits
                 mid = (lo + hi) // 2
                 try:
-                    trial = self._assign(graph, candidates[mid])
+                    trial = self._assign(graph, candidates[mid], ppt)
                 except FoldingError:
                     lo = mid + 1
                     continue
-                if self._total_luts(graph, trial) <= self.luts:
+                if self._total_luts(graph, trial, ppt) <= self.luts:
                     folds, hi = trial, mid - 1
                 else:
                     lo = mid + 1
             if folds is None:
-                serial = self._assign(graph, candidates[-1])
+                serial = self._assign(graph, candidates[-1], ppt)
                 raise FoldingError(
-                    f"even the most serial design needs about {self._total_luts(graph, serial)} "
+                    "even the most serial design needs about "
+                    f"{self._total_luts(graph, serial, ppt)} "
                     f"LUTs, over the budget of {self.luts}: raise --luts or choose a bigger "
                     "device")
         else:
@@ -380,7 +488,7 @@ class ChooseFolding:
                 simd = max(d for d in divisors(op.k) if d <= 32)
                 base[name] = stage_cycles(op, 1, simd)
             target = max(max(base.values()), self._floor(graph, ppt))
-            folds = self._assign(graph, target)
+            folds = self._assign(graph, target, ppt)
         out = graph.copy()
         if ppt != 1 or "pixels_per_transfer" in out.attrs(inp):
             out.attrs(inp)["pixels_per_transfer"] = int(ppt)

@@ -9,17 +9,24 @@ Common timing rule ("global stall"): a block with an output register ``O`` holds
 register is empty or being accepted. Every internal pipeline register advances only in enabled
 cycles; in a disabled cycle nothing inside moves (the input side may still accept into an empty
 input buffer where a block says so). Thus a block never drops or duplicates a token.
+
+Datapath registers (operands, adder-tree stages, accumulators, held scores) are reset-less: a
+valid flag travels beside them, and leaving them out of the reset lets the iCE40 packer share
+logic tiles (a tile's eight cells share one clock enable and one reset).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+
+from ..compiler.folding import MAX_INPUT_RAM_WORD, input_buffer_in_ram
 
 __all__ = [
     "ARGMAX_LEVELS_PER_STAGE",
@@ -49,8 +56,9 @@ def tree_stages(simd: int) -> int:
     return -(-levels // TREE_LEVELS_PER_STAGE)
 
 
-#: Comparator levels of the score unit's argmax tree between two pipeline registers.
-ARGMAX_LEVELS_PER_STAGE = 2
+#: Comparator levels of the score unit's argmax tree between two pipeline registers. One: a
+#: signed compare and a 2:1 mux of the score fill an iCE40 cycle at 30 MHz (two did not).
+ARGMAX_LEVELS_PER_STAGE = 1
 
 
 def argmax_stages(classes: int) -> int:
@@ -58,7 +66,8 @@ def argmax_stages(classes: int) -> int:
 
     The tree has ``L = ceil(log2(classes))`` comparator levels; a register follows every
     :data:`ARGMAX_LEVELS_PER_STAGE` levels except the last group, which feeds the output
-    register: ``max(0, ceil(L / 2) - 1)`` — 0 for up to 4 classes, 1 for 5..16, 2 for 17..64.
+    register: ``max(0, ceil(L / A) - 1)`` — with A = 1: 0 for up to 2 classes, 1 for 3..4,
+    3 for 9..16 (10 classes: 3), 5 for 33..64.
     """
     levels = (classes - 1).bit_length()
     return max(0, -(-levels // ARGMAX_LEVELS_PER_STAGE) - 1)
@@ -125,7 +134,8 @@ def _weight_matrix(weights, channels: int, k: int) -> np.ndarray:
 class _MatrixBase(wiring.Component):
     """Shared checks and datapath of :class:`MVTU` and :class:`ScoreUnit`."""
 
-    def _check(self, k, channels, pe, simd, weights, input_bits, what, count=1):
+    def _check(self, k, channels, pe, simd, weights, input_bits, what, count=1,
+               input_ram=None):
         self.k = _positive_int("K", k)
         self.count = _positive_int("count", count)
         if self.k % self.count:
@@ -144,6 +154,16 @@ class _MatrixBase(wiring.Component):
         #: compute cycles per vector (the initiation interval): channels/PE * K/SIMD
         self.cycles = self.groups * self.folds
         self.tree_stages = tree_stages(self.simd)
+        ram_ok = input_buffer_in_ram(self.k, self.count, self.simd, self.input_bits)
+        if input_ram is None:
+            input_ram = ram_ok
+        elif input_ram and not ram_ok:
+            raise ValueError(f"input_ram needs count > 1 and at least two RAM words of "
+                             f"lcm(K/count, SIMD) elements of at most {MAX_INPUT_RAM_WORD} bits; "
+                             f"K={self.k}, count={self.count}, SIMD={self.simd}, "
+                             f"input_bits={self.input_bits} do not give that")
+        #: whether the input buffer and held vector are a block RAM (else registers)
+        self.input_ram = bool(input_ram)
         if self.input_bits == 1:
             self.acc_range = (0, self.k)
         else:
@@ -157,14 +177,11 @@ class _MatrixBase(wiring.Component):
         signals (valid, n, last_s, last_n), plus ``ctl_before`` one stage earlier (for ROMs that
         must present data at the accumulate stage).
         """
-        k, b, pe, simd = self.k, self.input_bits, self.pe, self.simd
-        groups, folds, count = self.groups, self.folds, self.count
+        b, pe, simd = self.input_bits, self.pe, self.simd
+        groups, folds = self.groups, self.folds
         i_s = self.i_stream
 
-        # -- input buffer (collects `count` transfers) and current-vector register -----------
-        ibuf = Signal(k * b)
-        ibuf_full = Signal()
-        cur = Signal(k * b)
+        # -- input buffer (collects `count` transfers) and current vector --------------------
         busy = Signal()
         n = Signal(range(groups))
         s = Signal(range(folds))
@@ -172,6 +189,7 @@ class _MatrixBase(wiring.Component):
         last_n = Signal()
         last_step = Signal()
         take = Signal()
+        ibuf_full = Signal()
         m.d.comb += [
             last_s.eq(s == folds - 1),
             last_n.eq(n == groups - 1),
@@ -179,34 +197,23 @@ class _MatrixBase(wiring.Component):
             take.eq(en & ibuf_full & (~busy | last_step)),
             i_s.ready.eq(~ibuf_full | take),
         ]
-        if count > 1:
-            ew = k * b // count
-            idx = Signal(range(count))
-            last_e = Signal()
-            m.d.comb += last_e.eq(idx == count - 1)
-            with m.If(i_s.valid & i_s.ready):
-                m.d.sync += [ibuf.eq(Cat(ibuf[ew:], i_s.payload)), ibuf_full.eq(last_e),
-                             idx.eq(Mux(last_e, 0, idx + 1))]
-            with m.Elif(take):
-                m.d.sync += ibuf_full.eq(0)
-        else:
-            with m.If(i_s.valid & i_s.ready):
-                m.d.sync += [ibuf.eq(i_s.payload), ibuf_full.eq(1)]
-            with m.Elif(take):
-                m.d.sync += ibuf_full.eq(0)
-
         issue = Signal()
         m.d.comb += issue.eq(en & busy)
         with m.If(en), m.If(~busy | last_step):
             m.d.sync += busy.eq(take)
         with m.If(take):
-            m.d.sync += [cur.eq(ibuf), s.eq(0), n.eq(0)]
+            m.d.sync += [s.eq(0), n.eq(0)]
         with m.Elif(issue):
             if folds > 1:
                 m.d.sync += s.eq(Mux(last_s, 0, s + 1))
             if groups > 1:
                 with m.If(last_s):
                     m.d.sync += n.eq(Mux(last_n, 0, n + 1))
+        # x: the SIMD elements of step s, valid the enabled cycle after it was issued
+        if self.input_ram:
+            x = self._ram_buffer(m, en, ibuf_full, take, issue, last_s)
+        else:
+            x = self._register_buffer(m, en, ibuf_full, take, s)
 
         # -- weight ROM: word n*folds + s holds lane p's SIMD bits at [p*SIMD, (p+1)*SIMD) --
         words = []
@@ -226,12 +233,6 @@ class _MatrixBase(wiring.Component):
             addr = Signal(range(len(words)))
             m.d.comb += [addr.eq(n * folds + s), rd.addr.eq(addr), rd.en.eq(en)]
             m.d.comb += w.eq(rd.data)
-
-        # -- stage 1: operands registered ------------------------------------------------------
-        # step s reads word s of the held vector through a word select (no rotating copy)
-        x = Signal(simd * b)
-        with m.If(en):
-            m.d.sync += x.eq(cur.word_select(s, simd * b) if folds > 1 else cur)
 
         # control pipeline: ctl[0] at issue, ctl[i] i enabled cycles later
         def ctl_regs(i):
@@ -265,7 +266,7 @@ class _MatrixBase(wiring.Component):
                     terms.append(t)
             partial = self._tree(m, terms, en, f"lane{p}")
             acc = Signal(Shape.cast(range(self.acc_range[0], self.acc_range[1] + 1)),
-                         name=f"acc{p}")
+                         name=f"acc{p}", reset_less=True)
             total = Signal.like(acc, name=f"sum{p}")
             valid, _, _, first = ctl[depth]
             m.d.comb += total.eq(Mux(first, 0, acc) + partial)
@@ -273,6 +274,107 @@ class _MatrixBase(wiring.Component):
                 m.d.sync += acc.eq(total)
             sums.append(total)
         return sums, ctl[depth], ctl[depth - 1]
+
+    def _register_buffer(self, m, en, ibuf_full, take, s):
+        """Input buffer and held vector in registers (2·K·b flip-flops); step s reads word s of
+        the held vector through a word select. Returns the registered operand."""
+        k, b, simd, folds, count = self.k, self.input_bits, self.simd, self.folds, self.count
+        i_s = self.i_stream
+        ibuf = Signal(k * b, reset_less=True)
+        cur = Signal(k * b, reset_less=True)
+        accepted = i_s.valid & i_s.ready
+        if count > 1:
+            ew = k * b // count
+            idx = Signal(range(count))
+            last_e = Signal()
+            m.d.comb += last_e.eq(idx == count - 1)
+            with m.If(accepted):
+                m.d.sync += [ibuf.eq(Cat(ibuf[ew:], i_s.payload)), ibuf_full.eq(last_e),
+                             idx.eq(Mux(last_e, 0, idx + 1))]
+            with m.Elif(take):
+                m.d.sync += ibuf_full.eq(0)
+        else:
+            with m.If(accepted):
+                m.d.sync += [ibuf.eq(i_s.payload), ibuf_full.eq(1)]
+            with m.Elif(take):
+                m.d.sync += ibuf_full.eq(0)
+        with m.If(take):
+            m.d.sync += cur.eq(ibuf)
+        x = Signal(simd * b, reset_less=True)
+        with m.If(en):
+            m.d.sync += x.eq(cur.word_select(s, simd * b) if folds > 1 else cur)
+        return x
+
+    def _ram_buffer(self, m, en, ibuf_full, take, issue, last_s):
+        """Input buffer and held vector as two banks of a block RAM (see
+        :func:`~bnnforge.compiler.folding.input_ram_words`): transfers are gathered into words
+        of L = lcm(K/count, SIMD) elements, one write per word, into the bank being filled;
+        step s reads word s·SIMD // L of the held bank (a synchronous read, so the operand is
+        valid the enabled cycle after the step is issued, as in the register buffer) and selects
+        its SIMD elements. Returns the operand."""
+        k, b, simd, count = self.k, self.input_bits, self.simd, self.count
+        i_s = self.i_stream
+        ew = k // count                     # elements per transfer
+        lw = math.lcm(ew, simd)             # elements per RAM word
+        words, per_word, subs = k // lw, lw // ew, lw // simd
+        mem = Memory(shape=unsigned(lw * b), depth=2 * words, init=[])
+        m.submodules.vector = mem
+        wp = mem.write_port()
+        rp = mem.read_port(domain="sync")
+        accepted = Signal()
+        m.d.comb += accepted.eq(i_s.valid & i_s.ready)
+
+        # write side: gather per_word transfers, then write one word into bank `wbank`
+        wbank = Signal()
+        wword = Signal(range(words))
+        last_word = Signal()
+        m.d.comb += last_word.eq(wword == words - 1)
+        if per_word > 1:
+            gather = Signal((per_word - 1) * ew * b, reset_less=True)
+            wsub = Signal(range(per_word))
+            last_sub = Signal()
+            m.d.comb += [last_sub.eq(wsub == per_word - 1), wp.data.eq(Cat(gather, i_s.payload))]
+            with m.If(accepted):
+                m.d.sync += [gather.eq(Cat(gather[ew * b:], i_s.payload)),
+                             wsub.eq(Mux(last_sub, 0, wsub + 1))]
+        else:
+            last_sub = Const(1)
+            m.d.comb += wp.data.eq(i_s.payload)
+        m.d.comb += [wp.addr.eq(Mux(wbank, words + wword, wword)),
+                     wp.en.eq(accepted & last_sub)]
+        with m.If(accepted & last_sub):
+            m.d.sync += wword.eq(Mux(last_word, 0, wword + 1))
+            with m.If(last_word):
+                m.d.sync += [wbank.eq(~wbank), ibuf_full.eq(1)]
+        with m.If(take & ~(accepted & last_sub & last_word)):
+            m.d.sync += ibuf_full.eq(0)
+
+        # read side: the held vector is the bank filled before the one being written
+        rbank = Signal()
+        rword = Signal(range(words))
+        rsub = Signal(range(subs))
+        with m.If(take):
+            m.d.sync += [rbank.eq(~wbank), rword.eq(0), rsub.eq(0)]
+        with m.Elif(issue):
+            with m.If(last_s):
+                m.d.sync += [rword.eq(0), rsub.eq(0)]
+            with m.Else():
+                if subs > 1:
+                    last_rsub = rsub == subs - 1
+                    m.d.sync += rsub.eq(Mux(last_rsub, 0, rsub + 1))
+                    with m.If(last_rsub):
+                        m.d.sync += rword.eq(rword + 1)
+                else:
+                    m.d.sync += rword.eq(rword + 1)
+        m.d.comb += [rp.addr.eq(Mux(rbank, words + rword, rword)), rp.en.eq(en)]
+        if subs == 1:
+            return rp.data
+        sel = Signal(range(subs), reset_less=True)
+        with m.If(en):
+            m.d.sync += sel.eq(rsub)
+        x = Signal(simd * b)
+        m.d.comb += x.eq(rp.data.word_select(sel, simd * b))
+        return x
 
     @staticmethod
     def _tree(m, terms, en, name):
@@ -287,7 +389,7 @@ class _MatrixBase(wiring.Component):
                     e = terms[i] + terms[i + 1]
                 else:
                     e = terms[i] + 0
-                sig = Signal(e.shape(), name=f"{name}_l{level}_{i // 2}")
+                sig = Signal(e.shape(), name=f"{name}_l{level}_{i // 2}", reset_less=reg)
                 if reg:
                     with m.If(en):
                         m.d.sync += sig.eq(e)
@@ -320,6 +422,11 @@ class MVTU(_MatrixBase):
         Transfers per input vector (default 1; must divide K): the unit collects ``count``
         transfers of K/count elements straight into its input buffer, so a feature map needs no
         separate :class:`Deserializer` in front.
+    input_ram : bool or None
+        Keep the input buffer and the held vector in a block RAM instead of registers.
+        ``None`` (default): when :func:`~bnnforge.compiler.folding.input_buffer_in_ram` says so
+        (``count > 1`` and at least two RAM words); ``True`` where it does not raises
+        ``ValueError``. The timing is the same either way.
 
     Ports
     -----
@@ -329,9 +436,12 @@ class MVTU(_MatrixBase):
     o_stream : Out(stream.Signature(C))
         One transfer per vector; bit c = channel c.
 
-    Storage: two vector registers — the input buffer, which collects the next vector while
-    the engine computes, and the held current vector, whose SIMD-wide word s the engine reads
-    in step s through a word select (no rotating copy). Both are needed for II = F.
+    Storage: two vectors — the input buffer, which collects the next vector while the engine
+    computes, and the held current vector, whose SIMD-wide word s the engine reads in step s.
+    Both are needed for II = F. In registers (2·K·b flip-flops, a word select), or with
+    ``input_ram`` as two banks of one RAM of ``2·K/L`` words of ``L = lcm(K/count, SIMD)``
+    elements (a gather register of ``L - K/count`` elements in front): a 784-pixel input then
+    costs a block RAM or two instead of 1,568 flip-flops.
 
     Timing
     ------
@@ -358,8 +468,9 @@ class MVTU(_MatrixBase):
     """
 
     @quiet_on_error
-    def __init__(self, k, channels, pe, simd, weights, thresholds, input_bits=1, count=1):
-        self._check(k, channels, pe, simd, weights, input_bits, "channels", count)
+    def __init__(self, k, channels, pe, simd, weights, thresholds, input_bits=1, count=1,
+                 input_ram=None):
+        self._check(k, channels, pe, simd, weights, input_bits, "channels", count, input_ram)
         t = list(thresholds) if not isinstance(thresholds, np.ndarray) else thresholds.tolist()
         if len(t) != self.channels:
             raise ValueError(f"thresholds must hold {self.channels} values, not {len(t)}")
@@ -405,12 +516,11 @@ class MVTU(_MatrixBase):
         done = Signal()
         m.d.comb += done.eq(valid & last_s & (n == groups - 1))
         if groups > 1:
-            obits = Signal(self.channels)
+            # groups 0..G-2 shift in (one clock enable for all: iCE40 tiles share one)
+            obits = Signal((groups - 1) * pe, reset_less=True)
             with m.If(en & valid & last_s):
-                for g in range(groups - 1):
-                    with m.If(n == g):
-                        m.d.sync += obits[g * pe:(g + 1) * pe].eq(bits)
-            full = Cat(obits[:(groups - 1) * pe], bits)
+                m.d.sync += obits.eq(Cat(obits[pe:], bits))
+            full = Cat(obits, bits)
         else:
             full = bits
         with m.If(en):
@@ -434,8 +544,8 @@ class ScoreUnit(_MatrixBase):
         kept as ``score_width``-bit two's complement (wrapping).
     score_width : int
         Bits per score (default 32).
-    count : int
-        Transfers per input vector, as for :class:`MVTU`.
+    count, input_ram
+        Transfers per input vector and where the input buffer is, as for :class:`MVTU`.
 
     Ports
     -----
@@ -460,8 +570,8 @@ class ScoreUnit(_MatrixBase):
 
     @quiet_on_error
     def __init__(self, k, classes, pe, simd, weights, mul, add, input_bits=1, score_width=32,
-                 count=1):
-        self._check(k, classes, pe, simd, weights, input_bits, "classes", count)
+                 count=1, input_ram=None):
+        self._check(k, classes, pe, simd, weights, input_bits, "classes", count, input_ram)
         self.score_width = _positive_int("score_width", score_width)
         self.mul = self._ints("mul", mul)
         self.add = self._ints("add", add)
@@ -504,17 +614,16 @@ class ScoreUnit(_MatrixBase):
         done = Signal()
         m.d.comb += done.eq(valid & last_s & (n == groups - 1))
         if groups > 1:
-            partial = Signal(aw * classes)
+            # groups 0..G-2 shift in (one clock enable)
+            partial = Signal(aw * (classes - pe), reset_less=True)
             with m.If(en & valid & last_s):
-                for g in range(groups - 1):
-                    with m.If(n == g):
-                        m.d.sync += partial[g * pe * aw:(g + 1) * pe * aw].eq(cur)
-            full = Cat(partial[:(groups - 1) * pe * aw], cur)
+                m.d.sync += partial.eq(Cat(partial[pe * aw:], cur))
+            full = Cat(partial, cur)
         else:
             full = cur
         # stage V1: completed accumulators
         v1 = Signal()
-        accs = Signal(aw * classes)
+        accs = Signal(aw * classes, reset_less=True)
         with m.If(en):
             m.d.sync += v1.eq(done)
             with m.If(done):
@@ -522,7 +631,7 @@ class ScoreUnit(_MatrixBase):
         # stage V2: scores, held in score_bits (every reachable score fits: exact)
         v2 = Signal()
         rw = self.score_bits
-        scores = [Signal(signed(rw), name=f"score{c}") for c in range(classes)]
+        scores = [Signal(signed(rw), name=f"score{c}", reset_less=True) for c in range(classes)]
         with m.If(en):
             m.d.sync += v2.eq(v1)
             with m.If(v1):
@@ -556,9 +665,10 @@ class ScoreUnit(_MatrixBase):
             if level % ARGMAX_LEVELS_PER_STAGE == 0 and level < levels:
                 stage = level // ARGMAX_LEVELS_PER_STAGE
                 rv = Signal(name=f"argmax{stage}_valid")
-                regs = [(Signal(signed(rw), name=f"argmax{stage}_v{i}"),
-                         Signal(cw, name=f"argmax{stage}_i{i}")) for i in range(len(nodes))]
-                held = [Signal(signed(rw), name=f"argmax{stage}_score{c}")
+                regs = [(Signal(signed(rw), name=f"argmax{stage}_v{i}", reset_less=True),
+                         Signal(cw, name=f"argmax{stage}_i{i}", reset_less=True))
+                        for i in range(len(nodes))]
+                held = [Signal(signed(rw), name=f"argmax{stage}_score{c}", reset_less=True)
                         for c in range(classes)]
                 with m.If(en):
                     m.d.sync += rv.eq(valid)
@@ -568,8 +678,9 @@ class ScoreUnit(_MatrixBase):
                         m.d.sync += [h.eq(c) for h, c in zip(held, carried, strict=True)]
                 valid, carried, nodes = rv, held, regs
         # output register: narrow scores and the class; sign-extended onto the payload
-        out_scores = [Signal(signed(rw), name=f"out_score{c}") for c in range(classes)]
-        out_class = Signal(cw)
+        out_scores = [Signal(signed(rw), name=f"out_score{c}", reset_less=True)
+                      for c in range(classes)]
+        out_class = Signal(cw, reset_less=True)
         with m.If(en):
             m.d.sync += o.valid.eq(valid)
             with m.If(valid):

@@ -299,7 +299,7 @@ class BoardTop(wiring.Component):
             fields.append(s)
         word = Signal(8 * self.answer_bytes)
         m.d.comb += word.eq(Cat(*fields))
-        shreg = Signal(8 * self.answer_bytes)
+        shreg = Signal(8 * self.answer_bytes, reset_less=True)
         left = Signal(range(self.answer_bytes + 1))
         m.d.comb += [acc.o_stream.ready.eq(left == 0),
                      tx.i_stream.payload.eq(shreg[:8]), tx.i_stream.valid.eq(left != 0)]

@@ -29,6 +29,18 @@ def _to_float(x_uint8) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x_uint8)).to(torch.float32) / 255.0
 
 
+def _shifted(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Move each (C, H, W) image of ``x`` by its own random offset in [-shift, shift]^2."""
+    b, _, h, w = x.shape
+    off = torch.randint(0, 2 * shift + 1, (2, b), generator=gen)
+    padded = F.pad(x, (shift, shift, shift, shift))           # pixel value 0 outside
+    rows = (off[0][:, None] + torch.arange(h)[None])[:, None, :, None]
+    cols = (off[1][:, None] + torch.arange(w)[None])[:, None, None, :]
+    return padded[torch.arange(b)[:, None, None, None], torch.arange(x.shape[1])[None, :, None,
+                                                                                   None],
+                  rows, cols]
+
+
 def _last_binary_layer(model: nn.Module) -> _BinaryWeightLayer:
     last = None
     for m in model.modules():
@@ -48,6 +60,7 @@ def train(
     seed: int = 0,
     progress: bool = True,
     mst_reg: float = 0.0,
+    shift: int = 0,
 ) -> dict:
     """Train ``model`` on ``dataset`` with Adam and a cosine learning-rate schedule.
 
@@ -67,6 +80,12 @@ def train(
         Weight λ of the MST-distance regularizer (:class:`bnnforge.nn.mst.MSTLoss`, β = 2, on
         every binary layer but the last); λ ramps linearly from 0 over the first half of
         training. 0 turns it off. 0.03 to 0.1 lowers sfc's MST XNOR count 6-7x (README).
+    shift : int
+        Data augmentation: every training image of an (C, H, W) dataset is moved by a random
+        whole-pixel offset of up to ``shift`` pixels in each direction (uniform, from the
+        seeded generator; the uncovered border is pixel value 0), drawn anew every epoch.
+        0 (default) trains on the images as they are. 2 adds 1-2 points of MNIST accuracy
+        when training on mnist5k's 4,000 images (README).
 
     Returns
     -------
@@ -82,6 +101,10 @@ def train(
         raise ValueError(f"batch_size must be at least 1, not {batch_size!r}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, not {lr!r}")
+    if isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
+        raise ValueError(f"shift must be a whole number of pixels >= 0, not {shift!r}")
+    if shift and np.asarray(dataset.x_train).ndim != 4:
+        raise ValueError("shift needs (C, H, W) images; this dataset holds vectors")
     from tqdm.auto import tqdm
 
     epochs, batch_size = int(epochs), int(batch_size)
@@ -122,7 +145,8 @@ def train(
         total = 0.0
         for i in range(steps_per_epoch):
             idx = perm[i * batch_size : (i + 1) * batch_size]
-            scores = model(x[idx])
+            xb = _shifted(x[idx], shift, gen) if shift else x[idx]
+            scores = model(xb)
             loss = F.cross_entropy(scores * log_temp.exp(), y[idx])
             for m in weight_layers:
                 loss = loss + m.regularization()

@@ -85,7 +85,7 @@ __all__ = ["TimingResult", "simulate_timing", "chain", "tree_stages", "TREE_LEVE
 #: Adder-tree levels between two pipeline registers (the hardware contract's constant).
 TREE_LEVELS_PER_STAGE = 3
 #: Argmax comparator levels between two pipeline registers in the score unit (the contract's).
-ARGMAX_LEVELS_PER_STAGE = 2
+ARGMAX_LEVELS_PER_STAGE = 1
 
 _NEG = -(1 << 60)       # "no such event": earlier than any cycle
 
@@ -97,7 +97,8 @@ def tree_stages(simd: int) -> int:
 
 
 def argmax_stages(classes: int) -> int:
-    """Registers inside the score unit's argmax tree: max(0, ceil(ceil(log2 n) / 2) - 1)."""
+    """Registers inside the score unit's argmax tree: max(0, ceil(ceil(log2 n) / A) - 1), A =
+    :data:`ARGMAX_LEVELS_PER_STAGE` (1: a register after every comparator level but the last)."""
     levels = (classes - 1).bit_length()
     return max(0, -(-levels // ARGMAX_LEVELS_PER_STAGE) - 1)
 

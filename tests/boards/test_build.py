@@ -11,9 +11,11 @@ import bnnforge
 from bnnforge.boards import BitstreamError, build_bitstream, estimate_design_luts, get_board
 from bnnforge.boards.build import _nextpnr_failure, check_timing
 from bnnforge.build import build_board
-from bnnforge.compiler import save_graph
+from bnnforge.compiler import load_graph, save_graph
 from bnnforge.compiler.folding import ChooseFolding
+from bnnforge.flow import compile_model, train_model
 from bnnforge.nn import BinaryActivation, BinaryLinear, InputQuant, archs
+from bnnforge.sim import steady_cycles_per_frame
 from conftest import randomize_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
@@ -22,12 +24,7 @@ MNIST = (1, 28, 28)
 
 
 def pooled_mlp():
-    """28x28 binarized, 4x4 binary max-pool to 7x7, 49-32-10: small enough for an UP5K.
-
-    (A 784-input MLP is not: the generator holds the 784-bit input vector in four registers,
-    which with the rest fills the UP5K's 5,280 cells to ~90%, and nextpnr then takes many minutes
-    to place it.)
-    """
+    """28x28 binarized, 4x4 binary max-pool to 7x7, 49-32-10: a max-pool stage on a board."""
     model = nn.Sequential(InputQuant(1), nn.MaxPool2d(4), nn.Flatten(), BinaryLinear(49, 32),
                           nn.BatchNorm1d(32), BinaryActivation(), BinaryLinear(32, 10))
     return ChooseFolding().apply(bnnforge.lower(randomize_model(model, 2), MNIST))
@@ -56,15 +53,37 @@ def check(result, board, folder):
     print(f"\n{board}: {result}")
 
 
-def test_icebreaker_bitstream(tmp_path):
+def test_icebreaker_bitstream_meets_the_target(tmp_path):
+    """The issue's iCEBreaker target, measured: tfc trained on mnist5k (20 epochs, shifts of
+    up to 1 px) classifies >= 90% of the 1,000 held-out frames in hardware arithmetic and, folded
+    by ``compile --board icebreaker --fps 100000``, runs >= 100,000 frames/s at the board clock,
+    which the placed design meets."""
+    model = tmp_path / "tfc.bnn"
+    train_model("tfc", "mnist5k", "ste", model, epochs=20, shift=1, progress=False)
+    folder = tmp_path / "build"
+    report = compile_model(model, folder, board="icebreaker", fps=100_000)
+    assert report["model"]["accuracy_reference"] >= 0.90
+    assert report["model"]["disagreements"] == 0
+    graph = load_graph(folder)
+    fps = 30e6 / steady_cycles_per_frame(graph)
+    assert fps >= 100_000
+    result = build_board(folder, "icebreaker", progress=False)
+    check(result, "icebreaker", folder)
+    assert (folder / "bitstream" / "icebreaker.bin").is_file()
+    assert json.loads((folder / "report.json").read_text())["build"] == result
+    # the input vector sits in block RAM (the 784-bit registers would not fit beside the rest)
+    assert result["bram_used"] >= 17
+    # the estimate that guards place and route (and fit_to_board) is close to what nextpnr used
+    assert 0.8 * result["luts_used"] < estimate_design_luts(graph) < 1.4 * result["luts_used"]
+    print(f"\ntfc on icebreaker: {100 * report['model']['accuracy_reference']:.1f}%, "
+          f"{fps:,.0f} frames/s at 30 MHz")
+
+
+def test_icebreaker_bitstream_of_a_pooled_model(tmp_path):
     graph = pooled_mlp()
     save_graph(graph, tmp_path)
     result = build_board(tmp_path, "icebreaker", progress=False)
     check(result, "icebreaker", tmp_path)
-    assert (tmp_path / "bitstream" / "icebreaker.bin").is_file()
-    assert json.loads((tmp_path / "report.json").read_text())["build"] == result
-    # the estimate that guards place and route (and fit_to_board) is close to what nextpnr
-    # used, erring on the large side
     assert 0.8 * result["luts_used"] < estimate_design_luts(graph) < 1.4 * result["luts_used"]
 
 
@@ -82,11 +101,11 @@ def test_design_that_cannot_fit_is_refused_before_place_and_route(tmp_path):
         op = graph.op(name)
         graph.attrs(name)["fold"] = {"pe": op.channels, "simd": op.k}
     start = time.perf_counter()
-    with pytest.raises(BitstreamError, match=r"^the design needs about 6,1\d\d,\d\d\d LUTs but "
-                       r"the iCE40UP5K on icebreaker has 5,280: even a serial folding still "
-                       r"needs about \d\d,\d\d\d logic cells, mostly registers holding each "
-                       r"layer's input vector: choose a smaller model or a bigger board "
-                       r"\(e\.g\. ulx3s-85f\)$"):
+    with pytest.raises(BitstreamError, match=r"^the design needs about \d,\d\d\d,\d\d\d LUTs but "
+                       r"the iCE40UP5K on icebreaker has 5,280: even a serial folding "
+                       r"(still needs about [\d,]+ logic cells|does not fit), mostly registers "
+                       r"holding each layer's input vector: choose a smaller model or a bigger "
+                       r"board \(e\.g\. [\w-]+\)$"):
         build_bitstream(graph, "icebreaker", tmp_path, progress=False)
     assert time.perf_counter() - start < 60
     assert not (tmp_path / "bitstream").exists()

@@ -11,12 +11,17 @@ from bnnforge.compiler.folding import (
     ChooseFolding,
     FoldingError,
     divisors,
+    estimate_brams,
     estimate_luts,
+    folding_cost,
+    input_buffer_in_ram,
     matrix_ops,
     parse_fold_overrides,
     pipeline_cycles,
     stage_cycles,
+    transfers_per_vector,
 )
+from bnnforge.nn import archs
 from conftest import random_frames, randomize_model, small_cnn, small_mlp
 
 
@@ -115,20 +120,37 @@ def test_folding_meets_a_target_and_is_legal(cnn_graph):
 
 def test_folding_balances_the_pipeline(cnn_graph):
     g = ChooseFolding(target_cycles=1000).apply(cnn_graph)
+    counts = transfers_per_vector(g)
     for name in matrix_ops(g):
-        op, fold = g.op(name), g.attrs(name)["fold"]
-        # no folding with a smaller LUT estimate meets the target: nothing is faster than needed
-        cost = estimate_luts(op, fold["pe"], fold["simd"])
+        op, fold, n = g.op(name), g.attrs(name)["fold"], counts[name]
+        # no folding of smaller cost (LUTs + block RAMs) meets the target: nothing is faster
+        # than needed
+        cost = folding_cost(op, fold["pe"], fold["simd"], n)
         cheaper = [(pe, s) for pe in divisors(op.channels) for s in divisors(op.k)
-                   if estimate_luts(op, pe, s) < cost and stage_cycles(op, pe, s) <= 1000]
+                   if folding_cost(op, pe, s, n) < cost and stage_cycles(op, pe, s) <= 1000]
         assert not cheaper, (name, fold, cheaper)
+
+
+def test_folding_cost_counts_the_input_buffer():
+    """A 784-pixel input read 196 bits a step costs 1,568 registers; 28 bits a step from a
+    block RAM costs a gather register: the RAM-friendly folding is cheaper though it has more
+    lanes (the iCEBreaker tfc build)."""
+    op = bnnforge.lower(randomize_model(archs.build("tfc", (1, 28, 28), 10), 0), (1, 28, 28))
+    op = op.op(op.order()[1])
+    assert input_buffer_in_ram(784, 196, 28) and not input_buffer_in_ram(784, 196, 196)
+    assert estimate_luts(op, 1, 196, 196) > estimate_luts(op, 1, 196, 1) - 1 > 2 * 784
+    assert folding_cost(op, 8, 28, 196) < folding_cost(op, 1, 196, 196)
+    assert estimate_brams(op, 8, 28, 196) < estimate_brams(op, 1, 196, 196) + 13
+    assert ChooseFolding.cheapest(op, 300, count=196) == (8, 28)
 
 
 def test_folding_under_a_lut_budget_is_fastest_that_fits(cnn_graph):
     small = ChooseFolding(luts=2000).apply(cnn_graph)
     large = ChooseFolding(luts=50000).apply(cnn_graph)
+    counts = transfers_per_vector(small)
     total = sum(estimate_luts(small.op(n), small.attrs(n)["fold"]["pe"],
-                              small.attrs(n)["fold"]["simd"]) for n in matrix_ops(small))
+                              small.attrs(n)["fold"]["simd"], counts[n])
+                for n in matrix_ops(small))
     assert total <= 2000
     assert max(pipeline_cycles(large).values()) <= max(pipeline_cycles(small).values())
     with pytest.raises(FoldingError, match=r"even the most serial design needs about \d+ LUTs, "

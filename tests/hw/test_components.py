@@ -116,26 +116,44 @@ def test_mvtu_timing_contract(k, c, pe, simd):
     assert np.all(np.diff(oc) == f)            # II = F back to back
 
 
+@pytest.mark.parametrize("ram", [False, True])
 @pytest.mark.parametrize("k,c,pe,simd,bits,count", [
-    (12, 6, 2, 4, 1, 3), (12, 6, 6, 12, 1, 12), (6, 4, 2, 3, 8, 2), (16, 4, 4, 1, 1, 4),
+    (12, 6, 2, 4, 1, 3), (6, 4, 2, 3, 8, 2), (16, 4, 4, 1, 1, 4),
+    (24, 4, 2, 6, 1, 12),       # 3 transfers gathered into each RAM word
+    (24, 4, 1, 4, 1, 4),        # RAM words of 12 elements: 2 transfers in, 3 steps out
+    (20, 2, 2, 10, 8, 10),      # 8-bit elements, 5 transfers a word
 ])
-def test_mvtu_collects_count_transfers(k, c, pe, simd, bits, count):
+def test_mvtu_collects_count_transfers(k, c, pe, simd, bits, count, ram):
     rng = np.random.default_rng(k + c + count)
     w = rng.integers(0, 2, (c, k)).astype(bool)
     t = rng.integers(0, k + 1, c) if bits == 1 else rng.integers(-200 * k, 200 * k, c)
     x = random_inputs(rng, 8, k, bits)
     expected = [pack(e, 1) for e in accumulate(x, w, bits) >= t[None]]
-    dut = MVTU(k, c, pe, simd, w, t.tolist(), bits, count=count)
+    dut = MVTU(k, c, pe, simd, w, t.tolist(), bits, count=count, input_ram=ram)
+    assert dut.input_ram == ram
     e = k // count
     parts = [pack(v[i:i + e], bits) for v in x for i in range(0, k, e)]
     out, _, _ = simulate(dut, parts, len(x), seed=count, idle=0.3, stall=0.4)
     assert out == expected
-    dut = MVTU(k, c, pe, simd, w, t.tolist(), bits, count=count)
+    dut = MVTU(k, c, pe, simd, w, t.tolist(), bits, count=count, input_ram=ram)
     _, ic, oc = simulate(dut, parts, len(x))
     f = dut.cycles
     # the last transfer of a vector starts its latency; II = max(F, count) back to back
     assert oc[0] - ic[count - 1] == dut.latency == f + 3 + tree_stages(simd)
     assert np.all(np.diff(oc) == max(f, count))
+
+
+def test_mvtu_input_buffer_placement():
+    w = np.zeros((6, 12), bool)
+    units = [MVTU(12, 6, 6, 12, w, [0] * 6, count=12), MVTU(12, 6, 2, 4, w, [0] * 6),
+             MVTU(12, 6, 2, 4, w, [0] * 6, count=3)]
+    silence(*units)                     # built only to read where the buffer goes
+    # a 12-element vector in 12 transfers read 12 at a time is one RAM word: registers; one
+    # transfer a vector: registers; 3 transfers into 4-element words: RAM
+    assert [u.input_ram for u in units] == [False, False, True]
+    with pytest.raises(ValueError, match=r"input_ram needs count > 1 .* K=12, count=12, "
+                                         r"SIMD=12, input_bits=1"):
+        MVTU(12, 6, 6, 12, w, [0] * 6, count=12, input_ram=True)
     with pytest.raises(ValueError, match=r"count must divide K=12, not 5"):
         MVTU(12, 6, 2, 4, np.zeros((6, 12), bool), [0] * 6, count=5)
 
@@ -211,13 +229,13 @@ def test_score_unit_timing_and_errors():
 
 
 def test_argmax_stages_and_narrow_scores():
-    assert [argmax_stages(n) for n in (1, 2, 4, 5, 10, 16, 17, 64, 65)] == \
-        [0, 0, 0, 1, 1, 1, 2, 2, 3]
+    assert [argmax_stages(n) for n in (1, 2, 3, 4, 5, 10, 16, 17, 64, 65)] == \
+        [0, 0, 1, 1, 2, 3, 3, 4, 5, 6]
     rng = np.random.default_rng(9)
     w = rng.integers(0, 2, (10, 64)).astype(bool)
     dut = ScoreUnit(64, 10, 10, 64, w, [1] * 10, [0] * 10)
     assert dut.score_bits == 8                  # scores in [-64, 64]
-    assert dut.latency == 1 + 5 + tree_stages(64) + 1
+    assert dut.latency == 1 + 5 + tree_stages(64) + 3
     x = random_inputs(rng, 6, 64, 1)
     out, ic, oc = simulate(dut, [pack(v, 1) for v in x], len(x), idle=0.2, stall=0.5)
     scores = 2 * accumulate(x, w, 1) - 64
