@@ -305,8 +305,9 @@ def _utilization(report: dict, family: str) -> dict:
             "bram_total": get("ICESTORM_RAM", "available")}
 
 
-def _ice40_ffs(rpt: Path) -> int | None:
-    """Flip-flops after synthesis, from Yosys' final ``stat`` in its log (SB_DFF* cells)."""
+def _yosys_cells(rpt: Path, pattern: str) -> int | None:
+    """Cells of the top module whose type matches ``pattern`` (a regex) after synthesis, from
+    Yosys' final ``stat`` in its log; None when the log has no such statistics."""
     try:
         text = rpt.read_text(errors="replace")
     except OSError:
@@ -319,13 +320,16 @@ def _ice40_ffs(rpt: Path) -> int | None:
     block = block.split("===", 1)[0]
     total, seen = 0, False
     for line in block.splitlines():
-        m = re.match(r"^\s+(\d+)\s+(?:[\d.]+\s+)?(SB_DFF\w*)\s*$", line) or \
-            re.match(r"^\s+(SB_DFF\w*)\s+(\d+)\s*$", line)
+        m = re.match(rf"^\s+(\d+)\s+(?:[\d.]+\s+)?({pattern})\s*$", line)
         if m:
-            a, b = m.groups()[:2]
-            total += int(a) if a.isdigit() else int(b)
+            total += int(m.group(1))
             seen = True
     return total if seen else None
+
+
+def _ice40_ffs(rpt: Path) -> int | None:
+    """Flip-flops after synthesis (SB_DFF* cells)."""
+    return _yosys_cells(rpt, r"SB_DFF\w*")
 
 
 _OVERUSE = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+(\d+)%", re.M)
@@ -452,8 +456,9 @@ def build_bitstream(graph: DataflowGraph, board, folder, *, baud: int = 115200,
     dict
         ``board, device, bitstream`` (relative to ``folder``), ``fmax_mhz, clock_mhz,
         luts_used, luts_total, ffs_used, bram_used, bram_total, wall_s`` (plus ``baud``,
-        ``luts_estimate`` and ``nextpnr_seed``, the seed of the kept result: see the module
-        docstring).
+        ``luts_estimate``, ``lut4_used``: LUT4s after synthesis, without the logic cells that
+        hold only a flip-flop, and ``nextpnr_seed``, the seed of the kept result: see the
+        module docstring).
 
     Raises
     ------
@@ -525,6 +530,8 @@ def build_bitstream(graph: DataflowGraph, board, folder, *, baud: int = 115200,
               "nextpnr_seed": seed}
     if result["ffs_used"] is None:
         result["ffs_used"] = _ice40_ffs(build_dir / f"{NAME}.rpt")
+    # LUT4s alone (an iCE40 logic cell may hold only a flip-flop): the figure vendors quote
+    result["lut4_used"] = _yosys_cells(build_dir / f"{NAME}.rpt", r"SB_LUT4|LUT4")
     result["wall_s"] = round(time.perf_counter() - start, 1)
     check_timing(result, profile)
     return result

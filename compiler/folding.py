@@ -30,7 +30,8 @@ __all__ = ["ChooseFolding", "FoldingError", "divisors", "matrix_ops", "vectors_p
            "stage_cycles", "window_cycles", "estimate_luts", "pipeline_cycles",
            "parse_fold_overrides", "pixels_per_transfer", "MAX_PIXELS_PER_TRANSFER",
            "estimate_mst_luts", "mst_eligible", "input_buffer_in_ram", "transfers_per_vector",
-           "estimate_brams", "folding_cost", "BRAM_CELLS", "MAX_INPUT_RAM_WORD", "ram_blocks"]
+           "estimate_brams", "folding_cost", "BRAM_CELLS", "MAX_INPUT_RAM_WORD", "ram_blocks",
+           "LOGIC_ROM_DEPTH"]
 
 #: The most pixels per input transfer :class:`ChooseFolding` picks by itself.
 MAX_PIXELS_PER_TRANSFER = 16
@@ -170,15 +171,23 @@ def ram_blocks(width: int, depth: int) -> int:
                                                             (2, 2048)))
 
 
+#: ROMs shallower than this are built in logic (the generator marks them ``rom_style =
+#: "logic"``), deeper ones in block RAM. A shallow, wide ROM fills few words of many block RAMs (a
+#: 3,136-bit x 64-word weight ROM took 88 of the ECP5-85F's DP16KD blocks and congested the
+#: router), while in logic it costs ~4 LUT4 per bit on ECP5 (~7 on iCE40, whose Yosys builds
+#: ROMs of up to 64 words in logic by itself).
+LOGIC_ROM_DEPTH = 128
+
+
 def _memory_cells(width: int, depth: int) -> tuple[int, int]:
     """(logic cells, block RAMs) of a ROM of ``depth`` words of ``width`` bits.
 
-    One word: constants. Yosys puts ROMs of 128 words or more in block RAM (iCE40 geometry: 16
-    bits x 256 words a block), smaller ones in logic (about 16 bits a LUT4).
+    One word: constants. :data:`LOGIC_ROM_DEPTH` words or more: block RAM (:func:`ram_blocks`);
+    fewer: logic, about 16 bits a LUT4.
     """
     if depth <= 1:
         return 0, 0
-    if depth >= 128:
+    if depth >= LOGIC_ROM_DEPTH:
         return 0, ram_blocks(width, depth)
     return -(-width * depth // 16), 0
 

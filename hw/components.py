@@ -26,7 +26,7 @@ from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..compiler.folding import MAX_INPUT_RAM_WORD, input_buffer_in_ram
+from ..compiler.folding import LOGIC_ROM_DEPTH, MAX_INPUT_RAM_WORD, input_buffer_in_ram
 
 __all__ = [
     "ARGMAX_LEVELS_PER_STAGE",
@@ -71,6 +71,13 @@ def argmax_stages(classes: int) -> int:
     """
     levels = (classes - 1).bit_length()
     return max(0, -(-levels // ARGMAX_LEVELS_PER_STAGE) - 1)
+
+
+def rom_attrs(depth: int) -> dict:
+    """Memory attributes of a ROM of ``depth`` words: ``rom_style = "logic"`` below
+    :data:`~bnnforge.compiler.folding.LOGIC_ROM_DEPTH` words, else none (Yosys picks block RAM).
+    """
+    return {"rom_style": "logic"} if depth < LOGIC_ROM_DEPTH else {}
 
 
 def quiet_on_error(init):
@@ -227,7 +234,8 @@ class _MatrixBase(wiring.Component):
         if len(words) == 1:
             m.d.comb += w.eq(words[0])
         else:
-            rom = Memory(shape=unsigned(pe * simd), depth=len(words), init=words)
+            rom = Memory(shape=unsigned(pe * simd), depth=len(words), init=words,
+                         attrs=rom_attrs(len(words)))
             m.submodules.weights = rom
             rd = rom.read_port(domain="sync")
             addr = Signal(range(len(words)))
@@ -504,7 +512,8 @@ class MVTU(_MatrixBase):
                 for p in range(pe):
                     word |= (self.thresholds[g * pe + p] & ((1 << tw) - 1)) << (p * tw)
                 init.append(word)
-            rom = Memory(shape=unsigned(pe * tw), depth=groups, init=init)
+            rom = Memory(shape=unsigned(pe * tw), depth=groups, init=init,
+                         attrs=rom_attrs(groups))
             m.submodules.thresholds = rom
             rd = rom.read_port(domain="sync")
             m.d.comb += [rd.addr.eq(n_before), rd.en.eq(en)]
