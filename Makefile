@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo bench targets lint clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+# the board targets end to end (train, compile --board, bitstream); the ULX3S row takes long
+targets: $(STAMP)
+	$(PY) bench/board_targets.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

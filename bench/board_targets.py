@@ -6,8 +6,10 @@ cycle-accurate simulator at the design clock, build the bitstream and print accu
 hardware arithmetic), cycles per frame, frames/s, resources and Fmax, and whether the target is
 met. Nothing here gates CI; the iCEBreaker row is also a test (tests/boards/test_build.py).
 
-Usage: ``python bench/board_targets.py [--only icebreaker|ulx3s-85f] [--out DIR]``. The ULX3S
-row places and routes a ~20k-LUT, 150-block-RAM design: expect 15-30 minutes.
+Usage: ``python bench/board_targets.py [--only icebreaker|ulx3s-85f] [--out DIR]``
+(``make targets``). The ULX3S row folds for 290,000 frames/s at 65 MHz, the fastest we have
+placed and routed: the 1,000,000 frames/s folding did not finish routing in 45 minutes (README),
+so that row reports the target as missed and by how much. About 2 + 6 minutes.
 """
 
 from __future__ import annotations
@@ -25,19 +27,20 @@ from bnnforge.compiler import load_graph
 from bnnforge.flow import compile_model, train_model
 from bnnforge.sim import steady_cycles_per_frame
 
-#: board, arch, epochs, shift, accuracy target, frames/s target, clock (None: the board's)
+#: board, arch, epochs, shift, accuracy target, frames/s target, frames/s folded for, clock
+#: (None: the board's)
 TARGETS = [
-    ("icebreaker", "tfc", 20, 1, 0.90, 100_000, None),
-    ("ulx3s-85f", "sfc", 10, 1, 0.93, 1_000_000, None),
+    ("icebreaker", "tfc", 20, 1, 0.90, 100_000, 100_000, None),
+    ("ulx3s-85f", "sfc", 10, 1, 0.93, 1_000_000, 290_000, 65.0),
 ]
 
 
-def run(board, arch, epochs, shift, acc_target, fps_target, clock, out: Path) -> dict:
+def run(board, arch, epochs, shift, acc_target, fps_target, fold_fps, clock, out: Path) -> dict:
     start = time.perf_counter()
     model = out / f"{arch}.bnn"
     train_model(arch, "mnist5k", "ste", model, epochs=epochs, shift=shift, progress=False)
     folder = out / f"{board}-{arch}"
-    report = compile_model(model, folder, board=board, fps=fps_target, clock_mhz=clock)
+    report = compile_model(model, folder, board=board, fps=fold_fps, clock_mhz=clock)
     clock = report["compile"]["clock_mhz"]
     cycles = float(steady_cycles_per_frame(load_graph(folder)))
     row = {"board": board, "arch": arch, "accuracy": report["model"]["accuracy_reference"],
