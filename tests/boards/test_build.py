@@ -9,7 +9,7 @@ from torch import nn
 
 import bnnforge
 from bnnforge.boards import BitstreamError, build_bitstream, estimate_design_luts, get_board
-from bnnforge.boards.build import _nextpnr_failure, check_timing
+from bnnforge.boards.build import _nextpnr_failure, _rerun_pnr, check_timing, tool_environment
 from bnnforge.build import build_board
 from bnnforge.compiler import load_graph, save_graph
 from bnnforge.compiler.folding import ChooseFolding
@@ -100,7 +100,19 @@ def test_icebreaker_bitstream_of_a_pooled_model(tmp_path):
     save_graph(graph, tmp_path)
     result = build_board(tmp_path, "icebreaker", progress=False)
     check(result, "icebreaker", tmp_path)
+    assert result["nextpnr_seed"] == 1
     assert 0.8 * result["luts_used"] < estimate_design_luts(graph) < 1.4 * result["luts_used"]
+    # a retry re-runs only place and route and packing, with another seed, on the same netlist
+    build_dir = tmp_path / "bitstream" / "icebreaker"
+    netlist = (build_dir / "top.json").read_bytes()
+    (build_dir / "top.bin").unlink()
+    (build_dir / "report.json").unlink()
+    proc = _rerun_pnr(build_dir, tool_environment(), 2)
+    assert proc.returncode == 0
+    assert (build_dir / "top.json").read_bytes() == netlist
+    assert (build_dir / "top.bin").stat().st_size > 10_000
+    assert json.loads((build_dir / "report.json").read_text())["fmax"]
+    assert "--- nextpnr again with --seed 2" in (build_dir / "build.log").read_text()
 
 
 def test_design_that_cannot_fit_is_refused_before_place_and_route(tmp_path):
@@ -169,3 +181,50 @@ def test_missed_clock_is_a_failure():
                        r"oscillator, without PLL\), or fold more"):
         check_timing({"fmax_mhz": 25.1}, "ulx3s-85f")
     assert np.isfinite(get_board("icebreaker").clock_mhz)
+
+
+def test_a_near_miss_is_placed_again_with_other_seeds(tmp_path, monkeypatch):
+    """Seed 1 places 5% under the clock, seed 2 fails to place, seed 3 meets it: the build keeps
+    seed 3's bitstream. A design 20% under the clock is not retried."""
+    from bnnforge.boards import build as b
+
+    def outcome(build_dir, fmax):
+        if fmax is None:
+            (build_dir / "top.tim").write_text("ERROR: Unable to find legal placement for all "
+                                               "cells, design is probably at utilisation limit.\n")
+            return type("P", (), {"returncode": 1})()
+        (build_dir / "top.tim").write_text("Info: ok\n")
+        (build_dir / "report.json").write_text(json.dumps(
+            {"fmax": {"clk": {"achieved": fmax, "constraint": 30.0}},
+             "utilization": {"ICESTORM_LC": {"used": 100, "available": 5280}}}))
+        (build_dir / "top.bin").write_bytes(f"bitstream at {fmax}".encode())
+        return type("P", (), {"returncode": 0})()
+
+    def run(fmaxes):
+        tried = []
+
+        def first(build_dir, env, progress, board):
+            tried.append(1)
+            return outcome(build_dir, fmaxes[0])
+
+        def again(build_dir, env, seed):
+            tried.append(seed)
+            return outcome(build_dir, fmaxes[seed - 1])
+
+        monkeypatch.setattr(b, "_run_script", first)
+        monkeypatch.setattr(b, "_rerun_pnr", again)
+        return tried
+
+    tried = run([28.5, None, 31.0])
+    result = build_bitstream(pooled_mlp(), "icebreaker", tmp_path, progress=False)
+    assert tried == [1, 2, 3]
+    assert result["nextpnr_seed"] == 3 and result["fmax_mhz"] == 31.0
+    assert (tmp_path / "bitstream" / "icebreaker.bin").read_bytes() == b"bitstream at 31.0"
+    tried = run([24.0, 40.0, 40.0])
+    with pytest.raises(BitstreamError, match=r"reaches 24\.0 MHz"):
+        build_bitstream(pooled_mlp(), "icebreaker", tmp_path, progress=False)
+    assert tried == [1]
+    tried = run([None, None, None])
+    with pytest.raises(BitstreamError, match=r"Unable to find legal placement"):
+        build_bitstream(pooled_mlp(), "icebreaker", tmp_path, progress=False)
+    assert tried == [1, 2, 3]
