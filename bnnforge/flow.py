@@ -217,8 +217,10 @@ def run_demo(output: str | os.PathLike = "demo-build", *, board: str = "icebreak
     RTL, builds the bitstream and prints one summary. The defaults: tfc on the iCEBreaker
     (iCE40UP5K) at its 30 MHz clock, folded for 100,000 frames/s.
     """
+    from .boards import get_board
     from .buildfolder import read_report
 
+    get_board(board)                # an unknown board fails before anything is trained
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     model_path = out / "model.bnn"

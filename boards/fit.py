@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 from ..compiler.folding import (
+    RAM_BLOCK_BITS,
     ChooseFolding,
     FoldingError,
     divisors,
@@ -49,7 +50,7 @@ def _fold(graph: DataflowGraph, target: int):
     except FoldingError:
         return None
     return (folded, estimate_design_luts(folded), max(pipeline_cycles(folded).values()),
-            4096 * estimate_design_brams(folded))
+            RAM_BLOCK_BITS * estimate_design_brams(folded))
 
 
 def _fits(found, budget: int, profile: BoardProfile) -> bool:

@@ -31,7 +31,7 @@ __all__ = ["ChooseFolding", "FoldingError", "divisors", "matrix_ops", "vectors_p
            "parse_fold_overrides", "pixels_per_transfer", "MAX_PIXELS_PER_TRANSFER",
            "estimate_mst_luts", "mst_eligible", "input_buffer_in_ram", "transfers_per_vector",
            "estimate_brams", "folding_cost", "BRAM_CELLS", "MAX_INPUT_RAM_WORD", "ram_blocks",
-           "LOGIC_ROM_DEPTH"]
+           "LOGIC_ROM_DEPTH", "input_ram_word", "RAM_BLOCK_BITS"]
 
 #: The most pixels per input transfer :class:`ChooseFolding` picks by itself.
 MAX_PIXELS_PER_TRANSFER = 16
@@ -121,6 +121,12 @@ def pipeline_cycles(graph: DataflowGraph) -> dict[str, int]:
 MAX_INPUT_RAM_WORD = 128
 
 
+def input_ram_word(k: int, count: int, simd: int) -> int:
+    """Elements per word of a matrix unit's input RAM: lcm(K/count, SIMD), so that whole
+    transfers fill a word and whole SIMD steps read it."""
+    return math.lcm(k // count, simd)
+
+
 def input_buffer_in_ram(k: int, count: int, simd: int, input_bits: int = 1) -> bool:
     """Whether a matrix unit keeps its input buffer and held vector in a block RAM.
 
@@ -131,7 +137,7 @@ def input_buffer_in_ram(k: int, count: int, simd: int, input_bits: int = 1) -> b
     """
     if count <= 1 or k % count or k % simd:
         return False
-    word = math.lcm(k // count, simd)
+    word = input_ram_word(k, count, simd)
     return k // word >= 2 and word * input_bits <= MAX_INPUT_RAM_WORD
 
 
@@ -162,6 +168,10 @@ _CONTROL_CELLS = 48
 
 #: Logic cells a planning estimate charges for one block RAM (about a UP5K's cells per block).
 BRAM_CELLS = 128
+
+
+#: Bits of the block RAM :func:`ram_blocks` counts in (an iCE40 SB_RAM40_4K).
+RAM_BLOCK_BITS = 4096
 
 
 def ram_blocks(width: int, depth: int) -> int:
@@ -197,7 +207,7 @@ def _buffer_cells(op, simd: int, count: int) -> tuple[int, int]:
     k, b = op.k, op.input_bits
     if input_buffer_in_ram(k, count, simd, b):
         ew = k // count
-        word = math.lcm(ew, simd)
+        word = input_ram_word(k, count, simd)
         subs = word // simd
         cells = (word - ew) * b + 2 * word * b + simd * b * ((subs - 1 + 2) // 3)
         return cells, ram_blocks(word * b, 2 * (k // word))

@@ -18,7 +18,6 @@ logic tiles (a tile's eight cells share one clock enable and one reset).
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
@@ -26,7 +25,18 @@ from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..compiler.folding import LOGIC_ROM_DEPTH, MAX_INPUT_RAM_WORD, input_buffer_in_ram
+from ..compiler.folding import (
+    LOGIC_ROM_DEPTH,
+    MAX_INPUT_RAM_WORD,
+    input_buffer_in_ram,
+    input_ram_word,
+)
+from ..compiler.pipeline import (
+    ARGMAX_LEVELS_PER_STAGE,
+    TREE_LEVELS_PER_STAGE,
+    argmax_stages,
+    tree_stages,
+)
 
 __all__ = [
     "ARGMAX_LEVELS_PER_STAGE",
@@ -42,36 +52,6 @@ __all__ = [
     "argmax_stages",
     "tree_stages",
 ]
-
-#: Adder-tree levels between two pipeline registers of the popcount / signed-sum tree.
-TREE_LEVELS_PER_STAGE = 3
-
-
-def tree_stages(simd: int) -> int:
-    """Return the number of pipeline registers in the adder tree over ``simd`` terms.
-
-    ``ceil(ceil(log2(simd)) / 3)``: 0 for SIMD = 1, 1 for SIMD = 2..8, 2 for 9..64, …
-    """
-    levels = (simd - 1).bit_length()
-    return -(-levels // TREE_LEVELS_PER_STAGE)
-
-
-#: Comparator levels of the score unit's argmax tree between two pipeline registers. One: a
-#: signed compare and a 2:1 mux of the score fill an iCE40 cycle at 30 MHz (two did not).
-ARGMAX_LEVELS_PER_STAGE = 1
-
-
-def argmax_stages(classes: int) -> int:
-    """Return the pipeline registers inside the argmax tree over ``classes`` scores.
-
-    The tree has ``L = ceil(log2(classes))`` comparator levels; a register follows every
-    :data:`ARGMAX_LEVELS_PER_STAGE` levels except the last group, which feeds the output
-    register: ``max(0, ceil(L / A) - 1)`` — with A = 1: 0 for up to 2 classes, 1 for 3..4,
-    3 for 9..16 (10 classes: 3), 5 for 33..64.
-    """
-    levels = (classes - 1).bit_length()
-    return max(0, -(-levels // ARGMAX_LEVELS_PER_STAGE) - 1)
-
 
 def rom_attrs(depth: int) -> dict:
     """Memory attributes of a ROM of ``depth`` words: ``rom_style = "logic"`` below
@@ -323,7 +303,7 @@ class _MatrixBase(wiring.Component):
         k, b, simd, count = self.k, self.input_bits, self.simd, self.count
         i_s = self.i_stream
         ew = k // count                     # elements per transfer
-        lw = math.lcm(ew, simd)             # elements per RAM word
+        lw = input_ram_word(k, count, simd)  # elements per RAM word
         words, per_word, subs = k // lw, lw // ew, lw // simd
         mem = Memory(shape=unsigned(lw * b), depth=2 * words, init=[])
         m.submodules.vector = mem

@@ -78,29 +78,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..compiler.ir import BinaryConv, BinaryDense, DataflowGraph, InputLayer, MaxPool, ScoreLayer
+from ..compiler.pipeline import (
+    ARGMAX_LEVELS_PER_STAGE,
+    TREE_LEVELS_PER_STAGE,
+    argmax_stages,
+    tree_stages,
+)
 
 __all__ = ["TimingResult", "simulate_timing", "chain", "tree_stages", "TREE_LEVELS_PER_STAGE",
            "argmax_stages", "ARGMAX_LEVELS_PER_STAGE"]
 
-#: Adder-tree levels between two pipeline registers (the hardware contract's constant).
-TREE_LEVELS_PER_STAGE = 3
-#: Argmax comparator levels between two pipeline registers in the score unit (the contract's).
-ARGMAX_LEVELS_PER_STAGE = 1
-
 _NEG = -(1 << 60)       # "no such event": earlier than any cycle
-
-
-def tree_stages(simd: int) -> int:
-    """Pipeline registers in the adder tree over ``simd`` terms: ceil(ceil(log2 simd) / 3)."""
-    levels = (simd - 1).bit_length()
-    return -(-levels // TREE_LEVELS_PER_STAGE)
-
-
-def argmax_stages(classes: int) -> int:
-    """Registers inside the score unit's argmax tree: max(0, ceil(ceil(log2 n) / A) - 1), A =
-    :data:`ARGMAX_LEVELS_PER_STAGE` (1: a register after every comparator level but the last)."""
-    levels = (classes - 1).bit_length()
-    return max(0, -(-levels // ARGMAX_LEVELS_PER_STAGE) - 1)
 
 
 # -- the chain of blocks --------------------------------------------------------------------------

@@ -65,6 +65,10 @@ def _error(capsys, argv, match):
      r"bnnforge train: error: argument --epochs: expected a positive integer, not '0'"),
     (["compile", "missing.bnn", "-o", "out"],
      r"bnnforge compile: error: model file missing.bnn not found; train one"),
+    (["train", "--arch", "tfc", "--dataset", "digits", "--shift", "-1", "-o", "m.bnn"],
+     r"bnnforge train: error: argument --shift: expected a whole number >= 0, not '-1'"),
+    (["demo", "--board", "icestick", "-o", "out", "--no-progress"],
+     r"bnnforge demo: error: unknown board 'icestick'; choose one of icebreaker, "),
     (["frobnicate"], r"bnnforge: error: argument COMMAND: invalid choice: 'frobnicate'"),
 ])
 def test_user_errors_are_one_line(capsys, tmp_path, monkeypatch, argv, match):

@@ -8,7 +8,7 @@ import pytest
 import bnnforge
 from bnnforge.boards import HEADROOM, estimate_design_luts, fit_to_board, get_board
 from bnnforge.boards.build import estimate_design_brams
-from bnnforge.compiler.folding import ChooseFolding, matrix_ops, pipeline_cycles
+from bnnforge.compiler.folding import RAM_BLOCK_BITS, ChooseFolding, matrix_ops, pipeline_cycles
 from bnnforge.nn import archs
 from conftest import randomize_model
 
@@ -48,7 +48,8 @@ def test_fastest_folding_that_fits(tfc, board):
             continue
         if cycles(trial) < cycles(fit):     # over the logic or the block RAM
             assert estimate_design_luts(trial) > HEADROOM * profile.luts or \
-                4096 * estimate_design_brams(trial) > profile.bram_blocks * profile.bram_bits
+                RAM_BLOCK_BITS * estimate_design_brams(trial) > \
+                profile.bram_blocks * profile.bram_bits
             break
 
 

@@ -2,8 +2,6 @@
 
 import numpy as np
 import pytest
-from amaranth.hdl import ClockDomain, Module
-from amaranth.sim import Simulator
 
 from bnnforge.hw import (
     MVTU,
@@ -15,11 +13,10 @@ from bnnforge.hw import (
     SlidingWindow,
     StreamFIFO,
     argmax_stages,
-    stream_get,
-    stream_put,
     tree_stages,
 )
 from bnnforge.hw.components import silence
+from bnnforge.hw.testing import simulate_stream
 
 
 def pack(values, bits):
@@ -33,29 +30,6 @@ def pack(values, bits):
 def unpack(word, bits, count):
     mask = (1 << bits) - 1
     return [(word >> (i * bits)) & mask for i in range(count)]
-
-
-def simulate(dut, payloads, n_out, *, seed=0, idle=0.0, stall=0.0, timeout=20000):
-    """Run ``dut``; return (outputs, input transfer cycles, output transfer cycles)."""
-    rng_in, rng_out = np.random.default_rng(seed), np.random.default_rng(seed + 1)
-    res, ic, oc = {}, [], []
-
-    async def put(ctx):
-        await stream_put(ctx, dut.i_stream, payloads, rng=rng_in, idle=idle, cycles=ic)
-
-    async def get(ctx):
-        res["out"] = await stream_get(ctx, dut.o_stream, n_out, rng=rng_out, stall=stall,
-                                      cycles=oc, timeout=timeout)
-
-    m = Module()
-    m.domains.sync = ClockDomain()      # combinational blocks have no clock of their own
-    m.submodules.dut = dut
-    sim = Simulator(m)
-    sim.add_clock(1e-6)
-    sim.add_testbench(put)
-    sim.add_testbench(get)
-    sim.run()
-    return res["out"], ic, oc
 
 
 def accumulate(x, w, input_bits):
@@ -87,7 +61,7 @@ def test_mvtu_random(k, c, pe, simd, bits):
     x = random_inputs(rng, 12, k, bits)
     expected = accumulate(x, w, bits) >= t[None]
     dut = MVTU(k, c, pe, simd, w, t.tolist(), bits)
-    out, _ic, _oc = simulate(dut, [pack(v, bits) for v in x], len(x), seed=k + c,
+    out, _ic, _oc = simulate_stream(dut, [pack(v, bits) for v in x], len(x), seed=k + c,
                            idle=0.4, stall=0.4)
     assert out == [pack(e, 1) for e in expected]
 
@@ -108,7 +82,7 @@ def test_mvtu_timing_contract(k, c, pe, simd):
     w = rng.integers(0, 2, (c, k)).astype(bool)
     dut = MVTU(k, c, pe, simd, w, [k // 2] * c)
     x = random_inputs(rng, 6, k, 1)
-    _, ic, oc = simulate(dut, [pack(v, 1) for v in x], len(x))
+    _, ic, oc = simulate_stream(dut, [pack(v, 1) for v in x], len(x))
     f = (c // pe) * (k // simd)
     assert dut.cycles == f
     assert dut.latency == f + 3 + tree_stages(simd)
@@ -133,10 +107,10 @@ def test_mvtu_collects_count_transfers(k, c, pe, simd, bits, count, ram):
     assert dut.input_ram == ram
     e = k // count
     parts = [pack(v[i:i + e], bits) for v in x for i in range(0, k, e)]
-    out, _, _ = simulate(dut, parts, len(x), seed=count, idle=0.3, stall=0.4)
+    out, _, _ = simulate_stream(dut, parts, len(x), seed=count, idle=0.3, stall=0.4)
     assert out == expected
     dut = MVTU(k, c, pe, simd, w, t.tolist(), bits, count=count, input_ram=ram)
-    _, ic, oc = simulate(dut, parts, len(x))
+    _, ic, oc = simulate_stream(dut, parts, len(x))
     f = dut.cycles
     # the last transfer of a vector starts its latency; II = max(F, count) back to back
     assert oc[0] - ic[count - 1] == dut.latency == f + 3 + tree_stages(simd)
@@ -206,7 +180,7 @@ def test_score_unit_random(k, n, pe, simd, bits):
     scores = mul[None] * s + add[None]
     dut = ScoreUnit(k, n, pe, simd, w, mul.tolist(), add.tolist(), bits)
     assert dut.class_width == max(1, int(np.ceil(np.log2(n))))
-    out, _ic, _oc = simulate(dut, [pack(v, bits) for v in x], len(x), seed=n, idle=0.3,
+    out, _ic, _oc = simulate_stream(dut, [pack(v, bits) for v in x], len(x), seed=n, idle=0.3,
                            stall=0.5)
     for word, sc in zip(out, scores, strict=True):
         got, cls = decode_scores(word, n)
@@ -219,7 +193,7 @@ def test_score_unit_timing_and_errors():
     w = rng.integers(0, 2, (4, 8)).astype(bool)
     dut = ScoreUnit(8, 4, 2, 4, w, [1] * 4, [0] * 4)
     x = random_inputs(rng, 4, 8, 1)
-    _, ic, oc = simulate(dut, [pack(v, 1) for v in x], len(x))
+    _, ic, oc = simulate_stream(dut, [pack(v, 1) for v in x], len(x))
     assert dut.latency == dut.cycles + 5 + tree_stages(4) + argmax_stages(4)
     assert oc[0] - ic[0] == dut.latency and np.all(np.diff(oc) == dut.cycles)
     with pytest.raises(ValueError, match=r"PE must divide classes=4, not 3"):
@@ -237,12 +211,12 @@ def test_argmax_stages_and_narrow_scores():
     assert dut.score_bits == 8                  # scores in [-64, 64]
     assert dut.latency == 1 + 5 + tree_stages(64) + 3
     x = random_inputs(rng, 6, 64, 1)
-    out, ic, oc = simulate(dut, [pack(v, 1) for v in x], len(x), idle=0.2, stall=0.5)
+    out, ic, oc = simulate_stream(dut, [pack(v, 1) for v in x], len(x), idle=0.2, stall=0.5)
     scores = 2 * accumulate(x, w, 1) - 64
     for word, sc in zip(out, scores, strict=True):
         got, cls = decode_scores(word, 10)
         assert got == sc.tolist() and cls == int(np.argmax(sc))
-    _, ic, oc = simulate(ScoreUnit(64, 10, 10, 64, w, [1] * 10, [0] * 10),
+    _, ic, oc = simulate_stream(ScoreUnit(64, 10, 10, 64, w, [1] * 10, [0] * 10),
                          [pack(v, 1) for v in x], len(x))
     assert oc[0] - ic[0] == dut.latency and np.all(np.diff(oc) == 1)
     wide = ScoreUnit(8, 3, 1, 1, w[:3, :8], [1 << 30] * 3, [0] * 3)
@@ -275,14 +249,14 @@ def test_sliding_window_random(c, h, w, kernel, stride, padding, pad, bits):
     pp = (padding, padding) if isinstance(padding, int) else padding
     expected = [pack(win, bits) for f in frames for win in im2col(f, kp, sp, pp, pad)]
     pixels = [pack(p, bits) for f in frames for p in f.reshape(-1, c)]
-    out, _, _ = simulate(dut, pixels, len(expected), seed=h, idle=0.3, stall=0.4)
+    out, _, _ = simulate_stream(dut, pixels, len(expected), seed=h, idle=0.3, stall=0.4)
     assert out == expected
 
 
 def test_sliding_window_timing_and_errors():
     dut = SlidingWindow(1, 4, 4, 2, 2, 0, 0, 1)
     pixels = list(range(2)) * 8 * 3
-    _, ic, oc = simulate(dut, [p & 1 for p in pixels], 12)
+    _, ic, oc = simulate_stream(dut, [p & 1 for p in pixels], 12)
     assert dut.latency == 4 + 2
     assert oc[0] == ic[15] + dut.latency             # first window after the frame's last pixel
     assert np.all(np.diff(oc[:4]) == 4)              # II = kh*kw inside a frame
@@ -306,7 +280,7 @@ def test_maxpool_random(c, h, w, kernel, stride):
         for win in im2col(f, (kernel, kernel), (stride, stride), (0, 0), 0):
             expected.append(pack(win.reshape(-1, c).any(0), 1))
     pixels = [pack(p, 1) for f in frames for p in f.reshape(-1, c)]
-    out, _, _ = simulate(dut, pixels, len(expected), seed=c, idle=0.3, stall=0.4)
+    out, _, _ = simulate_stream(dut, pixels, len(expected), seed=c, idle=0.3, stall=0.4)
     assert out == expected
 
 
@@ -318,9 +292,9 @@ def test_deserializer_random(width, count):
     elems = rng.integers(0, 1 << width, 4 * count)
     dut = Deserializer(width, count)
     expected = [pack(elems[i:i + count], width) for i in range(0, len(elems), count)]
-    out, ic, oc = simulate(dut, elems.tolist(), 4, seed=count, idle=0.3, stall=0.5)
+    out, ic, oc = simulate_stream(dut, elems.tolist(), 4, seed=count, idle=0.3, stall=0.5)
     assert out == expected
-    _, ic, oc = simulate(dut, elems.tolist(), 4)
+    _, ic, oc = simulate_stream(dut, elems.tolist(), 4)
     assert [o - ic[count * (j + 1) - 1] for j, o in enumerate(oc)] == [1] * 4
     with pytest.raises(ValueError, match=r"count must be at least 1, not 0"):
         Deserializer(1, 0)
@@ -331,10 +305,10 @@ def test_serializer_random(width, count):
     rng = np.random.default_rng(width + count)
     words = rng.integers(0, 1 << (width * count), 6, dtype=np.uint64).tolist()
     expected = [e for wd in words for e in unpack(int(wd), width, count)]
-    out, _, _ = simulate(Serializer(width, count), words, len(expected), seed=count,
+    out, _, _ = simulate_stream(Serializer(width, count), words, len(expected), seed=count,
                          idle=0.4, stall=0.5)
     assert out == expected
-    out, ic, oc = simulate(Serializer(width, count), words, len(expected))
+    out, ic, oc = simulate_stream(Serializer(width, count), words, len(expected))
     # back to back: one element a cycle without gaps, the first one cycle after the word
     assert oc == list(range(ic[0] + 1, ic[0] + 1 + len(expected)))
     assert ic == [ic[0]] + [oc[count * j - 1] for j in range(1, len(words))]
@@ -347,14 +321,14 @@ def test_input_threshold():
     px = rng.integers(0, 256, (30, 3))
     px[0] = [127, 128, 255]
     dut = InputThreshold(3)
-    out, ic, oc = simulate(dut, [pack(p, 8) for p in px], len(px), idle=0.3, stall=0.3)
+    out, ic, oc = simulate_stream(dut, [pack(p, 8) for p in px], len(px), idle=0.3, stall=0.3)
     assert out == [pack(p >= 128, 1) for p in px]
     assert ic == oc                                     # combinational
     with pytest.raises(ValueError, match=r"threshold must be an integer 0..256, not -1"):
         InputThreshold(3, -1)
     dut = InputThreshold(3, 100, pixels=4)
     words = px[:28].reshape(-1, 12)
-    out, ic, oc = simulate(dut, [pack(p, 8) for p in words], len(words), stall=0.3)
+    out, ic, oc = simulate_stream(dut, [pack(p, 8) for p in words], len(words), stall=0.3)
     assert out == [pack(p >= 100, 1) for p in words] and ic == oc
 
 
@@ -363,10 +337,10 @@ def test_stream_fifo(depth):
     rng = np.random.default_rng(depth)
     data = rng.integers(0, 1 << 12, 40).tolist()
     dut = StreamFIFO(12, depth)
-    out, ic, oc = simulate(dut, data, len(data), seed=depth, idle=0.3, stall=0.6)
+    out, ic, oc = simulate_stream(dut, data, len(data), seed=depth, idle=0.3, stall=0.6)
     assert out == data
     assert all(o >= i + 1 for i, o in zip(ic, oc, strict=True))
-    _, ic, oc = simulate(dut, data, len(data))
+    _, ic, oc = simulate_stream(dut, data, len(data))
     assert oc == [i + 1 for i in ic]
     with pytest.raises(ValueError, match=r"depth must be at least 1, not 0"):
         StreamFIFO(12, 0)

@@ -2,14 +2,14 @@
 
 import numpy as np
 import pytest
-from amaranth.hdl import ClockDomain, Module
 from amaranth.sim import Simulator
 
 from bnnforge.compiler.ir import pack_bits
 from bnnforge.compiler.mst import hamming_matrix, mst_tree
-from bnnforge.hw import MSTLayer, stream_get, stream_put, tree_stages
+from bnnforge.hw import MSTLayer, stream_put, tree_stages
 from bnnforge.hw.components import silence
 from bnnforge.hw.mst_layer import tree_levels
+from bnnforge.hw.testing import simulate_stream
 
 
 def clustered_rows(rng, c, k, flip=0.08, invert=0.3):
@@ -45,28 +45,6 @@ def mst_popcounts(x, w, parent, complement):
             e = (x[:, pos] == w[par][pos]).sum(-1)     # the parent's agreements on D
             p[:, ch] = p[:, par] + pos.sum() - 2 * e
     return p
-
-
-def simulate(dut, payloads, n_out, *, seed=0, idle=0.0, stall=0.0, timeout=20000):
-    rng_in, rng_out = np.random.default_rng(seed), np.random.default_rng(seed + 1)
-    res, ic, oc = {}, [], []
-
-    async def put(ctx):
-        await stream_put(ctx, dut.i_stream, payloads, rng=rng_in, idle=idle, cycles=ic)
-
-    async def get(ctx):
-        res["out"] = await stream_get(ctx, dut.o_stream, n_out, rng=rng_out, stall=stall,
-                                      cycles=oc, timeout=timeout)
-
-    m = Module()
-    m.domains.sync = ClockDomain()
-    m.submodules.dut = dut
-    sim = Simulator(m)
-    sim.add_clock(1e-6)
-    sim.add_testbench(put)
-    sim.add_testbench(get)
-    sim.run()
-    return res["out"], ic, oc
 
 
 def to_int(bits):
@@ -108,7 +86,7 @@ def test_mst_layer_random(seed, c, k, idle, stall):
     x = rng.integers(0, 2, (n, k)).astype(bool)
     x[0] = w[0]                                          # extremes: P = K and P = 0
     x[1] = ~w[0]
-    out, ic, oc = simulate(dut, [to_int(r) for r in x], n, seed=seed, idle=idle, stall=stall)
+    out, ic, oc = simulate_stream(dut, [to_int(r) for r in x], n, seed=seed, idle=idle, stall=stall)
     expect = popcounts(x, w) >= thr[None]
     np.testing.assert_array_equal(np.array([bits_of(v, c) for v in out], dtype=bool), expect)
     if idle == 0 and stall == 0:
@@ -135,7 +113,7 @@ def test_deep_chain_and_duplicates():
     dut = MSTLayer(k, c, w, thr, parent, comp)
     assert dut.max_depth == 5 and dut.stages == tree_stages(k) + 6
     x = rng.integers(0, 2, (30, k)).astype(bool)
-    out, ic, oc = simulate(dut, [to_int(r) for r in x], 30, seed=3, idle=0.3, stall=0.6)
+    out, ic, oc = simulate_stream(dut, [to_int(r) for r in x], 30, seed=3, idle=0.3, stall=0.6)
     np.testing.assert_array_equal(np.array([bits_of(v, c) for v in out], dtype=bool),
                                   popcounts(x, w) >= thr[None])
 

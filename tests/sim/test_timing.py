@@ -116,6 +116,26 @@ def check_exact(graph, n_frames, seed=0, idle=0.0, stall=0.0, probe=False):
     return model
 
 
+def check_periodic(graph, frames, tokens, seed, horizon):
+    """The periodic continuation gives exactly the step-by-step run, free and under 5 frames of
+    random input gaps (``tokens`` input transfers a frame) and random back-pressure."""
+    rng = np.random.default_rng(seed)
+    gaps = np.concatenate([rng.geometric(0.6, tokens * 5) - 1,
+                           np.zeros(tokens * (frames - 5), dtype=int)])
+    ready = rng.random(horizon) > 0.5
+    for kw in ({}, {"in_gaps": gaps, "out_ready": ready}):
+        fast = simulate_timing(graph, frames, **kw)
+        slow = simulate_timing(graph, frames, periodic=False, **kw)
+        assert fast.periodic_from is not None and fast.periodic_from < frames - 1
+        assert slow.periodic_from is None
+        assert fast.boundaries.keys() == slow.boundaries.keys()
+        for key in slow.boundaries:
+            np.testing.assert_array_equal(fast.boundaries[key], slow.boundaries[key], key)
+        assert fast.fifo_max_occupancy == slow.fifo_max_occupancy
+        assert fast.cycles_per_frame == fast.period_cycles / fast.period
+        assert fast.cycles_per_frame_median == slow.cycles_per_frame_median
+
+
 def folded(model, shape, folds=None, depths=None, depth=None):
     graph = bnnforge.lower(model, shape)
     if folds is None:
@@ -194,20 +214,7 @@ def test_periodic_continuation_is_exact(name):
     else:
         graph = folded(cnn(8), (1, 8, 8), CNN_FOLDS["middle"],
                        depth=7 if name.endswith("fifos") else None)
-    rng = np.random.default_rng(3)
-    gaps = np.concatenate([rng.geometric(0.6, 64 * 5) - 1, np.zeros(64 * 35, dtype=int)])
-    ready = rng.random(3000) > 0.5
-    for kw in ({}, {"in_gaps": gaps, "out_ready": ready}):
-        fast = simulate_timing(graph, 40, **kw)
-        slow = simulate_timing(graph, 40, periodic=False, **kw)
-        assert fast.periodic_from is not None and fast.periodic_from < 39
-        assert slow.periodic_from is None
-        assert fast.boundaries.keys() == slow.boundaries.keys()
-        for key in slow.boundaries:
-            np.testing.assert_array_equal(fast.boundaries[key], slow.boundaries[key], key)
-        assert fast.fifo_max_occupancy == slow.fifo_max_occupancy
-        assert fast.cycles_per_frame == fast.period_cycles / fast.period
-        assert fast.cycles_per_frame_median == slow.cycles_per_frame_median
+    check_periodic(graph, 40, 64, seed=3, horizon=3000)
 
 
 def test_result_figures():
@@ -295,15 +302,7 @@ def test_cnn_pixels_per_transfer_without_fifos_cycle_exact():
 
 def test_pixels_per_transfer_periodic_continuation_is_exact():
     graph = with_ppt(folded(mlp(1), (1, 8, 8), MLP_FOLDS["parallel"], depth=1), 8)
-    rng = np.random.default_rng(4)
-    gaps = np.concatenate([rng.geometric(0.6, 8 * 5) - 1, np.zeros(8 * 35, dtype=int)])
-    ready = rng.random(600) > 0.5
-    for kw in ({}, {"in_gaps": gaps, "out_ready": ready}):
-        fast = simulate_timing(graph, 40, **kw)
-        slow = simulate_timing(graph, 40, periodic=False, **kw)
-        assert fast.periodic_from is not None and slow.periodic_from is None
-        for key in slow.boundaries:
-            np.testing.assert_array_equal(fast.boundaries[key], slow.boundaries[key], key)
+    check_periodic(graph, 40, 8, seed=4, horizon=600)
     # 8 pixels a transfer: the input no longer limits a fast pipeline to 64 cycles a frame
     # (depth-1 FIFOs pass a token every other cycle; the default depth 2 every cycle)
     assert simulate_timing(graph, 40).cycles_per_frame == 16

@@ -2,36 +2,24 @@
 
 import numpy as np
 import pytest
-from test_timing import run_rtl, stimulus  # the one shared RTL driver
+from test_timing import check_exact as check_timing_exact  # the one RTL driver
+from test_timing import check_periodic
 
 import bnnforge
 from bnnforge.compiler.mst import OrderChannelsByMST
 from bnnforge.hw.components import silence
 from bnnforge.hw.generate import Accelerator
 from bnnforge.sim import chain, simulate_timing
-from conftest import random_frames, randomize_model, small_cnn, small_mlp
+from conftest import randomize_model, small_cnn, small_mlp
 
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 
 
 def check_exact(graph, n_frames, seed=0, idle=0.0, stall=0.0):
-    frames = random_frames(graph.input_shape, n_frames, seed)
-    free = simulate_timing(graph, n_frames)
-    horizon = int(free.total_cycles * (1 + 3 * stall) * (1 + 2 * idle)) + 50
-    gaps, ready = stimulus(graph, n_frames, seed, idle, stall, horizon)
-    model = simulate_timing(graph, n_frames, in_gaps=gaps, out_ready=ready)
-    rtl_in, rtl_out, values, seen = run_rtl(graph, frames, gaps, ready, probe=True)
+    """test_timing's exact check (every handshake, every boundary, the values) on a graph with an
+    MST stage."""
     assert any(block["kind"] == "mst" for block in chain(graph))
-    np.testing.assert_array_equal(model.input_cycles, rtl_in)
-    np.testing.assert_array_equal(model.output_cycles, rtl_out)
-    for name, cycles in seen.items():
-        np.testing.assert_array_equal(model.boundaries[name][:len(cycles)], cycles,
-                                      err_msg=name)
-    scores = bnnforge.reference(graph, frames)
-    got = np.array([[(w >> (32 * c)) & 0xFFFFFFFF for c in range(graph.num_classes)]
-                    for w in values])
-    np.testing.assert_array_equal(np.where(got >= 1 << 31, got - (1 << 32), got), scores)
-    return model
+    return check_timing_exact(graph, n_frames, seed=seed, idle=idle, stall=stall, probe=True)
 
 
 def mst_graph(model, folds, mst_stages, depth=None, max_depth=None):
@@ -99,15 +87,7 @@ def test_mst_stage_latency_and_rate():
 
 def test_periodic_continuation_with_mst():
     graph = mst_graph(mlp(), MLP_FOLDS, ("fc0", "fc1"), depth=1)
-    rng = np.random.default_rng(3)
-    gaps = np.concatenate([rng.geometric(0.6, 64 * 5) - 1, np.zeros(64 * 25, dtype=int)])
-    ready = rng.random(2000) > 0.5
-    for kw in ({}, {"in_gaps": gaps, "out_ready": ready}):
-        fast = simulate_timing(graph, 30, **kw)
-        slow = simulate_timing(graph, 30, periodic=False, **kw)
-        assert fast.periodic_from is not None
-        for key in slow.boundaries:
-            np.testing.assert_array_equal(fast.boundaries[key], slow.boundaries[key], key)
+    check_periodic(graph, 30, 64, seed=3, horizon=2000)
 
 
 def test_mst_fold_needs_the_tree():
