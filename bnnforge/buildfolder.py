@@ -76,9 +76,15 @@ def read_report(folder: str | os.PathLike) -> dict:
 
 
 def update_report(folder: str | os.PathLike, section: str, data: dict) -> dict:
-    """Set ``section`` of the build folder's report.json to ``data`` (atomic write)."""
+    """Set ``section`` of the build folder's report.json to ``data`` (atomic write).
+
+    Then refresh the folder's report.html from it (:func:`~bnnforge.report_html.write_report_html`).
+    """
+    from .report_html import write_report_html
+
     report = read_report(folder)
     report[section] = data
     text = json.dumps(report, sort_keys=True, indent=1) + "\n"
     atomic_write_bytes(Path(folder) / "report.json", text.encode())
+    write_report_html(folder)
     return report

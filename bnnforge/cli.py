@@ -83,6 +83,8 @@ def _parser() -> _Parser:
                    help="fix one stage's folding (repeatable)")
     c.add_argument("--mst", action="store_true",
                    help="use MST-compressed layers where they need fewer LUTs")
+    c.add_argument("--mst-depth", type=_positive_int, default=None, metavar="N",
+                   help="bound every MST to depth N (channel order and MST layers)")
     c.add_argument("--no-rtl", action="store_true", help=argparse.SUPPRESS)
 
     v = sub.add_parser("verify", help="run the RTL under cocotb and compare with the reference")
@@ -120,6 +122,22 @@ def _parser() -> _Parser:
     r.add_argument("--baud", type=_positive_int, default=115200)
     r.add_argument("--timeout", type=float, default=5.0, help="seconds to wait per answer")
 
+    w = sub.add_parser("sweep", help="design-space sweep on Dask: results table, Pareto fronts",
+                       description="Run every point of SPEC (a TOML grid over arch, quantizer, "
+                       "mst_reg, board, fps, seed, ...): train, compile, simulate and optionally "
+                       "verify and build each; write DIR/results.csv and DIR/index.html. Rerun "
+                       "to resume: finished points are kept.")
+    w.add_argument("spec", help="sweep spec (TOML)")
+    w.add_argument("-o", "--output", required=True, help="sweep folder")
+    w.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                   help="run on this Dask scheduler (default: a local cluster)")
+    w.add_argument("--workers", type=_positive_int, default=None,
+                   help="local workers (default: one per core)")
+    w.add_argument("--retry-failed", action="store_true",
+                   help="run points again that failed before")
+    w.add_argument("--dry-run", action="store_true", help="list the points and stop")
+    w.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
     d = sub.add_parser("demo", help="train -> compile -> simulate -> verify -> bitstream")
     d.add_argument("-o", "--output", default="demo-build", help="demo folder")
     d.add_argument("--board", default="icebreaker")
@@ -152,7 +170,8 @@ def _run(args) -> int:
     if args.command == "compile":
         report = flow.compile_model(args.model, args.output, fps=args.fps,
                                     clock_mhz=args.clock_mhz, luts=args.luts, fold=args.fold,
-                                    board=args.board, mst=args.mst, rtl=not args.no_rtl)
+                                    board=args.board, mst=args.mst,
+                                    mst_max_depth=args.mst_depth, rtl=not args.no_rtl)
         m = report["model"]
         comp = report["compile"]
         print(f"compiled {args.model} -> {args.output}")
@@ -185,6 +204,8 @@ def _run(args) -> int:
               f"{sec['clock_mhz']} MHz, {sec['energy_nj_per_frame']:.2f} nJ/frame "
               f"(simulated in {sec['wall_s']:.2f} s)")
         return 0
+    if args.command == "sweep":
+        return _sweep(args)
     if args.command == "demo":
         flow.run_demo(args.output, board=args.board, arch=args.arch, epochs=args.epochs,
                       shift=args.shift,
@@ -233,6 +254,33 @@ def _run(args) -> int:
               + f" in {section['wall_s']:.1f} s — {'PASS' if ok else 'FAIL'}")
         return 0 if ok else 1
     raise _UsageError(f"bnnforge: error: unknown command {args.command!r}")
+
+
+def _sweep(args) -> int:
+    from . import sweep
+
+    if args.dry_run:
+        spec = sweep.load_spec(args.spec)
+        axes = list(spec.axes)
+        print(f"{len(spec.points)} points ({spec.grid_size} in the grid) over "
+              f"{', '.join(axes) or 'no axes'}:")
+        for point in spec.points:
+            print(f"{sweep.point_id(point)}  "
+                  + " ".join(f"{k}={point[k]}" for k in axes))
+        return 0
+    if args.workers and args.scheduler:
+        raise _UsageError("bnnforge sweep: error: --workers sizes the local cluster; with "
+                          "--scheduler the cluster's own workers run the points")
+    rows = sweep.run_sweep(args.spec, args.output, scheduler=args.scheduler,
+                           workers=args.workers, retry_failed=args.retry_failed,
+                           progress=not args.no_progress)
+    ok = [r for r in rows if r["status"] == "ok"]
+    print(f"{len(rows)} points: {len(ok)} ok, {len(rows) - len(ok)} failed -> "
+          f"{os.path.join(args.output, 'results.csv')}, {os.path.join(args.output, 'index.html')}")
+    for r in rows:
+        if r["status"] != "ok":
+            print(f"  {r['point']} failed: {r['error']}")
+    return 0 if ok or not rows else 1
 
 
 def main(argv: list[str] | None = None) -> int:

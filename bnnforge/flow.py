@@ -104,11 +104,13 @@ def layer_table(graph) -> list[dict]:
 
 
 def fold_graph(graph, *, fps: float | None = None, clock_mhz: float = 100.0,
-               luts: int | None = None, fold: list[str] | None = None, mst: bool = False):
+               luts: int | None = None, fold: list[str] | None = None, mst: bool = False,
+               mst_max_depth: int | None = None):
     """Run ChooseFolding for a throughput target (``fps`` at ``clock_mhz``) or a LUT budget.
 
     With ``mst``, hidden binary layers become MST-compressed layers where that is estimated to
-    take fewer LUTs than their cheapest dense folding (``ChooseFolding(mst=True)``).
+    take fewer LUTs than their cheapest dense folding (``ChooseFolding(mst=True)``), with trees
+    of depth at most ``mst_max_depth`` (``None``: unbounded).
     """
     from .compiler.folding import ChooseFolding, FoldingError, parse_fold_overrides
 
@@ -123,23 +125,30 @@ def fold_graph(graph, *, fps: float | None = None, clock_mhz: float = 100.0,
         # floor of clock / fps, safe against float rounding (1e8 / (1e8 / 576) is 575.99...)
         target = max(1, math.floor(clock_mhz * 1e6 / fps * (1 + 1e-9)))
     return ChooseFolding(target_cycles=target, luts=luts,
-                         overrides=parse_fold_overrides(fold), mst=mst).apply(graph)
+                         overrides=parse_fold_overrides(fold), mst=mst,
+                         mst_max_depth=mst_max_depth).apply(graph)
 
 
 def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
                   fps: float | None = None, clock_mhz: float | None = None,
                   luts: int | None = None, fold: list[str] | None = None,
-                  board: str | None = None, mst: bool = False, rtl: bool = True) -> dict:
+                  board: str | None = None, mst: bool = False,
+                  mst_max_depth: int | None = None, rtl: bool = True) -> dict:
     """Compile a model file into the build folder ``output``: graph files, RTL and report.json.
 
     With ``board`` the folding is the fastest that fits that board at its clock (or the cheapest
     that meets ``fps`` and fits); otherwise it follows ``fps`` at ``clock_mhz`` (default 100),
     ``luts`` or the default balance. ``mst`` lets the folding use MST-compressed layers where
-    they are cheaper. The folder is written in full or not at all. Returns the report.
+    they are cheaper. ``mst_max_depth`` bounds the depth of every MST (channel order and
+    MST-compressed layers; ``None``: unbounded). The folder is written in full or not at all.
+    Returns the report.
     """
     from .compiler.folding import pipeline_cycles
 
     start = time.perf_counter()
+    if mst_max_depth is not None and (isinstance(mst_max_depth, bool)
+                                      or not isinstance(mst_max_depth, int) or mst_max_depth < 1):
+        raise ValueError(f"--mst-depth must be a positive whole number, not {mst_max_depth!r}")
     model = load(model_path)
     meta = model.bnnforge_meta
     name = str(meta.get("name") or Path(model_path).stem)
@@ -150,21 +159,23 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
         from .boards.fit import fit_to_board
 
         profile = get_board(board)
-        if luts is not None or fold or mst:
-            raise ValueError("--board chooses the folding itself; drop --luts/--fold/--mst, or "
+        if luts is not None or fold:
+            raise ValueError("--board chooses the folding itself; drop --luts/--fold, or "
                              "drop --board and fold by hand")
         if clock_mhz is not None and clock_mhz != profile.clock_mhz:
             profile = profile.with_clock(clock_mhz)
         clock_mhz = float(profile.clock_mhz)
-        graph = fit_to_board(graph, profile, fps=fps)
+        graph = fit_to_board(graph, profile, fps=fps, mst=mst, mst_max_depth=mst_max_depth)
     else:
         clock_mhz = 100.0 if clock_mhz is None else float(clock_mhz)
-        graph = fold_graph(graph, fps=fps, clock_mhz=clock_mhz, luts=luts, fold=fold, mst=mst)
+        graph = fold_graph(graph, fps=fps, clock_mhz=clock_mhz, luts=luts, fold=fold, mst=mst,
+                           mst_max_depth=mst_max_depth)
+    from .boards.build import estimate_design_brams, estimate_design_luts
     from .compiler.mst import OrderChannelsByMST, analyse_graph
     from .sim.fifo_sizing import SizeFifos
 
     graph = SizeFifos().apply(graph)
-    graph = OrderChannelsByMST().apply(graph)
+    graph = OrderChannelsByMST(max_depth=mst_max_depth).apply(graph)
     with staged_folder(output) as tmp:
         save_graph(graph, tmp)
         reloaded = load_graph(tmp)
@@ -185,6 +196,9 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
             "fifo_depths": {n: int(reloaded.attrs(n).get("fifo_depth", 2))
                             for n in reloaded.order()},
             "mst": analyse_graph(reloaded),
+            "mst_max_depth": mst_max_depth,
+            "resources_estimate": {"luts": estimate_design_luts(reloaded),
+                                   "brams": estimate_design_brams(reloaded)},
             "wall_s": round(time.perf_counter() - start, 3)})
     return report
 

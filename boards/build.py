@@ -48,6 +48,7 @@ from ..compiler.folding import (
     FoldingError,
     estimate_brams,
     estimate_luts,
+    estimate_mst_luts,
     matrix_ops,
     pipeline_cycles,
     ram_blocks,
@@ -141,7 +142,10 @@ def estimate_design_luts(graph: DataflowGraph) -> int:
         fold = graph.attrs(name).get("fold")
         if not fold:
             raise FoldingError(f"stage {name!r} has no folding; run ChooseFolding first")
-        total += estimate_luts(op, fold["pe"], fold["simd"], counts[name])
+        if fold.get("mst"):
+            total += estimate_mst_luts(op, graph.attrs(name).get("mst"))
+        else:
+            total += estimate_luts(op, fold["pe"], fold["simd"], counts[name])
         if isinstance(op, BinaryConv):
             total += _window_cells(op, op.in_shape[0] * op.input_bits)
             width = op.channels

@@ -18,6 +18,7 @@ from ..compiler.folding import (
     FoldingError,
     divisors,
     matrix_ops,
+    mst_eligible,
     pipeline_cycles,
     stage_cycles,
 )
@@ -42,11 +43,23 @@ def _targets(graph: DataflowGraph) -> list[int]:
     return sorted(out)
 
 
-def _fold(graph: DataflowGraph, target: int):
-    """ChooseFolding at ``target`` cycles per frame: (graph, LUT estimate, cycles, block-RAM
-    bits), or None."""
+def _with_trees(graph: DataflowGraph, max_depth: int | None) -> DataflowGraph:
+    """``graph`` with the MST of every stage that may become an MST-compressed layer, computed
+    once (ChooseFolding uses an existing ``mst`` attribute as it is)."""
+    from ..compiler.mst import layer_tree, tree_attr
+
+    out = graph.copy()
+    for name, op in graph:
+        if mst_eligible(op) and out.attrs(name).get("mst") is None:
+            out.attrs(name)["mst"] = tree_attr(layer_tree(op, max_depth=max_depth))
+    return out
+
+
+def _fold(graph: DataflowGraph, target: int, mst: bool = False):
+    """ChooseFolding at ``target`` cycles per frame (with MST-compressed layers where cheaper
+    when ``mst``): (graph, LUT estimate, cycles, block-RAM bits), or None."""
     try:
-        folded = ChooseFolding(target_cycles=target).apply(graph)
+        folded = ChooseFolding(target_cycles=target, mst=mst).apply(graph)
     except FoldingError:
         return None
     return (folded, estimate_design_luts(folded), max(pipeline_cycles(folded).values()),
@@ -73,7 +86,8 @@ def _budget(profile: BoardProfile) -> int:
 
 
 def fit_to_board(graph: DataflowGraph, board, *, fps: float | None = None,
-                 clock_mhz: float | None = None) -> DataflowGraph:
+                 clock_mhz: float | None = None, mst: bool = False,
+                 mst_max_depth: int | None = None) -> DataflowGraph:
     """Fold ``graph`` for ``board``: the fastest balanced folding that fits its logic.
 
     Parameters
@@ -87,6 +101,10 @@ def fit_to_board(graph: DataflowGraph, board, *, fps: float | None = None,
         ``None``: the fastest folding that fits.
     clock_mhz
         The design clock (MHz); ``None``: the board's (``profile.clock_mhz``).
+    mst
+        Let every candidate use MST-compressed layers where they are estimated cheaper than the
+        dense folding (``ChooseFolding(mst=True)``), with trees of depth at most
+        ``mst_max_depth`` (``None``: unbounded).
 
     Returns
     -------
@@ -111,7 +129,9 @@ def fit_to_board(graph: DataflowGraph, board, *, fps: float | None = None,
     targets = _targets(graph)
     if not targets:
         raise ValueError(f"{_name(graph)} has no matrix stage to fold")
-    serial = _fold(graph, targets[-1])
+    if mst:
+        graph = _with_trees(graph, mst_max_depth)
+    serial = _fold(graph, targets[-1], mst)
     if serial is None:
         raise ValueError(f"{_name(graph)} cannot be folded at {targets[-1]} cycles per frame")
     if serial[1] > budget:
@@ -128,9 +148,10 @@ def fit_to_board(graph: DataflowGraph, board, *, fps: float | None = None,
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
             raise ValueError(f"fps must be a positive number of frames per second, not {fps!r}")
         target = max(1, math.floor(clock * 1e6 / fps))
-        found = _fold(graph, target)
+        found = _fold(graph, target, mst)
         if found is None:
-            fastest = next(f for f in map(lambda t: _fold(graph, t), targets) if f is not None)
+            fastest = next(f for f in map(lambda t: _fold(graph, t, mst), targets)
+                           if f is not None)
             best = clock * 1e6 / fastest[2]
             raise ValueError(
                 f"{fps:,g} frames/s needs at most {target:,} cycles per frame at {clock:g} MHz; "
@@ -139,24 +160,24 @@ def fit_to_board(graph: DataflowGraph, board, *, fps: float | None = None,
                 "at this clock; lower --fps or raise the clock")
         if _fits(found, budget, profile):
             return found[0]
-        fit = _fastest(graph, targets, budget, profile, start=target)
+        fit = _fastest(graph, targets, budget, profile, start=target, mst=mst)
         most = math.floor(clock * 1e6 / fit[2])
         other = _bigger(profile, found[1])
         raise ValueError(
             f"{_name(graph)} at {fps:,g} frames/s needs ~{found[1]:,} LUTs; {where}: at most "
             f"{most:,} frames/s fits at {clock:g} MHz (--fps {most}), or choose a bigger "
             f"board{f' ({other})' if other else ''}")
-    return _fastest(graph, targets, budget, profile)[0]
+    return _fastest(graph, targets, budget, profile, mst=mst)[0]
 
 
 def _fastest(graph: DataflowGraph, targets: list[int], budget: int, profile: BoardProfile,
-             start: int = 0):
+             start: int = 0, mst: bool = False):
     """The fastest candidate (fewest cycles, above ``start``) whose estimates fit ``budget``
     and the board's block RAM."""
     for target in targets:
         if target < start:
             continue
-        found = _fold(graph, target)
+        found = _fold(graph, target, mst)
         if found is not None and _fits(found, budget, profile):
             return found
     raise AssertionError("the serial folding fits but no target does")   # checked by the caller

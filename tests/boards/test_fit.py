@@ -93,3 +93,51 @@ def test_fps_that_does_not_fit(tfc):
     most = int(re.search(r"at most ([\d,]+) frames/s", str(info.value))[1].replace(",", ""))
     fit_to_board(tfc, "ice40-hx8k", fps=most)                  # the suggestion fits
     assert most == math.floor(12e6 / cycles(fit_to_board(tfc, "ice40-hx8k")))
+
+
+def similar_rows(arch):
+    """A model whose hidden layers' weight rows are near copies of one row (as after MST training)."""
+    import torch
+
+    from bnnforge.nn import BinaryLinear
+
+    model = randomize_model(archs.build(arch, MNIST, 10), 1)
+    hidden = [m for m in model.modules() if isinstance(m, BinaryLinear)][1:-1]
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in hidden:
+            base = torch.rand(layer.weight.shape[1], generator=gen) - 0.5
+            flips = torch.rand(layer.weight.shape, generator=gen) < 0.01
+            layer.weight.copy_(torch.where(flips, -base, base).expand_as(layer.weight))
+    return bnnforge.lower(model, MNIST, name=arch)
+
+
+def test_mst_layers_on_a_board():
+    """--board --mst: MST-compressed layers where cheaper, costed as such, in the fastest fit."""
+    from bnnforge.compiler.folding import estimate_luts, estimate_mst_luts
+
+    sfc = similar_rows("sfc")
+    profile = get_board("ulx3s-85f")
+    dense = fit_to_board(sfc, profile)
+    fit = fit_to_board(sfc, profile, mst=True)
+    mst = [n for n in matrix_ops(fit) if fit.attrs(n)["fold"].get("mst")]
+    assert mst, "no stage became an MST layer at the fastest folding"
+    assert cycles(fit) <= cycles(dense)
+    assert estimate_design_luts(fit) <= HEADROOM * profile.luts
+    for name in mst:
+        op, attr = fit.op(name), fit.attrs(name)
+        assert attr["fold"]["pe"] == op.channels and attr["fold"]["simd"] == op.k
+        assert estimate_mst_luts(op, attr["mst"]) < estimate_luts(op, op.channels, op.k)
+    # the design estimate counts those stages as MST layers, not as dense fully parallel ones
+    as_dense = fit.copy()
+    for name in mst:
+        as_dense.attrs(name)["fold"] = {"pe": fit.op(name).channels, "simd": fit.op(name).k}
+    assert estimate_design_luts(fit) < estimate_design_luts(as_dense)
+    # a depth bound reaches the trees, and the folded graph computes the same scores
+    bounded = fit_to_board(sfc, profile, mst=True, mst_max_depth=3)
+    assert all(max(bounded.attrs(n)["mst"]["depth"]) <= 3 for n in matrix_ops(bounded)
+               if bounded.attrs(n)["fold"].get("mst"))
+    from conftest import random_frames
+
+    x = random_frames(MNIST, 64)
+    assert (bnnforge.reference(bounded, x) == bnnforge.reference(sfc, x)).all()
