@@ -58,7 +58,7 @@ FRONTS: tuple[dict[str, Any], ...] = (
 _COLOUR_AXES = ("arch", "quantizer", "mst_reg", "mst_depth", "board", "fps_target", "input_bits",
                 "epochs", "shift", "dataset", "clock_mhz", "seed")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p")
-_LOG_SPAN = 20.0  # an axis whose values span more than this factor is drawn logarithmic
+_LOG_SPAN = 10.0  # an axis whose values span more than this factor is drawn logarithmic
 
 
 def _num(value: Any) -> float | None:
@@ -176,7 +176,8 @@ def _si(value: float, _pos: Any = None) -> str:
 
 
 def _format_axis(ax: Any, which: str, key: str, log: bool) -> None:
-    """Scale and label one axis: logarithmic with 1-2-5 ticks as 20k, 50k; else 12,500."""
+    """Scale and label one axis: logarithmic with 1-2-5 ticks as 20k, 50k; else 12,500 (and
+    200k, 1.4M from 100,000 up)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     axis = ax.xaxis if which == "x" else ax.yaxis
@@ -186,7 +187,8 @@ def _format_axis(ax: Any, which: str, key: str, log: bool) -> None:
         axis.set_minor_formatter(NullFormatter())
         axis.set_major_formatter(FuncFormatter(_si))
     elif key != "accuracy":
-        axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.6g}"))
+        axis.set_major_formatter(FuncFormatter(
+            lambda v, _pos: _si(v) if abs(v) >= 1e5 else f"{v:,.6g}"))
 
 
 def _plot_front(path: Path, rows: Sequence[Mapping[str, Any]], spec: Mapping[str, Any],
@@ -368,8 +370,10 @@ table.points { border-collapse: collapse; font-size: 12.5px; font-variant-numeri
 .points tr.front td.point::before { content: "\\2605 "; color: #b7791f; }
 .points tr.failed, .points tbody tr.failed:nth-child(even) { background: #fdecec; }
 .points tr.failed td.status { color: #b91c1c; font-weight: 700; }
-.points td.error { white-space: normal; overflow-wrap: anywhere; min-width: 8rem;
-  max-width: 28rem; color: #b91c1c; }
+.points td.error { white-space: nowrap; overflow: hidden; text-overflow: ellipsis;
+  max-width: 22rem; color: #b91c1c; }
+.failures li { margin: .3em 0; }
+.failures .ids { color: #666; font-size: .85em; }
 .est { color: #b45309; font-size: .8em; margin-left: .2em; }
 """
 
@@ -443,6 +447,8 @@ def _cell(key: str, kind: str, fmt: Any, row: Mapping[str, Any], tags: str) -> s
     if key == "point" and row.get("report"):
         href = _e(quote(str(row["report"]), safe="/._-~"))
         text = f'<a href="{href}">{text}</a>'
+    if key == "error":                      # one line in the table; the whole text on hover
+        return f'<td class="error" title="{text}">{text}</td>'
     return f'<td class="{key}">{text}</td>'
 
 
@@ -540,6 +546,18 @@ def write_index(folder: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
                         for key, _, kind, fmt, _ in _TABLE)
         body.append(f"<tr{cls}>{cells}</tr>")
 
+    failures: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("status") != "ok":
+            failures.setdefault(str(row.get("error") or "no message"), []).append(
+                str(row.get("point")))
+    failed_html = ""
+    if failures:
+        items = "".join(f'<li><b>{len(ids)} point{"s" if len(ids) > 1 else ""}</b>: {_e(msg)} '
+                        f'<span class="ids">({_e(", ".join(ids))})</span></li>'
+                        for msg, ids in sorted(failures.items(), key=lambda kv: -len(kv[1])))
+        failed_html = f'<h2>Failures</h2>\n<ul class="failures">{items}</ul>'
+
     page = f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -567,6 +585,7 @@ failed points are shaded red.</p>
 {chr(10).join(body)}
 </tbody>
 </table>
+{failed_html}
 <script>{_JS}</script>
 </body>
 </html>

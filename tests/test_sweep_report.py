@@ -156,8 +156,10 @@ def test_write_index_escapes_links_and_marks(tmp_path):
     page = path.read_text(encoding="utf-8")
     assert EVIL not in page and "<img src=x" not in page and 'onclick="' not in page
     assert "&quot;&gt;&lt;img src=x onerror=alert(2)&gt;" in page
-    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 4  # title, h1, spec, error
-    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt; place and route failed") == 1
+    # title, h1, spec, the error cell and its hover title, the failures list
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 6
+    # the error cell, its hover title and the failures list
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt; place and route failed") == 3
     assert page.count("<script>") == 1  # the page's own sorting script
     assert 'href="javascript:' not in page
     assert 'href="javascript%3Aalert%283%29%22%20onclick%3D%22alert%284%29"' in page

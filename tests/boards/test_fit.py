@@ -96,7 +96,7 @@ def test_fps_that_does_not_fit(tfc):
 
 
 def similar_rows(arch):
-    """A model whose hidden layers' weight rows are near copies of one row (as after MST training)."""
+    """``arch`` with hidden weight rows that are near copies of one row (as MST training gives)."""
     import torch
 
     from bnnforge.nn import BinaryLinear
