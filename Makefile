@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test demo bench targets lint clean
+.PHONY: setup test test-fast demo bench targets lint clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ $(CHROMIUM):
 
 test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q -n 2 -p no:logging --durations=25 tests
+
+# the inner loop: unit, compiler and Amaranth-simulator tests, no RTL simulators, place and
+# route, mnist5k training, Dask cluster or browser (see the markers in pyproject.toml)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 -p no:logging -m "not (rtl or pnr or train or cluster or browser)" tests
 
 demo: $(STAMP)
 	$(PY) -m bnnforge demo

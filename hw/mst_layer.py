@@ -1,4 +1,4 @@
-"""The MST-compressed matrix-vector-threshold layer (DESIGN.md section 4, SIMD = K, PE = C).
+"""The MST-compressed matrix-vector-threshold layer (docs/design.md §4, SIMD = K, PE = C).
 
 Arithmetic (binary inputs; ``P = popcount(XNOR(x, w))`` over K elements, ``P >= T`` fires):
 

@@ -1,7 +1,7 @@
 """Binary layers for training BNNs that the bnnforge compiler can lower bit-exactly.
 
 Model inputs are float tensors in [0, 1] (uint8 pixels / 255). The numeric contract is in
-DESIGN.md section 2: bit 1 means +1, bit 0 means -1, ``sign(0) = +1``, binary convolutions pad
+docs/design.md §2: bit 1 means +1, bit 0 means -1, ``sign(0) = +1``, binary convolutions pad
 with -1, and no binary layer has a bias.
 """
 

@@ -1,7 +1,7 @@
 """Binarizers for training binary neural networks.
 
 Every binarizer has the same forward in eval mode: ``sign(x)`` with ``sign(0) = +1`` (bit 1
-means +1, bit 0 means -1; see DESIGN.md section 2). They differ in the gradient they let
+means +1, bit 0 means -1; see docs/design.md §2). They differ in the gradient they let
 through (the straight-through estimator, STE) and in what they do during training:
 
 ``"ste"``

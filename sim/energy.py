@@ -28,7 +28,7 @@ Coefficients
 Per FPGA family, a dict of ``xnor_pj``, ``adder_bit_pj``, ``acc_add_pj``, ``compare_pj``,
 ``score_op_pj``, ``rom_bit_pj``, ``reg_bit_pj``, ``static_mw`` and a ``source`` string. Board
 profiles hold their own; :data:`DEFAULT_COEFFICIENTS` are documented fallbacks derived as
-follows (see REFERENCES.md):
+follows (the sources are cited inline; docs/design.md §5):
 
 * ASIC base (Horowitz, ISSCC 2014, 45 nm, 0.9 V): int32 add 0.1 pJ, so an adder bit is
   0.1/32 ≈ 0.0031 pJ and an XNOR about half of one (0.0016 pJ); a 16-bit accumulator add or

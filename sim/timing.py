@@ -1,7 +1,7 @@
 """Cycle-accurate timing model of the generated accelerator: the cycle of every handshake.
 
 Values come from :mod:`bnnforge.sim.reference`; this module adds cycles. It implements the
-timing contract of DESIGN.md section 4 as the hardware blocks document it (their docstrings),
+timing contract of docs/design.md §4 as the hardware blocks document it (their docstrings),
 independently of the RTL: it never imports ``bnnforge.hw``.
 
 Stimulus contract (the arrays a cocotb testbench drives the RTL with)

@@ -128,6 +128,7 @@ def test_dry_run_lists_the_points(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.cluster
 def test_unreachable_scheduler_is_one_line(tmp_path, capsys):
     spec = _spec(tmp_path, "[axes]\nseed = [0]\n")
     code = main(["sweep", str(spec), "-o", str(tmp_path / "out"), "--no-progress",
@@ -139,6 +140,7 @@ def test_unreachable_scheduler_is_one_line(tmp_path, capsys):
 
 
 # -- a local cluster: results, failures, resumption -------------------------------------------
+@pytest.mark.pnr
 def test_local_sweep_records_failures_and_resumes(tmp_path):
     spec = _spec(tmp_path, """
 build = true
@@ -253,6 +255,9 @@ def cluster(tmp_path):
             os.killpg(p.pid, signal.SIGKILL)
 
 
+@pytest.mark.cluster
+@pytest.mark.rtl
+@pytest.mark.browser
 def test_sweep_survives_a_killed_worker_and_renders_in_chromium(tmp_path, cluster):
     address, workers = cluster
     spec = _spec(tmp_path, """

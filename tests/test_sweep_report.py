@@ -206,6 +206,7 @@ def accuracy_values(rows: list[list[str]], index: int) -> list[float | None]:
     return [None if v == "—" else float(v) for v in column(rows, index)]
 
 
+@pytest.mark.browser
 def test_page_in_chromium(tmp_path):
     rows = make_rows()
     index = write_sweep_report(tmp_path, rows, summary={"spec": "sweep.toml"})

@@ -16,7 +16,8 @@ from bnnforge.nn import BinaryActivation, BinaryLinear, InputQuant
 from bnnforge.nn.datasets import load_dataset
 from bnnforge.verify import verify_build
 
-pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+pytestmark = [pytest.mark.rtl,
+              pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")]
 
 
 def digits_mlp():

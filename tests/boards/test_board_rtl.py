@@ -17,7 +17,8 @@ from bnnforge.host import decode_answer, encode_frames, read_layout
 from bnnforge.hw.uart import BoardTop
 from conftest import random_frames, randomize_model, small_cnn, small_mlp
 
-pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+pytestmark = [pytest.mark.rtl,
+              pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")]
 
 HERE = Path(__file__).parent
 

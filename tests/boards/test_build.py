@@ -18,7 +18,8 @@ from bnnforge.nn import BinaryActivation, BinaryLinear, InputQuant, archs
 from bnnforge.sim import steady_cycles_per_frame
 from conftest import randomize_model
 
-pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+pytestmark = [pytest.mark.pnr,
+              pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")]
 
 MNIST = (1, 28, 28)
 

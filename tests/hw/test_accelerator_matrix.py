@@ -24,7 +24,8 @@ from bnnforge.buildfolder import read_report
 from bnnforge.flow import compile_model, train_model
 from bnnforge.verify import verify_build
 
-pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+pytestmark = [pytest.mark.rtl,
+              pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")]
 
 # Cycles per frame of the slowest stage for each folding (digits frames: 64 pixels).
 TARGETS = {

@@ -12,7 +12,8 @@ from bnnforge.hw.generate import emit_verilog
 from bnnforge.hw.harness import build_rtl, run_rtl
 from bnnforge.nn import BinaryActivation, BinaryConv2d, BinaryLinear, InputQuant
 
-pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+pytestmark = [pytest.mark.rtl,
+              pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")]
 
 SIMS = ["icarus", "verilator"]
 

@@ -206,6 +206,7 @@ def mst_build(tmp_path_factory):
     return folder
 
 
+@pytest.mark.rtl
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 @pytest.mark.parametrize("sim", ["icarus", "verilator"])
 def test_accelerator_with_mst_layers_verifies(mst_build, sim):

@@ -6,6 +6,7 @@ from bnnforge.nn import build, evaluate, load_dataset, predict_scores, train
 from bnnforge.nn.quantizers import BiPerWeightQuantizer, ReSTEQuantizer, reste_o
 
 
+@pytest.mark.train
 def test_sfc_ste_reaches_90_percent_on_mnist5k():
     ds = load_dataset("mnist5k")
     torch.manual_seed(0)
