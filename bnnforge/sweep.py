@@ -269,10 +269,9 @@ def train_point(out: str, point: dict) -> dict:
                                epochs=point["epochs"], input_bits=point["input_bits"],
                                seed=point["seed"], mst_reg=point["mst_reg"],
                                shift=point["shift"], progress=False)
-            atomic_write_bytes(tmp.with_suffix(".json"),
+            atomic_write_bytes(path.with_suffix(".json"),
                                json.dumps({"train_s": round(meta["train_seconds"], 3)}).encode())
-            os.replace(tmp.with_suffix(".json"), path.with_suffix(".json"))
-            os.replace(tmp, path)
+            os.replace(tmp, path)               # the model's presence marks the training done
         result["accuracy_torch"] = read_info(path)["meta"].get("accuracy_torch")
         timing = path.with_suffix(".json")
         if timing.exists():
