@@ -69,7 +69,8 @@ def _parser() -> _Parser:
     t.add_argument("-o", "--output", required=True, help="model file to write")
 
     c = sub.add_parser("compile", help="compile a model file into a build folder")
-    c.add_argument("model", help="model file written by 'bnnforge train' or bnnforge.save")
+    c.add_argument("model", help="model file written by 'bnnforge train' or bnnforge.save, "
+                   "or a QONNX file (.onnx) to import first")
     c.add_argument("-o", "--output", required=True, help="build folder to write")
     c.add_argument("--fps", type=float, default=None,
                    help="throughput target in frames/s at --clock-mhz (sets PE/SIMD)")
@@ -86,6 +87,12 @@ def _parser() -> _Parser:
     c.add_argument("--mst-depth", type=_positive_int, default=None, metavar="N",
                    help="bound every MST to depth N (channel order and MST layers)")
     c.add_argument("--no-rtl", action="store_true", help=argparse.SUPPRESS)
+
+    i = sub.add_parser("import", help="import a QONNX model exported by Brevitas (w1a1 FC)")
+    i.add_argument("model", help="QONNX file (.onnx) written by brevitas.export.export_qonnx")
+    i.add_argument("-o", "--output", required=True, help="model file to write")
+    i.add_argument("--check", type=_positive_int, default=None, metavar="N",
+                   help="compare with qonnx's executor on N random frames (argmax)")
 
     v = sub.add_parser("verify", help="run the RTL under cocotb and compare with the reference")
     v.add_argument("build", help="build folder written by 'bnnforge compile'")
@@ -166,6 +173,17 @@ def _run(args) -> int:
         print(f"{args.arch} on {args.dataset} ({args.quantizer}): held-out accuracy "
               f"{100 * meta['accuracy_torch']:.2f}% on {meta['test_frames']} frames, "
               f"trained in {meta['train_seconds']:.1f} s -> {args.output}")
+        return 0
+    if args.command == "import":
+        from .onnx_import import import_onnx_file
+
+        res = import_onnx_file(args.model, args.output, check=args.check)
+        print(f"imported {args.model} -> {args.output} ({len(res['model'])} layers, input "
+              f"{'x'.join(map(str, res['input_shape']))})")
+        if args.check:
+            print(f"{args.check} frames: qonnx and bnnforge agree on {res['agree']} of "
+                  f"{args.check} (argmax)")
+            return 0 if res["agree"] == args.check else 1
         return 0
     if args.command == "compile":
         report = flow.compile_model(args.model, args.output, fps=args.fps,

@@ -15,7 +15,8 @@ from .compiler.serialize import load_graph, save_graph
 from .modelfile import load, save
 from .sim.reference import reference
 
-__all__ = ["train_model", "compile_model", "accuracy_section", "layer_table", "fold_graph"]
+__all__ = ["train_model", "load_model", "compile_model", "accuracy_section", "layer_table",
+           "fold_graph"]
 
 
 def train_model(arch: str, dataset: str, quantizer: str, output: str | os.PathLike, *,
@@ -129,12 +130,28 @@ def fold_graph(graph, *, fps: float | None = None, clock_mhz: float = 100.0,
                          mst_max_depth=mst_max_depth).apply(graph)
 
 
+def load_model(path: str | os.PathLike):
+    """Load a bnnforge model file, or import a QONNX file (``.onnx``) in memory.
+
+    The module has ``input_shape`` (one frame) and ``bnnforge_meta`` set, as
+    :func:`bnnforge.load` gives them.
+    """
+    if str(path).lower().endswith(".onnx"):
+        from .onnx_import import import_onnx
+
+        model, input_shape, meta = import_onnx(path)
+        model.input_shape, model.bnnforge_meta = tuple(input_shape), dict(meta)
+        return model
+    return load(path)
+
+
 def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
                   fps: float | None = None, clock_mhz: float | None = None,
                   luts: int | None = None, fold: list[str] | None = None,
                   board: str | None = None, mst: bool = False,
                   mst_max_depth: int | None = None, rtl: bool = True) -> dict:
-    """Compile a model file into the build folder ``output``: graph files, RTL and report.json.
+    """Compile a model file (or a QONNX file, imported in memory) into the build folder
+    ``output``: graph files, RTL and report.json.
 
     With ``board`` the folding is the fastest that fits that board at its clock (or the cheapest
     that meets ``fps`` and fits); otherwise it follows ``fps`` at ``clock_mhz`` (default 100),
@@ -149,7 +166,7 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
     if mst_max_depth is not None and (isinstance(mst_max_depth, bool)
                                       or not isinstance(mst_max_depth, int) or mst_max_depth < 1):
         raise ValueError(f"--mst-depth must be a positive whole number, not {mst_max_depth!r}")
-    model = load(model_path)
+    model = load_model(model_path)
     meta = model.bnnforge_meta
     name = str(meta.get("name") or Path(model_path).stem)
     graph = lower(model, model.input_shape, name=name,
