@@ -70,6 +70,12 @@ def _error(capsys, argv, match):
     (["demo", "--board", "icestick", "-o", "out", "--no-progress"],
      r"bnnforge demo: error: unknown board 'icestick'; choose one of icebreaker, "),
     (["frobnicate"], r"bnnforge: error: argument COMMAND: invalid choice: 'frobnicate'"),
+    (["compile", "m.bnn", "-o", "out", "--mst-depth", "0"],
+     r"bnnforge compile: error: argument --mst-depth: expected a positive integer, not '0'"),
+    (["sweep", "missing.toml", "-o", "out"],
+     r"bnnforge sweep: error: spec missing.toml does not exist"),
+    (["import", "missing.onnx", "-o", "m.bnn"],
+     r"bnnforge import: error: ONNX file missing.onnx not found"),
 ])
 def test_user_errors_are_one_line(capsys, tmp_path, monkeypatch, argv, match):
     monkeypatch.chdir(tmp_path)

@@ -137,3 +137,27 @@ def test_errors():
     with pytest.raises(ValueError, match=r"an mst attribute needs 'weight' and 'roots', got "
                                          r"keys \['weight'\]"):
         estimate_mst_luts(vector_graph().op("fc0"), {"weight": 3})
+
+
+def test_compile_bounds_every_tree_with_mst_depth(tmp_path):
+    from bnnforge.flow import compile_model
+    from bnnforge.modelfile import save
+
+    model = clustered(randomize_model(small_mlp(1, hidden=32), 3), 3)
+    path = tmp_path / "m.pt"
+    save(model, path, (64,), {"name": "mlp"})
+    free = compile_model(path, tmp_path / "free", fps=100e6, clock_mhz=100.0, mst=True,
+                         rtl=False)["compile"]
+    report = compile_model(path, tmp_path / "build", fps=100e6, clock_mhz=100.0, mst=True,
+                           mst_max_depth=2, rtl=False)["compile"]
+    assert free["mst"]["max_depth"] > 2
+    assert report["mst_max_depth"] == 2 and report["mst"]["max_depth"] <= 2
+    graph = bnnforge.compiler.load_graph(tmp_path / "build")
+    for name in graph.order():
+        if "mst" in graph.attrs(name):
+            assert max(graph.attrs(name)["mst"]["depth"]) <= 2
+            assert graph.attrs(name)["mst"] == tree_attr(layer_tree(graph.op(name), max_depth=2))
+    assert report["resources_estimate"]["luts"] > 0
+    with pytest.raises(ValueError, match="--mst-depth must be a positive whole number, not 0"):
+        compile_model(path, tmp_path / "zero", mst_max_depth=0)
+    assert not (tmp_path / "zero").exists()
