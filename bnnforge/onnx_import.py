@@ -1,9 +1,10 @@
 """Import QONNX models exported by Brevitas (``export_qonnx``) as bnnforge models.
 
 :func:`import_onnx` reads a QONNX file and builds the equivalent ``nn.Sequential`` of bnnforge
-layers (``InputQuant``, ``Flatten``, ``BinaryLinear``, ``BatchNorm1d``, ``BinaryActivation``),
-so lowering, compiling and verifying go exactly as for any bnnforge model. Supported today: the
-fully connected w1a1 graphs of FINN's BNN-PYNQ family (tfc, sfc, lfc) as the dynamo and the
+layers (``InputQuant``, ``BinaryConv2d``, ``BatchNorm2d``, ``MaxPool2d``, ``Flatten``,
+``BinaryLinear``, ``BatchNorm1d``, ``BinaryActivation``), so lowering, compiling and verifying
+go exactly as for any bnnforge model. Supported today: the w1a1 graphs of FINN's BNN-PYNQ
+family, fully connected (tfc, sfc, lfc) and convolutional (cnv), as the dynamo and the
 TorchScript exporters write them. Anything else is refused at the front door with one line
 naming the node and the fix.
 
@@ -12,11 +13,20 @@ Mapping (docs/design.md §2 for the numeric contract):
 - every node whose inputs are all constants is folded first (initializers, ``Constant`` nodes,
   initializers listed as graph inputs);
 - the input chain up to the first ``BipolarQuant`` is evaluated in float32 for all 256 byte
-  values; its bit must be ``byte >= 128`` (``InputQuant(bits=1)``);
+  values; its bit must be ``byte >= T`` for one T (``InputQuant(bits=1, threshold=T)``);
+- an input ``Quant`` (CNV's 8-bit Q1.7 after ``2x − 1``) is evaluated the same way, as qonnx
+  computes it (clip, then round; ``ROUND`` is half to even): the integer level of every byte
+  becomes ``InputQuant(bits=8, levels=...)`` and the scale moves into the first layer's
+  channel scale;
 - ``BipolarQuant`` on a constant gives binary weights; positive scales (per tensor or per
-  output channel, times the scalar scale of the binary activations feeding the layer) become
-  ``BinaryLinear(scale="channel")``'s ``alpha``;
-- ``BatchNormalization`` becomes ``BatchNorm1d`` with its own parameters and ``epsilon``;
+  output channel, times the scalar scale of the activations feeding the layer) become
+  ``BinaryLinear``/``BinaryConv2d(scale="channel")``'s ``alpha``;
+- ``Conv`` (group 1, dilation 1, no padding, no bias) becomes ``BinaryConv2d``; a 2x2 stride-2
+  ``MaxPool`` after a binary activation becomes ``MaxPool2d(2)``; the ``Reshape``/``Flatten``
+  to (N, C·H·W) before the first dense layer becomes ``Flatten`` (torch's order; lowering
+  permutes the weights);
+- ``BatchNormalization`` becomes ``BatchNorm1d`` (``BatchNorm2d`` after a Conv) with its own
+  parameters and ``epsilon``;
 - any other chain of elementwise ``Add``/``Sub``/``Mul``/``Div`` with constants (TensorNorm, the
   tail after the last layer) is composed in float64 into ``a·x + c`` and kept as a
   ``BatchNorm1d`` with ``running_mean = 0``, ``running_var = 1``, ``eps = 0``, ``weight = a``,
@@ -37,8 +47,8 @@ _FOLDABLE = frozenset({
     "Reshape", "Flatten", "Transpose", "Identity", "Cast", "Squeeze", "Unsqueeze", "Shape",
     "Gather", "Concat", "Slice", "Neg", "Sqrt", "Pow", "Reciprocal", "Add", "Sub", "Mul", "Div",
 })
-_CONV_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool",
-                       "GlobalMaxPool", "Pad", "QuantAvgPool2d", "Im2Col"})
+_CONV_OPS = frozenset({"ConvTranspose", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+                       "Pad", "QuantAvgPool2d", "Im2Col", "LpPool", "MaxUnpool"})
 _MULTIBIT_OPS = frozenset({"Quant", "IntQuant", "FloatQuant", "Trunc"})
 
 
@@ -146,6 +156,24 @@ def _check_scale(node, scale: np.ndarray) -> None:
                               f"{np.ravel(scale)[:4].tolist()}; bnnforge needs scales > 0")
 
 
+def _input_quant_name(graph) -> str | None:
+    """The ``Quant`` node the float input reaches through elementwise preprocessing, if any."""
+    consts = {t.name for t in graph.initializer} | {
+        o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    tensor = next((i.name for i in graph.input if i.name not in consts), None)
+    for _ in range(len(graph.node)):
+        users = [n for n in graph.node if tensor in n.input]
+        if len(users) != 1:
+            return None
+        node = users[0]
+        if node.op_type == "Quant":
+            return node.name or node.output[0]
+        if node.op_type not in _ELEMENTWISE + ("Reshape", "Flatten", "Identity"):
+            return None
+        tensor = node.output[0]
+    return None
+
+
 def _refuse_unsupported(graph) -> None:
     from onnx import numpy_helper
 
@@ -157,22 +185,24 @@ def _refuse_unsupported(graph) -> None:
                                   "transformations")
     for node in graph.node:
         if node.op_type in _CONV_OPS:
-            raise OnnxImportError(f"{_node_label(node)}: convolutional QONNX models are not "
-                                  "supported yet (CNV needs a first-layer input table); "
-                                  "import a fully connected w1a1 model (tfc, sfc, lfc)")
+            raise OnnxImportError(f"{_node_label(node)} is not supported; bnnforge imports "
+                                  "Conv (binary weights) and 2x2 MaxPool after a binary "
+                                  "activation, as in CNV")
+    input_quant = _input_quant_name(graph)
     for node in graph.node:
-        if node.op_type in _MULTIBIT_OPS:
+        if node.op_type in _MULTIBIT_OPS and (node.name or node.output[0]) != input_quant:
             bits = consts.get(node.input[3]) if len(node.input) > 3 else None
             width = (f", {float(np.ravel(numpy_helper.to_array(bits))[0]):g}-bit"
                      if bits is not None else "")
             raise OnnxImportError(f"{_node_label(node)[:-1]}{width}): bnnforge supports binary "
                                   "weights and activations; export a w1a1 model")
         known = node.op_type in _FOLDABLE or node.op_type in (
-            "Constant", "BipolarQuant", "Gemm", "MatMul", "BatchNormalization")
+            "Constant", "BipolarQuant", "Gemm", "MatMul", "BatchNormalization", "Conv",
+            "MaxPool", "Quant")
         if not known:
             raise OnnxImportError(f"{_node_label(node)} is not supported; bnnforge imports "
-                                  "chains of BipolarQuant, Gemm/MatMul, BatchNormalization and "
-                                  "elementwise Add/Sub/Mul/Div")
+                                  "chains of BipolarQuant, Conv, MaxPool, Gemm/MatMul, "
+                                  "BatchNormalization and elementwise Add/Sub/Mul/Div")
 
 
 # ------------------------------------------------------------------------------ the chain walk
@@ -239,17 +269,17 @@ def _affine_step(node, k: np.ndarray, k_first: bool, a, c):
     return a / k, c / k
 
 
-def _per_channel(node, value, channels: int) -> np.ndarray:
+def _per_channel(node, value, channels: int, spatial: bool = False) -> np.ndarray:
     value = np.asarray(value, dtype=np.float64)
+    shape = (1, channels, 1, 1) if spatial else (1, channels)
     try:
-        out = np.broadcast_to(value, (1, channels))
+        out = np.broadcast_to(value, shape)
     except ValueError:
-        raise OnnxImportError(f"{_node_label(node)} has a constant of shape {value.shape}; "
-                              f"expected a scalar or one value per channel ({channels})") from None
-    if value.ndim > 2:
+        out = None
+    if out is None or value.ndim > len(shape):
         raise OnnxImportError(f"{_node_label(node)} has a constant of shape {value.shape}; "
                               f"expected a scalar or one value per channel ({channels})")
-    return np.array(out[0])
+    return np.array(out.reshape(channels))
 
 
 def _binary_weight(node, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -263,8 +293,12 @@ def _binary_weight(node, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return w >= 0, scale
 
 
-def _input_threshold(nodes: list, walk: _Walk, input_shape: tuple, quant) -> bool:
-    """Check the input chain gives ``byte >= 128``; return whether it flattens the frame."""
+def _input_chain(nodes: list, walk: _Walk, input_shape: tuple) -> tuple[np.ndarray, bool]:
+    """Evaluate the input preprocessing in float32 on every byte value.
+
+    Returns the values, shape ``(256,) + frame shape`` (or ``(256, K)`` once flattened), and
+    whether the chain flattens the frame.
+    """
     x = np.arange(256, dtype=np.float32) / np.float32(255)
     y = np.broadcast_to(x.reshape((256,) + (1,) * len(input_shape)),
                         (256,) + tuple(input_shape)).copy()
@@ -290,20 +324,99 @@ def _input_threshold(nodes: list, walk: _Walk, input_shape: tuple, quant) -> boo
             a, b = (k, y) if k_first else (y, k)
             y = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
                  "Div": np.divide}[node.op_type](a, b).astype(np.float32)
+    return y, flattened
+
+
+def _input_threshold(y: np.ndarray, quant) -> int:
+    """The byte threshold T of the input chain's values ``y`` at the BipolarQuant.
+
+    Every input position's bit must be ``byte >= T`` for one T in 1..255
+    (``InputQuant(bits=1, threshold=T)``).
+    """
     bits = (y >= 0).reshape(256, -1)
-    want = (np.arange(256) >= 128)[:, None]
-    bad = np.nonzero(np.any(bits != want, axis=0))[0]
-    if len(bad):
-        column = bits[:, bad[0]]
-        ts = np.nonzero(column)[0]
-        if len(ts) and np.all(column[ts[0]:]):
-            found = f"at byte {ts[0]}"
-        else:
-            found = "that is not a single threshold on the byte"
-        raise OnnxImportError(f"{_node_label(quant)}: first-layer 1-bit input threshold "
-                              f"{found}; bnnforge supports 128 today (x = byte/255, bit = "
-                              "x >= 0.5)")
-    return flattened
+    if not np.all(bits == bits[:, :1]):
+        raise OnnxImportError(f"{_node_label(quant)}: the 1-bit input threshold differs between "
+                              "channels or pixels; bnnforge binarizes every byte with one "
+                              "threshold")
+    column = bits[:, 0]
+    ones = np.nonzero(column)[0]
+    if not len(ones) or not np.all(column[ones[0]:]) or not 1 <= ones[0] <= 255:
+        found = "constant" if len(ones) in (0, 256) else "not a single threshold on the byte"
+        raise OnnxImportError(f"{_node_label(quant)}: the first-layer 1-bit input is {found}; "
+                              "bnnforge binarizes bytes as byte >= T with T in 1..255")
+    return int(ones[0])
+
+
+# QONNX Quant's rounding modes (qonnx.custom_op.general.intquant.resolve_rounding_mode), kept
+# here so that importing needs only onnx (qonnx is the tests' oracle, not a dependency)
+_ROUNDING = {
+    "ROUND": np.round, "HALF_EVEN": np.round, "CEIL": np.ceil, "FLOOR": np.floor,
+    "UP": lambda x: np.sign(x) * np.ceil(np.abs(x)), "DOWN": np.fix,
+    "HALF_UP": lambda x: np.sign(x) * np.floor(np.abs(x) + 0.5),
+    "HALF_DOWN": lambda x: np.sign(x) * np.ceil(np.abs(x) - 0.5),
+}
+
+
+def _input_levels(y: np.ndarray, quant, walk: _Walk) -> tuple[list, float]:
+    """The integer level of every byte at a multi-bit input ``Quant``, and its scale.
+
+    Evaluates qonnx's ``Quant`` (``qonnx.custom_op.general.intquant.int_quant``) in float32:
+    ``q = round_mode(clip(y / scale + zeropt))``, output ``(q − zeropt)·scale``. The level is
+    ``q − zeropt``; it must be an integer and the same at every input position. The scale moves
+    after the first layer's sum (its channel scale).
+    """
+    attrs = _attrs(quant)
+    scale, zeropt, bitwidth = (walk.const(quant, i) for i in (1, 2, 3))
+    if scale.size != 1 or not np.isfinite(scale).all() or not np.all(scale > 0):
+        raise OnnxImportError(f"{_node_label(quant)} on the input has the scale "
+                              f"{np.ravel(scale)[:4].tolist()}; bnnforge needs one positive "
+                              "scale for the whole input")
+    bits = float(np.ravel(bitwidth)[0])
+    if bitwidth.size != 1 or zeropt.size != 1 or bits != int(bits) or not 2 <= bits <= 8:
+        raise OnnxImportError(f"{_node_label(quant)} on the input has bit width "
+                              f"{np.ravel(bitwidth)[:4].tolist()}; bnnforge takes an input "
+                              "quantizer of 2 to 8 bits with one scale and zero point")
+    signed, narrow = bool(attrs.get("signed", 1)), bool(attrs.get("narrow", 0))
+    mode = attrs.get("rounding_mode", "ROUND")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    rounding = _ROUNDING.get(mode.upper())
+    if rounding is None:
+        raise OnnxImportError(f"{_node_label(quant)} has rounding mode {mode!r}; QONNX defines "
+                              f"{', '.join(sorted(_ROUNDING))}")
+    scale32 = scale.astype(np.float32).reshape(())
+    zp32 = zeropt.astype(np.float32).reshape(())
+    q = y / scale32 + zp32
+    b = int(bits)
+    lo = (-(2 ** (b - 1)) + int(narrow)) if signed else 0
+    hi = (2 ** (b - 1) - 1) if signed else (2 ** b - 1 - int(narrow))
+    q = np.where(q > hi, np.float32(hi), q)
+    q = np.where(q < lo, np.float32(lo), q)
+    q = rounding(q).astype(np.float32)
+    level = (q - zp32).astype(np.float32)
+    level = level.reshape(256, -1)
+    if not np.all(level == level[:, :1]):
+        raise OnnxImportError(f"{_node_label(quant)}: the input preprocessing differs between "
+                              "channels or pixels; bnnforge maps every input byte through one "
+                              "table")
+    level = level[:, 0]
+    if not np.all(level == np.round(level)):
+        raise OnnxImportError(f"{_node_label(quant)}: the input levels q − zero point are not "
+                              f"integers (zero point {float(zp32):g}); bnnforge needs an "
+                              "integer level per input byte")
+    levels = [int(v) for v in level]
+    if max(levels) - min(levels) > 255:
+        raise OnnxImportError(f"{_node_label(quant)}: the input levels span "
+                              f"{min(levels)}..{max(levels)}, more than 256 values")
+    return levels, float(scale32)
+
+
+def _spatial_after(node, shape: tuple, kernel: tuple, stride: tuple) -> tuple:
+    c, h, w = shape
+    oh, ow = (h - kernel[0]) // stride[0] + 1, (w - kernel[1]) // stride[1] + 1
+    if oh < 1 or ow < 1:
+        raise OnnxImportError(f"{_node_label(node)} sees a {h}x{w} feature map, smaller than "
+                              f"its {kernel[0]}x{kernel[1]} window")
+    return oh, ow
 
 
 def import_onnx(path: str | os.PathLike):
@@ -343,44 +456,79 @@ def import_onnx(path: str | os.PathLike):
                               "bnnforge needs a fixed frame shape (N, C, H, W) or (N, K)")
     walk = _Walk(live, consts, graph.output[0].name)
 
-    # the input chain, up to the first BipolarQuant
+    # the input chain, up to the first BipolarQuant (1-bit input) or Quant (input table)
     tensor, pre = inputs[0].name, []
     node = walk.next(tensor)
-    while node is not None and node.op_type != "BipolarQuant":
+    while node is not None and node.op_type not in ("BipolarQuant", "Quant"):
         if node.op_type not in _ELEMENTWISE + ("Reshape", "Flatten", "Identity"):
             raise OnnxImportError(f"{_node_label(node)} sees the float input before any "
-                                  "BipolarQuant; bnnforge's first layer takes 1-bit inputs")
+                                  "BipolarQuant or Quant; bnnforge's first layer takes "
+                                  "quantized inputs")
         pre.append(node)
         tensor = node.output[0]
         node = walk.next(tensor)
     if node is None:
-        raise OnnxImportError(f"{path.name} has no BipolarQuant on its input; bnnforge's first "
-                              "layer takes 1-bit inputs")
-    act_scale = walk.const(node, 1)
-    _check_scale(node, act_scale)
-    flattened = _input_threshold(pre, walk, input_shape, node)
-    layers: list = [InputQuant(bits=1)]
-    if len(input_shape) > 1:
-        if not flattened:
-            raise OnnxImportError(f"{path.name} feeds a {input_shape} frame to a dense layer "
-                                  "without a Reshape/Flatten")
+        raise OnnxImportError(f"{path.name} has no BipolarQuant or Quant on its input; "
+                              "bnnforge's first layer takes quantized inputs")
+    y, flattened = _input_chain(pre, walk, input_shape)
+    if node.op_type == "BipolarQuant":
+        act_scale = walk.const(node, 1)
+        _check_scale(node, act_scale)
+        layers: list = [InputQuant(bits=1, threshold=_input_threshold(y, node))]
+        binary_act = True
+    else:
+        levels, s = _input_levels(y, node, walk)
+        act_scale = np.float64(s)
+        layers = [InputQuant(bits=8, levels=levels)]
+        binary_act = False
+    spatial = None if flattened or len(input_shape) == 1 else input_shape
+    if spatial is not None and len(spatial) != 3:
+        raise OnnxImportError(f"{path.name} has {input_shape} frames; bnnforge takes (C, H, W) "
+                              "images or (K,) vectors")
+    if flattened and len(input_shape) > 1:
         layers.append(nn.Flatten())
     tensor = node.output[0]
 
     while True:
         act_node, node = node, walk.next(tensor)
-        if node is None or node.op_type not in ("Gemm", "MatMul"):
+        if node is not None and node.op_type == "MaxPool" and spatial is not None:
+            if not binary_act:
+                raise OnnxImportError(f"{_node_label(node)} max-pools the quantized input; "
+                                      "bnnforge max-pools binary activations only")
+            spatial = _maxpool(node, spatial)
+            layers.append(nn.MaxPool2d(2))
+            tensor = node.output[0]
+            node = walk.next(tensor)
+        if node is not None and node.op_type in ("Reshape", "Flatten") and spatial is not None:
+            _check_flatten(node, walk, spatial)
+            layers.append(nn.Flatten())
+            spatial = None
+            tensor = node.output[0]
+            node = walk.next(tensor)
+        want = "Conv" if spatial is not None else "Gemm or MatMul"
+        ops = ("Conv",) if spatial is not None else ("Gemm", "MatMul")
+        if node is None or node.op_type not in ops:
             what = "the graph ends" if node is None else _node_label(node)
             raise OnnxImportError(f"{what} after {_node_label(act_node)}; bnnforge expects a "
-                                  "Gemm or MatMul with binary weights there")
+                                  f"{want} with binary weights there")
         if act_scale.size != 1:
             raise OnnxImportError(f"{_node_label(act_node)} has a per-feature scale; bnnforge "
                                   "folds only one scalar activation scale into the next layer")
-        layer, lin = _linear(node, tensor, walk, float(np.ravel(act_scale)[0]))
+        scalar = float(np.ravel(act_scale)[0])
+        if spatial is not None:
+            layer, lin, spatial = _conv(node, tensor, walk, scalar, spatial)
+            channels = layer.out_channels
+        else:
+            layer, lin = _linear(node, tensor, walk, scalar)
+            channels = layer.out_features
         layers.append(layer)
         tensor = node.output[0]
         segment, node = [], walk.next(tensor)
         while node is not None and node.op_type != "BipolarQuant":
+            if node.op_type == "MaxPool":
+                raise OnnxImportError(f"{_node_label(node)} comes before the binary activation "
+                                      f"of {_node_label(lin)}; bnnforge max-pools binary "
+                                      "activations only (MaxPool after the sign)")
             if node.op_type not in _ELEMENTWISE + ("BatchNormalization",):
                 raise OnnxImportError(f"{_node_label(node)} after {_node_label(lin)} is not "
                                       "supported; expected BatchNormalization, elementwise "
@@ -388,27 +536,115 @@ def import_onnx(path: str | os.PathLike):
             segment.append(node)
             tensor = node.output[0]
             node = walk.next(tensor)
-        channels = layer.out_features
         if node is None:
+            if spatial is not None:
+                raise OnnxImportError(f"the graph ends after {_node_label(lin)}; bnnforge's "
+                                      "scores come from a Gemm/MatMul after a Flatten")
             bn = _affine_module(segment, walk, lin.output[0], channels, final=True)
             if bn is not None:
                 layers.append(bn)
             break
-        bn = _affine_module(segment, walk, lin.output[0], channels, final=False)
+        bn = _affine_module(segment, walk, lin.output[0], channels, final=False,
+                            spatial=spatial is not None)
         if bn is not None:
             layers.append(bn)
         act_scale = walk.const(node, 1)
         _check_scale(node, act_scale)
         layers.append(BinaryActivation())
+        binary_act = True
         tensor = node.output[0]
 
     model = nn.Sequential(*layers).eval()
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm1d):
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 m.num_batches_tracked.zero_()
     meta = {"name": path.stem, "source": path.name, "imported_from": "qonnx"}
     return model, input_shape, meta
+
+
+def _maxpool(node, spatial: tuple) -> tuple:
+    """Check a MaxPool is 2x2, stride 2, unpadded; return the pooled (C, H, W)."""
+    attrs = _attrs(node)
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    auto = attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    ok = (list(attrs.get("kernel_shape", [])) == [2, 2]
+          and list(attrs.get("strides", [1, 1])) == [2, 2] and not any(pads)
+          and list(attrs.get("dilations", [1, 1])) == [1, 1] and not attrs.get("ceil_mode", 0)
+          and auto in ("NOTSET", "VALID") and len([o for o in node.output if o]) == 1)
+    if not ok:
+        raise OnnxImportError(f"{_node_label(node)} is not a 2x2 max-pool with stride 2 and no "
+                              "padding; bnnforge supports MaxPool2d(2) only")
+    c, h, w = spatial
+    return (c, h // 2, w // 2)
+
+
+def _check_flatten(node, walk: _Walk, spatial: tuple) -> None:
+    """Check a Reshape/Flatten turns (N, C, H, W) into (N, C·H·W), torch's ``view(N, -1)``."""
+    size = int(np.prod(spatial))
+    if node.op_type == "Reshape":
+        shape = walk.const(node, 1).astype(np.int64).tolist()
+        ok = len(shape) == 2 and shape[0] in (-1, 0, 1) and shape[1] in (-1, size)
+        ok = ok and not (shape[0] == -1 and shape[1] == -1)
+        if ok and shape[0] == 0 and _attrs(node).get("allowzero", 0):
+            ok = False
+    else:
+        ok = _attrs(node).get("axis", 1) == 1
+    if not ok:
+        raise OnnxImportError(f"{_node_label(node)} does not flatten the {spatial} feature map "
+                              f"into {size} features; only (N, C, H, W) -> (N, C·H·W) is "
+                              "supported")
+
+
+def _conv(node, tensor: str, walk: _Walk, act_scale: float, spatial: tuple):
+    """Build the BinaryConv2d of a Conv whose data input is ``tensor``."""
+    import torch
+
+    from .nn.layers import BinaryConv2d
+
+    attrs = _attrs(node)
+    if node.input[0] != tensor:
+        raise OnnxImportError(f"{_node_label(node)} takes the data as its weight; bnnforge "
+                              "expects a constant weight")
+    w = walk.const(node, 1).astype(np.float64)
+    if w.ndim != 4:
+        raise OnnxImportError(f"{_node_label(node)} has a {w.ndim}-D weight; bnnforge supports "
+                              "2-D convolutions (4-D weights)")
+    if attrs.get("group", 1) != 1:
+        raise OnnxImportError(f"{_node_label(node)} is a grouped convolution "
+                              f"(group={attrs['group']}); bnnforge supports group=1 only")
+    if any(d != 1 for d in attrs.get("dilations", [1, 1])):
+        raise OnnxImportError(f"{_node_label(node)} is dilated ({attrs['dilations']}); "
+                              "bnnforge supports dilation 1 only")
+    auto = attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if any(attrs.get("pads", [0, 0, 0, 0])) or auto not in ("NOTSET", "VALID"):
+        raise OnnxImportError(f"{_node_label(node)}: padded convolutions are not supported yet "
+                              "(bnnforge pads binary maps with -1, ONNX with 0); export the "
+                              "model with padding=0")
+    if len(node.input) > 2 and node.input[2] and np.any(walk.const(node, 2) != 0):
+        raise OnnxImportError(f"{_node_label(node)} has a non-zero bias; binary layers have "
+                              "none: export the model with bias=False")
+    out_ch, in_ch, kh, kw = w.shape
+    if list(attrs.get("kernel_shape", [kh, kw])) != [kh, kw]:
+        raise OnnxImportError(f"{_node_label(node)} has kernel_shape {attrs['kernel_shape']} "
+                              f"but a {kh}x{kw} weight")
+    if in_ch != spatial[0]:
+        raise OnnxImportError(f"{_node_label(node)} takes {in_ch} channels but receives "
+                              f"{spatial[0]}")
+    stride = tuple(int(v) for v in attrs.get("strides", [1, 1]))
+    oh, ow = _spatial_after(node, spatial, (kh, kw), stride)
+    bits, scale = _binary_weight(node, w.reshape(out_ch, -1))
+    scale = scale * act_scale
+    unit = bool(np.all(scale == 1.0))
+    layer = BinaryConv2d(in_ch, out_ch, (kh, kw), stride=stride, padding=0,
+                         weight_quantizer="ste", scale="none" if unit else "channel")
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(np.where(bits, 1.0, -1.0).reshape(w.shape)).float())
+        if not unit:
+            layer.alpha.copy_(torch.from_numpy(scale).float())
+    return layer, node, (out_ch, oh, ow)
 
 
 def _linear(node, tensor: str, walk: _Walk, act_scale: float):
@@ -448,8 +684,10 @@ def _linear(node, tensor: str, walk: _Walk, act_scale: float):
     return layer, node
 
 
-def _affine_module(segment: list, walk: _Walk, start: str, channels: int, *, final: bool):
-    """The BatchNorm1d for the nodes after a layer (output ``start``) up to its sign or the end.
+def _affine_module(segment: list, walk: _Walk, start: str, channels: int, *, final: bool,
+                   spatial: bool = False):
+    """The BatchNorm1d (BatchNorm2d after a Conv) for the nodes after a layer (output
+    ``start``) up to its sign or the end.
     """
     import torch
     from torch import nn
@@ -457,17 +695,17 @@ def _affine_module(segment: list, walk: _Walk, start: str, channels: int, *, fin
     if not segment:
         return None
     if len(segment) == 1 and segment[0].op_type == "BatchNormalization" and not final:
-        return _batchnorm(segment[0], walk, channels)
+        return _batchnorm(segment[0], walk, channels, spatial)
     a, c = np.ones(channels), np.zeros(channels)
     x = start
     for node in segment:
         if node.op_type == "BatchNormalization":
-            bn = _batchnorm(node, walk, channels)
+            bn = _batchnorm(node, walk, channels, spatial)
             s = (bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)).numpy()
             a, c = a * s, (c - bn.running_mean.double().numpy()) * s + bn.bias.double().numpy()
         else:
             k, k_first = walk.operand(node, x)
-            a, c = _affine_step(node, _per_channel(node, k, channels), k_first, a, c)
+            a, c = _affine_step(node, _per_channel(node, k, channels, spatial), k_first, a, c)
         x = node.output[0]
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(c))):
         raise OnnxImportError(f"{_node_label(segment[-1])} makes the affine map non-finite")
@@ -475,14 +713,14 @@ def _affine_module(segment: list, walk: _Walk, start: str, channels: int, *, fin
         raise OnnxImportError(f"{_node_label(segment[-1])}: scores scaled by a non-positive "
                               "factor change the argmax; bnnforge needs a positive scale per "
                               "class after the last layer")
-    bn = nn.BatchNorm1d(channels, eps=0.0)
+    bn = (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(channels, eps=0.0)
     with torch.no_grad():
         bn.weight.copy_(torch.from_numpy(a).float())
         bn.bias.copy_(torch.from_numpy(c).float())
     return bn.eval()
 
 
-def _batchnorm(node, walk: _Walk, channels: int):
+def _batchnorm(node, walk: _Walk, channels: int, spatial: bool = False):
     import torch
     from torch import nn
 
@@ -498,7 +736,7 @@ def _batchnorm(node, walk: _Walk, channels: int):
     eps = float(attrs.get("epsilon", 1e-5))
     if np.any(var < 0) or eps < 0:
         raise OnnxImportError(f"{_node_label(node)} has a negative variance or epsilon")
-    bn = nn.BatchNorm1d(channels, eps=eps)
+    bn = (nn.BatchNorm2d if spatial else nn.BatchNorm1d)(channels, eps=eps)
     with torch.no_grad():
         bn.weight.copy_(torch.from_numpy(gamma))
         bn.bias.copy_(torch.from_numpy(beta))

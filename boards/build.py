@@ -111,6 +111,9 @@ def tool_environment() -> dict:
     return env
 
 
+_TABLE_LUTS_PER_BYTE = 8 * 32     # InputTable, per byte lane (uncalibrated)
+
+
 def estimate_design_luts(graph: DataflowGraph) -> int:
     """Rough logic-cell (LUT4 + FF) count of the board design.
 
@@ -130,6 +133,9 @@ def estimate_design_luts(graph: DataflowGraph) -> int:
         depth = graph.attrs(name).get("fifo_depth", 2) or 0
         total += depth * width              # the FIFO in front of the stage
         if isinstance(op, InputLayer):
+            if op.table is not None:
+                # uncalibrated: 8 output bits of an 8-input function per byte lane, ~32 LUT4 each
+                total += _TABLE_LUTS_PER_BYTE * width // 8
             width = width // 8 if op.bits == 1 else width
             continue
         if isinstance(op, MaxPool):

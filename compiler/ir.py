@@ -94,11 +94,23 @@ class InputLayer(Op):
     """The accelerator's input: one frame of unsigned 8-bit pixels, shape (C, H, W).
 
     ``bits`` is 1 when the first layer sees binarized pixels (bit = pixel >= ``threshold``,
-    i.e. x = pixel / 255 >= 0.5) and 8 when it sees the bytes themselves.
+    1..255; 128 is x = pixel / 255 >= 0.5) and 8 when it sees bytes: the pixels themselves, or
+    ``table[pixel]`` when ``table`` (256 ints 0..255) is set. A table comes from
+    ``InputQuant(levels=...)``: ``table = levels - min(levels)``; lowering folds the constant
+    ``min(levels)`` into the first layer's affine.
     """
 
     bits: int = 1
     threshold: int = 128
+    table: tuple | None = None
+
+    def __post_init__(self):
+        if self.table is not None:
+            table = tuple(int(v) for v in self.table)
+            if len(table) != 256 or not all(0 <= v <= 255 for v in table) or self.bits != 8:
+                raise ValueError("InputLayer table must be 256 integers 0..255 on an 8-bit "
+                                 f"input, not {len(table)} values (bits={self.bits})")
+            object.__setattr__(self, "table", table)
 
     kind = "input"
 

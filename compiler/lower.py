@@ -8,6 +8,7 @@ thresholds. :func:`lower` runs that pass by default.
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -75,6 +76,33 @@ def lower(model: nn.Module, input_shape: tuple, *, fold: bool = True,
     return graph
 
 
+def _offset_affine(a: np.ndarray, b: np.ndarray, offset: np.ndarray, k: int,
+                   final: bool) -> np.ndarray:
+    """Return ``b'`` with ``a * A + b'`` standing for ``a * (A + offset) + b`` per channel.
+
+    ``A`` is the hardware's sum over table bytes and ``offset`` the integer ``min(levels) * Σw``.
+    For a hidden layer only the sign matters: ``b'`` puts the exact (rational) threshold
+    ``A >= T`` (or ``A <= U`` for ``a < 0``) half-way between two integers, so
+    :class:`FoldThresholds` finds exactly ``T``. The score layer needs values: ``b + a * offset``
+    in float64.
+    """
+    if final:
+        return b + a * offset
+    lo, hi = -255 * k, 255 * k
+    out = b.copy()
+    for c in range(a.shape[0]):
+        ac, bc, off = float(a[c]), float(b[c]), int(offset[c])
+        if ac == 0.0:
+            continue
+        t = -Fraction(bc) / Fraction(ac) - off          # a > 0: A >= t; a < 0: A <= t
+        if ac > 0:
+            edge = min(max(math.ceil(t), lo - 1), hi + 1) - 0.5
+        else:
+            edge = min(max(math.floor(t), lo - 1), hi + 1) + 0.5
+        out[c] = -ac * edge
+    return out
+
+
 def _build(steps: list[Step], input_shape: tuple, name: str, meta: dict | None) -> DataflowGraph:
     graph = DataflowGraph(name, meta)
     first = steps[0]
@@ -83,12 +111,16 @@ def _build(steps: list[Step], input_shape: tuple, name: str, meta: dict | None) 
             f"the model must start with bnnforge.nn.InputQuant(bits=1 or 8); its first layer is "
             f"{first.name!r} ({type(first.module).__name__ if first.module else first.kind})")
     bits = int(first.module.bits)
+    levels = getattr(first.module, "levels", None)
+    level_min = min(levels) if levels is not None else 0   # the table's constant offset
+    table = tuple(int(v) - level_min for v in levels) if levels is not None else None
     frame = input_shape if len(input_shape) == 3 else (input_shape[0], 1, 1) \
         if len(input_shape) == 1 else None
     if frame is None:
         raise ValueError(f"input shape {input_shape} must be (C, H, W) or (K,)")
-    graph.add("input", InputLayer(in_shape=input_shape, out_shape=input_shape, bits=bits),
-              source=first.name)
+    threshold = int(getattr(first.module, "threshold", 128))
+    graph.add("input", InputLayer(in_shape=input_shape, out_shape=input_shape, bits=bits,
+                                  threshold=threshold, table=table), source=first.name)
     shape = input_shape          # the torch shape of the current tensor (no batch)
     fmap = input_shape if len(input_shape) == 3 else None   # last feature map before flatten
     stream_bits = bits           # bits per element of the current stream
@@ -100,8 +132,11 @@ def _build(steps: list[Step], input_shape: tuple, name: str, meta: dict | None) 
         nonlocal stream_bits
         s = p.step
         k = p.bits.shape[1]
+        b = p.b
+        if p.extra["input_bits"] == 8 and level_min:
+            b = _offset_affine(p.a, p.b, level_min * (2 * p.bits.sum(axis=1) - k), k, final)
         common = dict(k=k, channels=p.bits.shape[0], weights=pack_bits(p.bits),
-                      input_bits=p.extra["input_bits"], affine=np.stack([p.a, p.b]))
+                      input_bits=p.extra["input_bits"], affine=np.stack([p.a, b]))
         in_shape = graph.op(graph.output_node()).out_shape
         if final:
             if p.kind != "linear":
@@ -159,6 +194,14 @@ def _build(steps: list[Step], input_shape: tuple, name: str, meta: dict | None) 
                             f"BinaryConv2d {step.name!r} pads with {pad}; a binary layer pads "
                             "with -1 or +1")
                     pad_value = int(pad > 0)
+                elif levels is not None:
+                    if pad != round(pad) or not 0 <= pad - level_min <= 255:
+                        raise UnsupportedModelError(
+                            f"BinaryConv2d {step.name!r} pads with {pad}; on InputQuant levels "
+                            f"{level_min}..{max(levels)} it must be an integer level "
+                            f"{level_min}..{level_min + 255} (the pad byte is pad_value - "
+                            f"{level_min})")
+                    pad_value = int(pad) - level_min
                 else:
                     if pad != round(pad) or not 0 <= pad <= 255:
                         raise UnsupportedModelError(

@@ -43,6 +43,7 @@ __all__ = [
     "MVTU",
     "TREE_LEVELS_PER_STAGE",
     "Deserializer",
+    "InputTable",
     "InputThreshold",
     "MaxPool",
     "ScoreUnit",
@@ -1043,6 +1044,63 @@ class InputThreshold(wiring.Component):
         m.d.comb += [
             o.payload.eq(Cat(*[p[8 * c:8 * c + 8] >= self.threshold
                                for c in range(self.channels * self.pixels)])),
+            o.valid.eq(i_s.valid),
+            i_s.ready.eq(o.ready),
+        ]
+        return m
+
+
+class InputTable(wiring.Component):
+    """Map 8-bit pixels through a 256-entry table: byte c out = table[byte c in].
+
+    Parameters
+    ----------
+    channels : int
+    table : sequence of 256 ints 0..255
+    pixels : int
+        Pixels per transfer (default 1): byte ``p*channels + c`` maps to byte ``p*channels + c``.
+
+    Ports
+    -----
+    i_stream : In(stream.Signature(8 * channels * pixels)) — pixel p's channel c in bits
+        [8(p*channels + c), 8(p*channels + c) + 8).
+    o_stream : Out(stream.Signature(8 * channels * pixels)) — the mapped bytes, same layout.
+
+    Timing
+    ------
+    Combinational (one 256 x 8 logic ROM per byte lane): latency 0, ``valid``/``ready`` pass
+    straight through, so back-pressure reaches the producer in the same cycle.
+    """
+
+    @quiet_on_error
+    def __init__(self, channels, table, pixels=1):
+        self.channels = _positive_int("channels", channels)
+        self.pixels = _positive_int("pixels", pixels)
+        try:
+            values = [v for v in table]
+        except TypeError:
+            values = None
+        if values is None or len(values) != 256 or not all(
+                not isinstance(v, bool) and isinstance(v, (int, np.integer)) and 0 <= v <= 255
+                for v in values):
+            raise ValueError(f"table must be 256 integers 0..255, not {table!r}")
+        self.table = tuple(int(v) for v in values)
+        self.latency = 0
+        n = 8 * self.channels * self.pixels
+        super().__init__({"i_stream": In(stream.Signature(n)),
+                          "o_stream": Out(stream.Signature(n))})
+
+    def elaborate(self, platform):
+        m = Module()
+        i_s, o = self.i_stream, self.o_stream
+        for lane in range(self.channels * self.pixels):
+            byte = i_s.payload[8 * lane:8 * lane + 8]
+            out = o.payload[8 * lane:8 * lane + 8]
+            with m.Switch(byte):
+                for value in range(256):
+                    with m.Case(value):
+                        m.d.comb += out.eq(self.table[value])
+        m.d.comb += [
             o.valid.eq(i_s.valid),
             i_s.ready.eq(o.ready),
         ]

@@ -14,6 +14,7 @@ from ..compiler.ir import BinaryConv, BinaryDense, DataflowGraph, InputLayer, Ma
 from .components import (
     MVTU,
     Deserializer,
+    InputTable,
     InputThreshold,
     ScoreUnit,
     Serializer,
@@ -95,13 +96,13 @@ class Accelerator(wiring.Component):
 
     Structure and timing
     --------------------
-    A chain, in graph order, each stage preceded by its FIFO: input → [InputThreshold(P pixels)
-    if the first layer is binary]; BinaryConv → [Serializer(C*bits, P) if the stream still
-    carries P > 1 pixels per transfer] → SlidingWindow → MVTU; MaxPool → [Serializer] →
-    MaxPool; BinaryDense/ScoreLayer → MVTU/ScoreUnit with ``count`` = the transfers per frame of
-    its input stream (H·W/P for the first layer, H·W after a convolution; the unit collects
-    them into its input buffer). Each block's timing is its docstring's; ``stages`` lists the
-    blocks as ``(node, kind, component)`` in chain order.
+    A chain, in graph order, each stage preceded by its FIFO: input → [InputThreshold(P pixels) if
+    the first layer is binary, InputTable(P pixels) if its bytes go through a table]; BinaryConv →
+    [Serializer(C*bits, P) if the stream still carries P > 1 pixels per transfer] → SlidingWindow →
+    MVTU; MaxPool → [Serializer] → MaxPool; BinaryDense/ScoreLayer → MVTU/ScoreUnit with ``count`` =
+    the transfers per frame of its input stream (H·W/P for the first layer, H·W after a convolution;
+    the unit collects them into its input buffer). Each block's timing is its docstring's;
+    ``stages`` lists the blocks as ``(node, kind, component)`` in chain order.
     """
 
     def __init__(self, graph: DataflowGraph):
@@ -141,6 +142,8 @@ class Accelerator(wiring.Component):
                 if op.bits == 1:
                     add(name, "threshold", InputThreshold(c_in, op.threshold, per), depth)
                     bits = 1
+                elif op.table is not None:
+                    add(name, "table", InputTable(c_in, op.table, per), depth)
                 elif depth:
                     self.stages.append((name, "fifo", StreamFIFO(8 * c_in * per, depth)))
                 self.info.append({"name": name, "kind": op.kind, "fifo_depth": depth})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,26 +51,73 @@ def _pair(v, what: str) -> tuple[int, int]:
 class InputQuant(nn.Module):
     """Quantize input pixels in [0, 1] for the first binary layer.
 
-    ``bits=1``: +1.0 where ``x >= 0.5``, else -1.0. ``bits=8``: ``round(255 x)`` (0..255).
+    ``bits=1``: +1.0 where the pixel byte ``round(255 x) >= threshold`` (1..255, default 128,
+    i.e. ``x >= 0.5``), else -1.0; computed as ``sign(x - (threshold - 0.5) / 255)``.
+    ``bits=8``: ``q = round(255 x)`` (0..255); with ``levels`` (256 integers whose
+    ``max - min <= 255``) the first layer sees ``levels[q]`` instead of ``q``.
     """
 
-    def __init__(self, bits: int = 1):
+    def __init__(self, bits: int = 1, threshold: int = 128, levels=None):
         super().__init__()
         if bits not in (1, 8):
             raise ValueError(f"InputQuant supports bits=1 or bits=8, not {bits!r}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) \
+                or not 1 <= threshold <= 255:
+            raise ValueError(f"InputQuant threshold must be an integer 1..255, not {threshold!r}")
+        if bits == 8 and threshold != 128:
+            raise ValueError(f"InputQuant threshold={threshold} needs bits=1; bits=8 passes the "
+                             "byte on (use levels to map it)")
         self.bits = bits
+        self.threshold = int(threshold)
+        self.levels = None if levels is None else _check_levels(levels, bits)
+        if self.levels is not None:
+            self.register_buffer("level_table", torch.tensor(self.levels, dtype=torch.float32),
+                                 persistent=False)
 
     def forward(self, x):
         if self.bits == 1:
-            return sign(x - 0.5)
-        return torch.round(255.0 * x)
+            return sign(x - (self.threshold - 0.5) / 255.0)
+        q = torch.round(255.0 * x)
+        if self.levels is None:
+            return q
+        return self.level_table[q.clamp(0, 255).long()]
 
     def config(self) -> dict:
         """Return the constructor kwargs that recreate this layer."""
-        return {"bits": self.bits}
+        cfg: dict = {"bits": self.bits}
+        if self.threshold != 128:
+            cfg["threshold"] = self.threshold
+        if self.levels is not None:
+            cfg["levels"] = list(self.levels)
+        return cfg
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}"
+        extra = f", threshold={self.threshold}" if self.threshold != 128 else ""
+        if self.levels is not None:
+            extra += f", levels={min(self.levels)}..{max(self.levels)}"
+        return f"bits={self.bits}{extra}"
+
+
+def _check_levels(levels, bits: int) -> tuple:
+    """Return ``levels`` as a tuple of 256 ints, or raise ValueError saying what is wrong."""
+    if bits != 8:
+        raise ValueError(f"InputQuant levels need bits=8, not bits={bits!r}")
+    try:
+        arr = np.asarray(levels)
+    except Exception:                       # noqa: BLE001 - any unconvertible input
+        arr = None
+    if arr is None or arr.shape != (256,) or arr.dtype == bool \
+            or arr.dtype.kind not in "iuf" \
+            or (arr.dtype.kind == "f" and not np.all(np.isfinite(arr) & (arr == np.round(arr)))):
+        shape = None if arr is None else arr.shape
+        raise ValueError(f"InputQuant levels must be a sequence of 256 integers (one per byte), "
+                         f"not {type(levels).__name__} of shape {shape}")
+    out = tuple(int(v) for v in arr)
+    lo, hi = min(out), max(out)
+    if hi - lo > 255:
+        raise ValueError(f"InputQuant levels span {lo}..{hi} ({hi - lo} > 255); the hardware "
+                         "maps each byte to an unsigned byte level - min(levels)")
+    return out
 
 
 class _BinaryWeightLayer(nn.Module):

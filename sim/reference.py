@@ -115,7 +115,10 @@ def _run(graph: DataflowGraph, frames: np.ndarray, cache: _Weights, keep: bool) 
                 x = frames.transpose(0, 2, 3, 1)
             else:
                 x = frames.reshape(frames.shape[0], 1, 1, -1)
-            x = x >= op.threshold if op.bits == 1 else x
+            if op.bits == 1:
+                x = x >= op.threshold
+            elif op.table is not None:
+                x = np.asarray(op.table, dtype=np.uint8)[x]
         elif isinstance(op, BinaryConv):
             cols = _im2col(op, x)
             n, oh, ow, k = cols.shape

@@ -28,8 +28,8 @@ just before each edge.
 Model
 -----
 Every stage of the chain ``bnnforge.hw.generate.Accelerator`` builds is a *block* (FIFO,
-serializer, sliding window / max-pool, deserializer, MVTU, score unit; the input threshold is a
-wire).
+serializer, sliding window / max-pool, deserializer, MVTU, score unit; the input threshold and
+the input table are wires).
 Each block offers output token ``j`` from a cycle ``V_j`` on (and holds it), and is ready for
 input token ``j`` from a cycle ``r_j`` on (every block's input ``ready`` is a step for one token:
 once high it stays high until that token's handshake), so the handshake is ``max(V_j, r_j)``;
@@ -147,13 +147,14 @@ def _fifo_depth(graph: DataflowGraph, name: str) -> int:
 def chain(graph: DataflowGraph) -> list[dict]:
     """Return the accelerator's blocks in chain order, as plain dicts.
 
-    Each dict has ``node`` (graph stage), ``kind`` (``fifo``, ``threshold``, ``serializer``,
-    ``window``, ``maxpool``, ``deserializer``, ``mvtu``, ``mst``, ``score``), ``tokens`` (input
-    transfers per frame), ``out_tokens`` (output transfers per frame), ``width`` (input payload
-    bits) and the kind's parameters (``depth``; ``count``; ``steps``/``windows``/``pixels``;
-    ``cycles``/``latency``/``pe``/``simd``/``k``/``channels``/``input_bits``/``count`` — an
-    MVTU's or score unit's ``count`` is its input transfers per vector). The order and kinds
-    are those of ``Accelerator.stages`` in the hardware generator.
+    Each dict has ``node`` (graph stage), ``kind`` (``fifo``, ``threshold``, ``table``,
+    ``serializer``, ``window``, ``maxpool``, ``deserializer``, ``mvtu``, ``mst``, ``score``),
+    ``tokens`` (input transfers per frame), ``out_tokens`` (output transfers per frame), ``width``
+    (input payload bits) and the kind's parameters (``depth``; ``count``;
+    ``steps``/``windows``/``pixels``;
+    ``cycles``/``latency``/``pe``/``simd``/``k``/``channels``/``input_bits``/``count`` — an MVTU's
+    or score unit's ``count`` is its input transfers per vector). The order and kinds are those of
+    ``Accelerator.stages`` in the hardware generator.
     """
     if not isinstance(graph, DataflowGraph):
         raise TypeError(f"graph must be a DataflowGraph, not {graph!r}")
@@ -186,6 +187,8 @@ def chain(graph: DataflowGraph) -> list[dict]:
                 add(name, "threshold", depth)
                 bits = 1
                 width = c_in * per
+            elif op.table is not None:
+                add(name, "table", depth)       # a wire like the threshold, bytes out
             elif depth:
                 blocks.append({"node": name, "kind": "fifo", "depth": depth, "tokens": tokens,
                                "out_tokens": tokens, "width": width})
@@ -683,8 +686,8 @@ def simulate_timing(graph: DataflowGraph, frames: int, *, in_gaps=None, out_read
     prev = source
     aliases: dict[str, int] = {}
     for spec in specs:
-        if spec["kind"] == "threshold":       # a wire: same handshakes as the next block
-            aliases[f"{spec['node']}:threshold"] = len(blocks)
+        if spec["kind"] in ("threshold", "table"):    # a wire: the next block's handshakes
+            aliases[f"{spec['node']}:{spec['kind']}"] = len(blocks)
             continue
         blk = _BLOCKS[spec["kind"]](spec)
         blk.up = prev

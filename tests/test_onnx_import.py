@@ -273,23 +273,14 @@ def test_refuses_fpgadataflow(tfc_ts, tmp_path):
              "straight from Brevitas, before FINN's transformations", tmp_path)
 
 
-def test_refuses_convolutional(tmp_path):
-    model = _brevitas_model("cnv_1w1a", 2)
-    from brevitas.export import export_qonnx
-
-    path = tmp_path / "cnv.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export_qonnx(model, torch.rand(1, 3, 32, 32), export_path=str(path), dynamo=False)
-    _refuses(path, r"\(Conv\): convolutional QONNX models are not supported yet", tmp_path)
-
+def test_refuses_unsupported_conv_ops(tfc_ts, tmp_path):
+    """Convolutional graphs import (tests/test_onnx_import_cnv.py); other pooling does not."""
     def edit(g):
-        gemm = next(n for n in g.node if n.op_type == "MatMul")
-        gemm.op_type = "Conv"
-    _refuses(_edited(str(_export(_brevitas_model("tfc_1w1a", 2), tmp_path / "t.onnx",
-                                 "torchscript")), tmp_path, edit),
-             r"\(Conv\): convolutional QONNX models are not supported yet \(CNV needs a "
-             r"first-layer input table\)", tmp_path)
+        node = next(n for n in g.node if n.op_type == "MatMul")
+        node.op_type = "GlobalAveragePool"
+    _refuses(_edited(tfc_ts, tmp_path, edit), r"\(GlobalAveragePool\) is not supported; "
+             "bnnforge imports Conv \\(binary weights\\) and 2x2 MaxPool after a binary "
+             "activation", tmp_path)
 
 
 def test_refuses_unsupported_op(tfc_ts, tmp_path):
@@ -317,11 +308,24 @@ def test_refuses_non_finite(tfc_ts, tmp_path):
              r"\(BatchNormalization\) holds NaN or infinite parameters", tmp_path)
 
 
-def test_refuses_other_input_threshold(tfc_ts, tmp_path):
-    def edit(g):       # 2x - 0.5 >= 0: bit = x >= 0.25, byte >= 64
+def test_other_input_threshold_agrees_with_qonnx(tfc_ts, tmp_path):
+    """2x - 0.5 >= 0: bit = x >= 0.25, i.e. byte >= 64: InputQuant(bits=1, threshold=64)."""
+    def edit(g):
         _set_init(g, "/Constant_2_output_0", np.float32([0.5]))
-    _refuses(_edited(tfc_ts, tmp_path, edit), r"first-layer 1-bit input threshold at byte 64; "
-             "bnnforge supports 128 today", tmp_path)
+    path = _edited(tfc_ts, tmp_path, edit)
+    model, shape, _ = import_onnx(path)
+    assert model[0].threshold == 64
+    x = _frames(1000, seed=3)
+    assert check_against_qonnx(path, model, shape, 1000, seed=3) == 1000
+    ours = bnnforge.reference(bnnforge.lower(model, shape), x)
+    assert (np.argmax(ours, axis=1) == np.argmax(_qonnx_scores(path, x), axis=1)).all()
+
+
+def test_refuses_a_constant_input(tfc_ts, tmp_path):
+    def edit(g):       # 2x + 5 >= 0 for every byte
+        _set_init(g, "/Constant_2_output_0", np.float32([-5.0]))
+    _refuses(_edited(tfc_ts, tmp_path, edit), r"the first-layer 1-bit input is constant; "
+             "bnnforge binarizes bytes as byte >= T with T in 1..255", tmp_path)
 
 
 def test_refuses_negative_score_scale(tmp_path):
