@@ -619,10 +619,13 @@ def _conv(node, tensor: str, walk: _Walk, act_scale: float, spatial: tuple):
                               "bnnforge supports dilation 1 only")
     auto = attrs.get("auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else str(auto)
-    if any(attrs.get("pads", [0, 0, 0, 0])) or auto not in ("NOTSET", "VALID"):
-        raise OnnxImportError(f"{_node_label(node)}: padded convolutions are not supported yet "
-                              "(bnnforge pads binary maps with -1, ONNX with 0); export the "
-                              "model with padding=0")
+    if auto not in ("NOTSET", "VALID"):
+        raise OnnxImportError(f"{_node_label(node)} has auto_pad={auto}; bnnforge takes "
+                              "explicit pads: export with padding=(ph, pw)")
+    top, left, bottom, right = (int(v) for v in attrs.get("pads", [0, 0, 0, 0]))
+    if (top, left) != (bottom, right):
+        raise OnnxImportError(f"{_node_label(node)} pads asymmetrically ({top}, {left}, "
+                              f"{bottom}, {right}); bnnforge pads both sides alike")
     if len(node.input) > 2 and node.input[2] and np.any(walk.const(node, 2) != 0):
         raise OnnxImportError(f"{_node_label(node)} has a non-zero bias; binary layers have "
                               "none: export the model with bias=False")
@@ -634,12 +637,15 @@ def _conv(node, tensor: str, walk: _Walk, act_scale: float, spatial: tuple):
         raise OnnxImportError(f"{_node_label(node)} takes {in_ch} channels but receives "
                               f"{spatial[0]}")
     stride = tuple(int(v) for v in attrs.get("strides", [1, 1]))
-    oh, ow = _spatial_after(node, spatial, (kh, kw), stride)
+    c, h, wd = spatial
+    oh, ow = _spatial_after(node, (c, h + 2 * top, wd + 2 * left), (kh, kw), stride)
     bits, scale = _binary_weight(node, w.reshape(out_ch, -1))
     scale = scale * act_scale
     unit = bool(np.all(scale == 1.0))
-    layer = BinaryConv2d(in_ch, out_ch, (kh, kw), stride=stride, padding=0,
-                         weight_quantizer="ste", scale="none" if unit else "channel")
+    # ONNX pads with 0, which adds nothing to a ±1 (or level) sum: bnnforge's exact zero padding
+    layer = BinaryConv2d(in_ch, out_ch, (kh, kw), stride=stride, padding=(top, left),
+                         weight_quantizer="ste", scale="none" if unit else "channel",
+                         pad_value=0.0)
     with torch.no_grad():
         layer.weight.copy_(torch.from_numpy(np.where(bits, 1.0, -1.0).reshape(w.shape)).float())
         if not unit:

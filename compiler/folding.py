@@ -232,7 +232,11 @@ def estimate_luts(op, pe: int, simd: int, count: int = 1) -> int:
     per_bit = 10 if op.in_bits == 8 else 3
     datapath = pe * (simd * per_bit + 3 * acc_bits) + 2 * op.channels + _CONTROL_CELLS
     groups, folds = op.channels // pe, op.k // simd
-    rom = _memory_cells(pe * simd, groups * folds)[0] + _memory_cells(pe * acc_bits, groups)[0]
+    rom = _memory_cells(pe * simd, groups * folds)[0] + \
+        _memory_cells(pe * acc_bits, groups * getattr(op, "classes", 1))[0]
+    if getattr(op, "classes", 1) > 1:   # pad-class counters and the class register
+        _, oh, ow = op.out_shape
+        datapath += 2 * (int(oh).bit_length() + int(ow).bit_length() + op.classes.bit_length())
     if isinstance(op, ScoreLayer):
         datapath += op.channels * 40
     return int(datapath + rom + _buffer_cells(op, simd, count)[0])
@@ -243,7 +247,8 @@ def estimate_brams(op, pe: int, simd: int, count: int = 1) -> int:
     ROMs of 128 words or more, and an input buffer in RAM (:func:`estimate_luts`)."""
     acc_bits = max(1, math.ceil(math.log2(op.k * (255 if op.in_bits == 8 else 1) + 1))) + 2
     groups, folds = op.channels // pe, op.k // simd
-    return (_memory_cells(pe * simd, groups * folds)[1] + _memory_cells(pe * acc_bits, groups)[1]
+    return (_memory_cells(pe * simd, groups * folds)[1]
+            + _memory_cells(pe * acc_bits, groups * getattr(op, "classes", 1))[1]
             + _buffer_cells(op, simd, count)[1])
 
 
@@ -254,8 +259,10 @@ def folding_cost(op, pe: int, simd: int, count: int = 1) -> int:
 
 
 def mst_eligible(op) -> bool:
-    """Whether a stage can be an MST-compressed layer (a binary-input hidden matrix layer)."""
-    return isinstance(op, _Matrix) and op.input_bits == 1 and op.thresholds is not None
+    """Whether a stage can be an MST-compressed layer (a binary-input hidden matrix layer with
+    one threshold per channel: a convolution with pad classes is not)."""
+    return isinstance(op, _Matrix) and op.input_bits == 1 and op.thresholds is not None \
+        and op.classes == 1
 
 
 def estimate_mst_luts(op, tree=None) -> int:

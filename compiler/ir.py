@@ -146,6 +146,11 @@ class _Matrix(Op):
     def folded(self) -> bool:
         return self.thresholds is not None
 
+    @property
+    def classes(self) -> int:
+        """Rows of the threshold table: 1 (a convolution with pad classes has more)."""
+        return 1
+
     def weight_bits(self) -> np.ndarray:
         """Return the weights as a boolean (C_out, K) matrix (True = +1)."""
         return unpack_bits(self.weights, self.k)
@@ -173,14 +178,68 @@ class BinaryConv(_Matrix):
 
     The input is padded with ``pad_value`` (a bit for binary inputs, a byte for 8-bit inputs)
     by ``padding`` pixels on each side, then windows of ``kernel`` are taken every ``stride``.
+
+    When the model pads with a value the hardware cannot hold (0 in the ±1 domain, a level
+    whose byte is out of 0..255), the stage still pads with ``pad_value`` and corrects the
+    difference in its thresholds: the padded taps of an output depend only on its row class
+    (``row_class[oy]``) and column class (``col_class[ox]``), so ``thresholds`` (and ``affine``
+    before folding) get one row per class, shape (classes, C) (and (classes, 2, C)). Without
+    class maps the layer has one class and the usual (C,) and (2, C) shapes.
     """
 
     kernel: tuple = (1, 1)
     stride: tuple = (1, 1)
     padding: tuple = (0, 0)
     pad_value: int = 0
+    row_class: np.ndarray | None = field(default=None, repr=False)
+    col_class: np.ndarray | None = field(default=None, repr=False)
 
     kind = "conv"
+
+    def __post_init__(self):
+        rows, cols = self.row_class, self.col_class
+        if (rows is None) != (cols is None):
+            raise ValueError("BinaryConv needs both row_class and col_class, or neither")
+        n = self.classes
+        if rows is not None:
+            oh, ow = int(self.out_shape[1]), int(self.out_shape[2])
+            for what, arr, length in (("row_class", rows, oh), ("col_class", cols, ow)):
+                if not isinstance(arr, np.ndarray) or arr.shape != (length,) \
+                        or not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0:
+                    raise ValueError(f"BinaryConv {what} must be {length} non-negative integers "
+                                     f"(one per output {what[:3]}), not {arr!r}")
+        for what in ("thresholds", "affine"):
+            arr = getattr(self, what)
+            if arr is None:
+                continue
+            lead = (2,) if what == "affine" else ()
+            want = (*lead, self.channels) if n == 1 else (n, *lead, self.channels)
+            if tuple(arr.shape) != want:
+                raise ValueError(f"BinaryConv {what} must have shape {want} for {n} pad "
+                                 f"class(es), not {tuple(arr.shape)}")
+            if what == "affine" and n > 1 and not np.array_equal(arr[:, 0], arr[:1, 0].repeat(
+                    n, axis=0)):
+                raise ValueError("BinaryConv affine: the pad classes must share one scale "
+                                 "(row 0) per channel; only the offsets differ")
+
+    @property
+    def classes(self) -> int:
+        """Output-position classes with their own thresholds (1 unless the pad is corrected).
+
+        Output (oy, ox) has class ``row_class[oy] * (max(col_class) + 1) + col_class[ox]``.
+        """
+        if self.row_class is None:
+            return 1
+        return int((self.row_class.max() + 1) * (self.col_class.max() + 1))
+
+    def class_map(self) -> np.ndarray:
+        """Return the (OH, OW) class of every output position (all 0 for one class)."""
+        oh, ow = int(self.out_shape[1]), int(self.out_shape[2])
+        if self.row_class is None:
+            return np.zeros((oh, ow), dtype=np.int64)
+        ncol = int(self.col_class.max()) + 1
+        return self.row_class.astype(np.int64)[:, None] * ncol + \
+            self.col_class.astype(np.int64)[None, :]
 
 
 @dataclass(frozen=True, eq=False)

@@ -76,31 +76,63 @@ def lower(model: nn.Module, input_shape: tuple, *, fold: bool = True,
     return graph
 
 
-def _offset_affine(a: np.ndarray, b: np.ndarray, offset: np.ndarray, k: int,
-                   final: bool) -> np.ndarray:
-    """Return ``b'`` with ``a * A + b'`` standing for ``a * (A + offset) + b`` per channel.
+def _offset_affine(a: np.ndarray, b: np.ndarray, offset, k: int, final: bool,
+                   step: int = 1) -> np.ndarray:
+    """Return ``b'`` with ``a * s + b'`` standing for ``a * (s + offset) + b`` per channel.
 
-    ``A`` is the hardware's sum over table bytes and ``offset`` the integer ``min(levels) * Σw``.
-    For a hidden layer only the sign matters: ``b'`` puts the exact (rational) threshold
-    ``A >= T`` (or ``A <= U`` for ``a < 0``) half-way between two integers, so
-    :class:`FoldThresholds` finds exactly ``T``. The score layer needs values: ``b + a * offset``
-    in float64.
+    ``s`` is the hardware's signed sum: over table bytes (``step`` 1, range ±255·K), or the
+    binary ``2P - K`` (``step`` 2, range ±K); ``offset`` holds integers (``min(levels) * Σw``)
+    or exact rationals (a pad correction). For a hidden layer only the sign matters: ``b'``
+    puts the exact (rational) threshold ``s >= T`` (or ``s <= U`` for ``a < 0``) half-way
+    between two reachable sums, so :class:`FoldThresholds` finds exactly ``T``. The score layer
+    needs values: ``b + a * offset`` in float64.
     """
     if final:
-        return b + a * offset
-    lo, hi = -255 * k, 255 * k
+        return b + a * np.asarray(offset, dtype=np.float64)
+    lo, hi = (-255 * k, 255 * k) if step == 1 else (-k, k)
     out = b.copy()
     for c in range(a.shape[0]):
-        ac, bc, off = float(a[c]), float(b[c]), int(offset[c])
+        ac, bc, off = float(a[c]), float(b[c]), offset[c]
+        off = Fraction(int(off)) if isinstance(off, (int, np.integer)) else Fraction(off)
         if ac == 0.0:
             continue
-        t = -Fraction(bc) / Fraction(ac) - off          # a > 0: A >= t; a < 0: A <= t
+        t = -Fraction(bc) / Fraction(ac) - off          # a > 0: s >= t; a < 0: s <= t
         if ac > 0:
-            edge = min(max(math.ceil(t), lo - 1), hi + 1) - 0.5
+            g = lo + step * math.ceil((t - lo) / step)   # smallest reachable s >= t
+            edge = Fraction(min(max(g, lo - step), hi + step)) - Fraction(step, 2)
         else:
-            edge = min(max(math.floor(t), lo - 1), hi + 1) + 0.5
-        out[c] = -ac * edge
+            g = lo + step * math.floor((t - lo) / step)  # largest reachable s <= t
+            edge = Fraction(min(max(g, lo - step), hi + step)) + Fraction(step, 2)
+        out[c] = -ac * float(edge)
     return out
+
+
+def _pad_classes(bits: np.ndarray, in_shape: tuple, out_shape: tuple, kernel: tuple,
+                 stride: tuple, padding: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``row_class`` (OH,), ``col_class`` (OW,) and ``taps`` (classes, C).
+
+    ``taps[k, c]`` is the sum of channel c's ±1 weights over the padded taps (all input
+    channels) of an output of class k; class = ``row_class[oy] * ncol + col_class[ox]``.
+    """
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    cin, h, w = in_shape
+    _, oh, ow = out_shape
+    signs = np.where(bits, 1, -1).astype(np.int64).reshape(bits.shape[0], kh, kw, cin).sum(-1)
+
+    def classes(n_out, n_in, size, st, pad):
+        masks, index = [], []
+        for o in range(n_out):
+            mask = tuple(not 0 <= o * st + i - pad < n_in for i in range(size))
+            if mask not in masks:
+                masks.append(mask)
+            index.append(masks.index(mask))
+        return np.array(index, dtype=np.int64), np.array(masks, dtype=bool)
+
+    row_class, row_masks = classes(oh, h, kh, sh, ph)
+    col_class, col_masks = classes(ow, w, kw, sw, pw)
+    taps = np.stack([signs[:, rm[:, None] | cm[None, :]].sum(axis=1)
+                     for rm in row_masks for cm in col_masks])
+    return row_class, col_class, taps
 
 
 def _build(steps: list[Step], input_shape: tuple, name: str, meta: dict | None) -> DataflowGraph:
@@ -133,11 +165,30 @@ def _build(steps: list[Step], input_shape: tuple, name: str, meta: dict | None) 
         s = p.step
         k = p.bits.shape[1]
         b = p.b
-        if p.extra["input_bits"] == 8 and level_min:
-            b = _offset_affine(p.a, p.b, level_min * (2 * p.bits.sum(axis=1) - k), k, final)
-        common = dict(k=k, channels=p.bits.shape[0], weights=pack_bits(p.bits),
-                      input_bits=p.extra["input_bits"], affine=np.stack([p.a, b]))
         in_shape = graph.op(graph.output_node()).out_shape
+        eight = p.extra["input_bits"] == 8
+        level_offset = level_min * (2 * p.bits.sum(axis=1) - k) if eight else 0 * p.a
+        if eight and level_min:
+            b = _offset_affine(p.a, p.b, level_offset, k, final)
+        classes = {}
+        correction = p.extra.get("pad_correction", 0)
+        if correction:
+            # the hardware pads with pad_value; the model with pad_value + correction (§2)
+            rows, cols, taps = _pad_classes(p.bits, tuple(in_shape), tuple(s.out_shape),
+                                            p.extra["kernel"], p.extra["stride"],
+                                            p.extra["padding"])
+            bs = [_offset_affine(p.a, p.b, [int(lv) + correction * int(tc) for lv, tc in
+                                            zip(level_offset, taps[j], strict=True)],
+                                 k, False, 1 if eight else 2) for j in range(taps.shape[0])]
+            if len(bs) == 1:
+                b = bs[0]
+            else:
+                classes = dict(row_class=rows, col_class=cols)
+                b = np.stack(bs)
+        affine = np.stack([p.a, b]) if b.ndim == 1 else \
+            np.stack([np.stack([p.a, bk]) for bk in b])
+        common = dict(k=k, channels=p.bits.shape[0], weights=pack_bits(p.bits),
+                      input_bits=p.extra["input_bits"], affine=affine)
         if final:
             if p.kind != "linear":
                 raise UnsupportedModelError(
@@ -155,7 +206,8 @@ def _build(steps: list[Step], input_shape: tuple, name: str, meta: dict | None) 
             counters["conv"] += 1
             op = BinaryConv(in_shape=tuple(in_shape), out_shape=tuple(s.out_shape),
                             kernel=p.extra["kernel"], stride=p.extra["stride"],
-                            padding=p.extra["padding"], pad_value=p.extra["pad_value"], **common)
+                            padding=p.extra["padding"], pad_value=p.extra["pad_value"],
+                            **classes, **common)
         graph.add(node, op, source=s.name)
         stream_bits = 1
 
@@ -188,30 +240,24 @@ def _build(steps: list[Step], input_shape: tuple, name: str, meta: dict | None) 
                 wb = _f64(m.binary_weight()) > 0
                 wb = wb.transpose(0, 2, 3, 1).reshape(wb.shape[0], -1)   # (kh, kw, C) order
                 pad = float(m.pad_value)
+                if not math.isfinite(pad):
+                    raise UnsupportedModelError(
+                        f"BinaryConv2d {step.name!r} pads with {pad}; the pad value must be "
+                        "finite")
+                # the hardware pads with a bit or byte; any other value is corrected exactly
+                # in per-position-class thresholds (pad_correction = true - hardware element)
                 if stream_bits == 1:
-                    if pad not in (-1.0, 1.0):
-                        raise UnsupportedModelError(
-                            f"BinaryConv2d {step.name!r} pads with {pad}; a binary layer pads "
-                            "with -1 or +1")
-                    pad_value = int(pad > 0)
-                elif levels is not None:
-                    if pad != round(pad) or not 0 <= pad - level_min <= 255:
-                        raise UnsupportedModelError(
-                            f"BinaryConv2d {step.name!r} pads with {pad}; on InputQuant levels "
-                            f"{level_min}..{max(levels)} it must be an integer level "
-                            f"{level_min}..{level_min + 255} (the pad byte is pad_value - "
-                            f"{level_min})")
-                    pad_value = int(pad) - level_min
+                    pad_value = int(pad > 0) if pad in (-1.0, 1.0) else 0
+                    element = 2 * pad_value - 1
                 else:
-                    if pad != round(pad) or not 0 <= pad <= 255:
-                        raise UnsupportedModelError(
-                            f"BinaryConv2d {step.name!r} pads with {pad}; a layer on 8-bit "
-                            "inputs pads with an integer pixel value 0..255")
-                    pad_value = int(pad)
+                    byte = pad - level_min
+                    pad_value = int(byte) if byte == round(byte) and 0 <= byte <= 255 else 0
+                    element = pad_value + level_min
+                correction = Fraction(pad) - element if _pair(m.padding) != (0, 0) else 0
                 pending = _Pending(step, "conv", wb, _f64(m.channel_scale()),
                                    input_bits=stream_bits, kernel=_pair(m.kernel_size),
                                    stride=_pair(m.stride), padding=_pair(m.padding),
-                                   pad_value=pad_value)
+                                   pad_value=pad_value, pad_correction=correction)
             binary = False
             fmap = step.out_shape if len(step.out_shape) == 3 else None
         elif step.kind == "batchnorm":

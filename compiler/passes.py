@@ -34,7 +34,9 @@ def _threshold(a: float, b: float, k: int, input_bits: int) -> int:
 
 
 class FoldThresholds:
-    """Fold each binary layer's BatchNorm/scale affine into one integer threshold per channel.
+    """Fold each binary layer's BatchNorm/scale affine into one integer threshold per channel
+    (per channel and pad class for a convolution with pad classes: affine (classes, 2, C)
+    gives thresholds (classes, C)).
 
     A channel with a negative scale gets its weight row inverted (so every comparison is
     ``accumulator >= threshold``); a channel with a zero scale becomes constant (threshold at the
@@ -60,16 +62,21 @@ class FoldThresholds:
     def _fold_matrix(op: _Matrix) -> _Matrix:
         lo, hi = op.accumulator_range()
         bits = op.weight_bits()
-        thresholds = np.empty(op.channels, dtype=np.int64)
+        affine = op.affine if op.affine.ndim == 3 else op.affine[None]   # (classes, 2, C)
+        thresholds = np.empty((affine.shape[0], op.channels), dtype=np.int64)
         for c in range(op.channels):
-            a, b = float(op.affine[0, c]), float(op.affine[1, c])
-            if a == 0.0:
-                thresholds[c] = lo if b >= 0 else hi + 1
-                continue
+            a = float(affine[0, 0, c])          # one scale per channel, shared by the classes
             if a < 0:
                 bits[c] = ~bits[c]
-                a = -a
-            thresholds[c] = min(max(_threshold(a, b, op.k, op.input_bits), lo), hi + 1)
+            for j in range(affine.shape[0]):
+                b = float(affine[j, 1, c])
+                if a == 0.0:
+                    thresholds[j, c] = lo if b >= 0 else hi + 1
+                    continue
+                t = _threshold(abs(a), b, op.k, op.input_bits)
+                thresholds[j, c] = min(max(t, lo), hi + 1)
+        if op.affine.ndim == 2:
+            thresholds = thresholds[0]
         return dataclasses.replace(op, weights=pack_bits(bits), thresholds=thresholds,
                                    affine=None)
 

@@ -157,13 +157,15 @@ class _MatrixBase(wiring.Component):
         else:
             self.acc_range = (-255 * self.k, 255 * self.k)
 
-    def _engine(self, m: Module, en: Signal):
+    def _engine(self, m: Module, en: Signal, tag: Signal | None = None):
         """Build input buffer, sequencer, ROM, adder trees and accumulators.
 
         Returns (sums, ctl): ``sums`` the per-lane accumulator values including the current
         step (comb, valid at the accumulate stage), and ``ctl`` the accumulate stage's control
         signals (valid, n, last_s, last_n), plus ``ctl_before`` one stage earlier (for ROMs that
-        must present data at the accumulate stage).
+        must present data at the accumulate stage). With ``tag`` (a signal the caller sets when
+        a vector is taken, see ``self._take``), each ctl tuple gets a fifth element: the tag of
+        the vector that stage belongs to.
         """
         b, pe, simd = self.input_bits, self.pe, self.simd
         groups, folds = self.groups, self.folds
@@ -187,6 +189,7 @@ class _MatrixBase(wiring.Component):
         ]
         issue = Signal()
         m.d.comb += issue.eq(en & busy)
+        self._take = take
         with m.If(en), m.If(~busy | last_step):
             m.d.sync += busy.eq(take)
         with m.If(take):
@@ -225,11 +228,13 @@ class _MatrixBase(wiring.Component):
 
         # control pipeline: ctl[0] at issue, ctl[i] i enabled cycles later
         def ctl_regs(i):
-            return (Signal(name=f"ctl{i}_valid"), Signal(range(groups), name=f"ctl{i}_n"),
+            regs = (Signal(name=f"ctl{i}_valid"), Signal(range(groups), name=f"ctl{i}_n"),
                     Signal(name=f"ctl{i}_last_s"), Signal(name=f"ctl{i}_first_s"))
+            return regs if tag is None else (*regs, Signal.like(tag, name=f"ctl{i}_tag"))
         first_s = Signal()
         m.d.comb += first_s.eq(s == 0)
-        ctl = [(issue, n, last_s, first_s)]
+        ctl = [(issue, n, last_s, first_s)] if tag is None else \
+            [(issue, n, last_s, first_s, tag)]
         depth = 1 + self.tree_stages
         for i in range(1, depth + 1):
             regs = ctl_regs(i)
@@ -257,7 +262,7 @@ class _MatrixBase(wiring.Component):
             acc = Signal(Shape.cast(range(self.acc_range[0], self.acc_range[1] + 1)),
                          name=f"acc{p}", reset_less=True)
             total = Signal.like(acc, name=f"sum{p}")
-            valid, _, _, first = ctl[depth]
+            valid, _, _, first = ctl[depth][:4]
             m.d.comb += total.eq(Mux(first, 0, acc) + partial)
             with m.If(en & valid):
                 m.d.sync += acc.eq(total)
@@ -389,6 +394,21 @@ class _MatrixBase(wiring.Component):
         return terms[0]
 
 
+def _runs(index: Signal, values: list[int], shape) -> object:
+    """``values[index]`` for a list made of a few runs of equal values, as a chain of compares.
+
+    Pad classes are runs (border, interior, border), so this is a handful of comparators and
+    multiplexers. Unlike an ``Array`` lookup, which Yosys writes as a ``case`` in an
+    ``always @*`` block that Icarus does not evaluate until ``index`` first changes, it is
+    emitted as continuous assignments, so a 4-state simulator sees no X at time 0.
+    """
+    out = Const(values[0], shape)
+    for i in range(1, len(values)):
+        if values[i] != values[i - 1]:
+            out = Mux(index >= i, Const(values[i], shape), out)
+    return out
+
+
 class MVTU(_MatrixBase):
     """Matrix-vector-threshold unit: binary weights, one output bit per channel.
 
@@ -416,6 +436,13 @@ class MVTU(_MatrixBase):
         ``None`` (default): when :func:`~bnnforge.compiler.folding.input_buffer_in_ram` says so
         (``count > 1`` and at least two RAM words); ``True`` where it does not raises
         ``ValueError``. The timing is the same either way.
+    row_class, col_class : sequence of int or None
+        Pad classes of a convolution (:class:`~bnnforge.compiler.ir.BinaryConv`): the unit
+        counts vectors in output raster order (OH = len(row_class) rows of OW = len(col_class),
+        from reset, wrapping each frame) and compares vector (oy, ox) with threshold row
+        ``row_class[oy] * (max(col_class) + 1) + col_class[ox]``; ``thresholds`` is then one
+        row of C per class. The rows sit in the threshold ROM (``classes · C/PE`` words); the
+        timing is unchanged.
 
     Ports
     -----
@@ -458,16 +485,37 @@ class MVTU(_MatrixBase):
 
     @quiet_on_error
     def __init__(self, k, channels, pe, simd, weights, thresholds, input_bits=1, count=1,
-                 input_ram=None):
+                 input_ram=None, row_class=None, col_class=None):
         self._check(k, channels, pe, simd, weights, input_bits, "channels", count, input_ram)
-        t = list(thresholds) if not isinstance(thresholds, np.ndarray) else thresholds.tolist()
-        if len(t) != self.channels:
-            raise ValueError(f"thresholds must hold {self.channels} values, not {len(t)}")
-        for v in t:
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise TypeError(f"thresholds must be integers, not {v!r}")
         lo, hi = self.acc_range
-        self.thresholds = [min(max(int(v), lo), hi + 1) for v in t]
+        if (row_class is None) != (col_class is None):
+            raise ValueError("row_class and col_class go together: give both or neither")
+        if row_class is None:
+            rows = [thresholds]
+            self.row_class = self.col_class = None
+        else:
+            self.row_class = [int(v) for v in row_class]
+            self.col_class = [int(v) for v in col_class]
+            if not self.row_class or not self.col_class or \
+                    min(self.row_class + self.col_class) < 0:
+                raise ValueError(f"row_class and col_class must be non-empty lists of class "
+                                 f"indices >= 0, not {row_class!r} and {col_class!r}")
+            rows = list(thresholds)
+            want = (max(self.row_class) + 1) * (max(self.col_class) + 1)
+            if len(rows) != want:
+                raise ValueError(f"thresholds must hold {want} rows (one per pad class), "
+                                 f"not {len(rows)}")
+        #: thresholds per pad class (one row without class maps), clamped to the acc range
+        self.class_thresholds = []
+        for row in rows:
+            t = list(row) if not isinstance(row, np.ndarray) else row.tolist()
+            if len(t) != self.channels:
+                raise ValueError(f"thresholds must hold {self.channels} values, not {len(t)}")
+            for v in t:
+                if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                    raise TypeError(f"thresholds must be integers, not {v!r}")
+            self.class_thresholds.append([min(max(int(v), lo), hi + 1) for v in t])
+        self.thresholds = self.class_thresholds[0]
         self.latency = self.cycles + 3 + self.tree_stages
         super().__init__({"i_stream": In(stream.Signature(self.k * self.input_bits
                                                           // self.count)),
@@ -478,26 +526,34 @@ class MVTU(_MatrixBase):
         o = self.o_stream
         en = Signal()
         m.d.comb += en.eq(~(o.valid & ~o.ready))
-        sums, (valid, n, last_s, _), (_, n_before, _, _) = self._engine(m, en)
+        classes = len(self.class_thresholds)
+        tag = Signal(range(classes), name="pad_class") if classes > 1 else None
+        sums, ctl, ctl_before = self._engine(m, en, tag)
+        valid, n, last_s = ctl[:3]
+        n_before = ctl_before[1]
         pe, groups = self.pe, self.groups
         lo, hi = self.acc_range
         tshape = Shape.cast(range(lo, hi + 2))
         tw = tshape.width
         tsig = [Signal(tshape, name=f"thr{p}") for p in range(pe)]
-        if groups == 1:
+        if tag is not None:
+            self._class_counters(m, tag)
+        if groups == 1 and classes == 1:
             m.d.comb += [tsig[p].eq(self.thresholds[p]) for p in range(pe)]
         else:
-            init = []
-            for g in range(groups):
-                word = 0
-                for p in range(pe):
-                    word |= (self.thresholds[g * pe + p] & ((1 << tw) - 1)) << (p * tw)
-                init.append(word)
-            rom = Memory(shape=unsigned(pe * tw), depth=groups, init=init,
-                         attrs=rom_attrs(groups))
+            init = []                           # word cls * groups + g: lanes of group g
+            for row in self.class_thresholds:
+                for g in range(groups):
+                    word = 0
+                    for p in range(pe):
+                        word |= (row[g * pe + p] & ((1 << tw) - 1)) << (p * tw)
+                    init.append(word)
+            rom = Memory(shape=unsigned(pe * tw), depth=len(init), init=init,
+                         attrs=rom_attrs(len(init)))
             m.submodules.thresholds = rom
             rd = rom.read_port(domain="sync")
-            m.d.comb += [rd.addr.eq(n_before), rd.en.eq(en)]
+            addr = n_before if tag is None else ctl_before[4] * groups + n_before
+            m.d.comb += [rd.addr.eq(addr), rd.en.eq(en)]
             for p in range(pe):
                 m.d.comb += tsig[p].eq(rd.data[p * tw:(p + 1) * tw])
         bits = Signal(pe)
@@ -518,6 +574,21 @@ class MVTU(_MatrixBase):
             with m.If(done):
                 m.d.sync += o.payload.eq(full)
         return m
+
+    def _class_counters(self, m, tag):
+        """Count taken vectors per frame (output row oy, column ox; a frame is
+        len(row_class) * len(col_class) vectors) and set ``tag`` to the class of the vector
+        being taken: ``row_class[oy] * ncol + col_class[ox]``."""
+        oh, ow = len(self.row_class), len(self.col_class)
+        ncol = max(self.col_class) + 1
+        oy = Signal(range(oh), name="pad_oy")
+        ox = Signal(range(ow), name="pad_ox")
+        with m.If(self._take):
+            m.d.sync += tag.eq(_runs(oy, [r * ncol for r in self.row_class], tag.shape())
+                               + _runs(ox, self.col_class, tag.shape()))
+            m.d.sync += ox.eq(Mux(ox == ow - 1, 0, ox + 1))
+            with m.If(ox == ow - 1):
+                m.d.sync += oy.eq(Mux(oy == oh - 1, 0, oy + 1))
 
 
 class ScoreUnit(_MatrixBase):

@@ -56,6 +56,10 @@ def _mst_unit(graph: DataflowGraph, name: str, op, pe: int, simd: int) -> MSTLay
     if op.input_bits != 1:
         raise ValueError(f"stage {name!r}: an MST layer takes binary inputs only, not "
                          f"{op.input_bits}-bit inputs; drop 'mst' from its fold")
+    if op.classes > 1:
+        raise ValueError(f"stage {name!r}: an MST layer has one threshold per channel, but this "
+                         f"convolution has {op.classes} pad classes (its pad value is corrected "
+                         "per output position); drop 'mst' from its fold")
     tree = graph.attrs(name).get("mst")
     if not isinstance(tree, dict) or "parent" not in tree or "complement" not in tree:
         raise ValueError(f"stage {name!r} is folded as an MST layer but has no 'mst' attribute "
@@ -163,8 +167,10 @@ class Accelerator(wiring.Component):
                     mv = _mst_unit(graph, name, op, pe, simd)
                     add(name, "mst", mv)
                 else:
+                    classes = {} if op.classes == 1 else dict(
+                        row_class=op.row_class.tolist(), col_class=op.col_class.tolist())
                     mv = MVTU(op.k, op.channels, pe, simd, op.weights, op.thresholds,
-                              op.input_bits)
+                              op.input_bits, **classes)
                     add(name, "mvtu", mv)
                 self.info.append({"name": name, "kind": op.kind, "pe": pe, "simd": simd,
                                   "cycles_per_vector": mv.cycles, "fifo_depth": depth,

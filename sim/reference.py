@@ -86,11 +86,13 @@ def _signed(op, acc: np.ndarray) -> np.ndarray:
     return 2 * acc - op.k if op.input_bits == 1 else acc
 
 
-def _activate(op, acc: np.ndarray) -> np.ndarray:
+def _activate(op, acc: np.ndarray, cls: np.ndarray | None = None) -> np.ndarray:
+    """Output bits of (M, C) accumulators; ``cls`` (M,) picks each row's pad class."""
     if op.folded:
-        return acc >= op.thresholds[None, :]
-    a, b = op.affine
-    return a[None, :] * _signed(op, acc) + b[None, :] >= 0
+        t = op.thresholds if cls is None else op.thresholds[cls]
+        return acc >= np.atleast_2d(t)
+    a, b = op.affine if cls is None else (op.affine[0, 0], op.affine[cls, 1])
+    return np.atleast_2d(a) * _signed(op, acc) + np.atleast_2d(b) >= 0
 
 
 def _im2col(op: BinaryConv, x: np.ndarray) -> np.ndarray:
@@ -123,7 +125,8 @@ def _run(graph: DataflowGraph, frames: np.ndarray, cache: _Weights, keep: bool) 
             cols = _im2col(op, x)
             n, oh, ow, k = cols.shape
             acc = _accumulate(op, cols.reshape(-1, k), cache)
-            x = _activate(op, acc).reshape(n, oh, ow, op.channels)
+            cls = np.tile(op.class_map().reshape(-1), n) if op.classes > 1 else None
+            x = _activate(op, acc, cls).reshape(n, oh, ow, op.channels)
         elif isinstance(op, MaxPool):
             (kh, kw), (sh, sw) = op.kernel, op.stride
             _, oh, ow = op.out_shape[0], op.out_shape[1], op.out_shape[2]

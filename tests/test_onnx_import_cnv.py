@@ -225,8 +225,8 @@ def _refuses(path, match: str, tmp_path) -> None:
 @pytest.mark.parametrize("attr, value, match", [
     ("group", 2, r"\(Conv\) is a grouped convolution \(group=2\); bnnforge supports group=1"),
     ("dilations", [2, 2], r"\(Conv\) is dilated \(\[2, 2\]\); bnnforge supports dilation 1"),
-    ("pads", [1, 1, 1, 1], r"\(Conv\): padded convolutions are not supported yet"),
-    ("auto_pad", "SAME_UPPER", r"\(Conv\): padded convolutions are not supported yet"),
+    ("pads", [1, 1, 0, 0], r"\(Conv\) pads asymmetrically \(1, 1, 0, 0\)"),
+    ("auto_pad", "SAME_UPPER", r"\(Conv\) has auto_pad=SAME_UPPER; bnnforge takes explicit"),
 ])
 def test_refuses_conv_geometry(small_ts, tmp_path, attr, value, match):
     def edit(g):
@@ -326,3 +326,90 @@ def test_refuses_scores_from_a_conv(small_ts, tmp_path):
         g.node.extend(keep)
     _refuses(_edited(small_ts, tmp_path, edit), r"the graph ends after .*\(Conv\); bnnforge's "
              "scores come from a Gemm/MatMul after a Flatten", tmp_path)
+
+
+class _PaddedNet(torch.nn.Module):
+    """A Brevitas convnet of our own: 8-bit Q1.7 input, zero-padded binary convs (one strided),
+    max-pool, dense layers and TensorNorm — padding is where FINN users lose accuracy."""
+
+    def __init__(self):
+        super().__init__()
+        from brevitas.core.restrict_val import RestrictValueType
+        from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear
+        from brevitas_examples.bnn_pynq.models.common import CommonActQuant, CommonWeightQuant
+        from brevitas_examples.bnn_pynq.models.tensor_norm import TensorNorm
+
+        def conv(i, o, stride=1):
+            return QuantConv2d(i, o, 3, stride=stride, padding=1, bias=False,
+                               weight_quant=CommonWeightQuant, weight_bit_width=1)
+
+        def act():
+            return QuantIdentity(act_quant=CommonActQuant, bit_width=1)
+
+        self.features = torch.nn.Sequential(
+            QuantIdentity(act_quant=CommonActQuant, bit_width=8, min_val=-1.0,
+                          max_val=1.0 - 2.0 ** -7, narrow_range=False,
+                          restrict_scaling_type=RestrictValueType.POWER_OF_TWO),
+            conv(3, 8), torch.nn.BatchNorm2d(8), act(), torch.nn.MaxPool2d(2),
+            conv(8, 16, stride=2), torch.nn.BatchNorm2d(16), act())
+        self.head = torch.nn.Sequential(
+            QuantLinear(16 * 4 * 4, 32, bias=False, weight_quant=CommonWeightQuant,
+                        weight_bit_width=1), torch.nn.BatchNorm1d(32), act(),
+            QuantLinear(32, 10, bias=False, weight_quant=CommonWeightQuant, weight_bit_width=1),
+            TensorNorm())
+
+    def forward(self, x):
+        x = self.features(2.0 * x - torch.tensor([1.0]))
+        return self.head(x.view(x.shape[0], -1))
+
+
+@pytest.fixture(scope="module")
+def padded(tmp_path_factory):
+    torch.manual_seed(5)
+    rng = np.random.default_rng(5)
+    model = _PaddedNet()
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            randomize_bn(m, rng)
+        if hasattr(m, "weight") and type(m).__name__ in ("QuantConv2d", "QuantLinear"):
+            torch.nn.init.uniform_(m.weight.data, -1, 1)
+    model.eval()
+    path = tmp_path_factory.mktemp("padded") / "padded.onnx"
+    from brevitas.export import export_qonnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_qonnx(model, torch.rand(1, 3, 16, 16), export_path=str(path))
+    return model, str(path)
+
+
+def test_zero_padded_brevitas_model_matches_qonnx_and_brevitas(padded, tmp_path):
+    model, path = padded
+    out = tmp_path / "padded.bnn"
+    import_onnx_file(path, out)
+    ours_model = bnnforge.load(out)
+    convs = [m for m in ours_model if type(m).__name__ == "BinaryConv2d"]
+    assert [c.padding for c in convs] == [(1, 1), (1, 1)]
+    assert all(c.pad_value == 0.0 for c in convs)
+    x = np.random.default_rng(2).integers(0, 256, (FRAMES, 3, 16, 16), dtype=np.uint8)
+    graph = bnnforge.lower(ours_model, (3, 16, 16))
+    # level 0 is byte 128 after the table's shift: the first conv pads in hardware, one class;
+    # the binary conv's zero is no bit: per-border-class thresholds
+    assert graph.op("conv0").classes == 1 and graph.op("conv0").pad_value == 128
+    assert graph.op("conv1").classes > 1
+    ours = np.argmax(bnnforge.reference(graph, x), axis=1)
+    assert (ours == np.argmax(_qonnx_scores(path, x), axis=1)).all()
+    with torch.no_grad():
+        brevitas = model(torch.from_numpy(x).float() / 255.0).numpy()
+    assert (ours == np.argmax(brevitas, axis=1)).all()
+
+
+@pytest.mark.rtl
+def test_zero_padded_brevitas_model_rtl(padded, tmp_path):
+    from bnnforge.verify import verify_build
+
+    build = tmp_path / "build"
+    compile_model(padded[1], build)
+    section = verify_build(build, simulator="icarus", frames=3, input_gap=0.2,
+                           output_stall=0.2, progress=False)
+    assert section["value_mismatches"] == 0 and section["cycle_mismatches"] == 0

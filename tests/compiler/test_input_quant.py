@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import bnnforge
-from bnnforge.compiler import InputLayer, UnsupportedModelError
+from bnnforge.compiler import InputLayer
 from bnnforge.compiler.serialize import graph_bytes, load_graph, save_graph
 from bnnforge.nn import (
     BinaryActivation,
@@ -198,10 +198,9 @@ def test_levels_accept_integral_arrays():
 
 
 @pytest.mark.parametrize("pad", [-128.0, 129.0, 0.5])
-def test_pad_byte_out_of_range_is_refused(pad):
-    model = nn.Sequential(InputQuant(8, levels=cnv_levels()),
-                          BinaryConv2d(1, 4, 3, padding=1, pad_value=pad), nn.Flatten(),
-                          BinaryLinear(256, 10))
-    with pytest.raises(UnsupportedModelError, match=rf"pads with {pad}; on InputQuant levels "
-                       r"-127\.\.127 it must be an integer level -127\.\.128"):
-        bnnforge.lower(model, (1, 8, 8))
+def test_pad_byte_out_of_range_is_corrected_per_class(pad):
+    model = randomize_model(nn.Sequential(
+        InputQuant(8, levels=cnv_levels()), BinaryConv2d(1, 4, 3, padding=1, pad_value=pad),
+        nn.BatchNorm2d(4), BinaryActivation(), nn.Flatten(), BinaryLinear(256, 10)), 3)
+    graph = assert_agree(model, (1, 8, 8))
+    assert graph.op("conv0").classes == 9 and graph.op("conv0").pad_value == 0

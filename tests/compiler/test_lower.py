@@ -218,11 +218,11 @@ def test_refuses_wrong_input_shape():
             exc=ValueError)
 
 
-def test_refuses_bad_pad_value_on_8bit_input():
-    _refuse(nn.Sequential(InputQuant(8), BinaryConv2d(1, 2, 3, padding=1, pad_value=-1.0),
+def test_refuses_non_finite_pad_value_on_8bit_input():
+    _refuse(nn.Sequential(InputQuant(8), BinaryConv2d(1, 2, 3, padding=1, pad_value=float("nan")),
                           nn.BatchNorm2d(2), BinaryActivation(), nn.Flatten(),
                           BinaryLinear(128, 2)),
-            r"BinaryConv2d '1' pads with -1.0; a layer on 8-bit inputs pads with an integer")
+            r"BinaryConv2d '1' pads with nan; the pad value must be finite")
 
 
 def test_reference_rejects_bad_frames():
