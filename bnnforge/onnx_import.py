@@ -516,10 +516,10 @@ def import_onnx(path: str | os.PathLike):
                                   "folds only one scalar activation scale into the next layer")
         scalar = float(np.ravel(act_scale)[0])
         if spatial is not None:
-            layer, lin, spatial = _conv(node, tensor, walk, scalar, spatial)
+            layer, lin, spatial, bias = _conv(node, tensor, walk, scalar, spatial)
             channels = layer.out_channels
         else:
-            layer, lin = _linear(node, tensor, walk, scalar)
+            layer, lin, bias = _linear(node, tensor, walk, scalar)
             channels = layer.out_features
         layers.append(layer)
         tensor = node.output[0]
@@ -540,12 +540,12 @@ def import_onnx(path: str | os.PathLike):
             if spatial is not None:
                 raise OnnxImportError(f"the graph ends after {_node_label(lin)}; bnnforge's "
                                       "scores come from a Gemm/MatMul after a Flatten")
-            bn = _affine_module(segment, walk, lin.output[0], channels, final=True)
+            bn = _affine_module(segment, walk, lin.output[0], channels, final=True, bias=bias)
             if bn is not None:
                 layers.append(bn)
             break
         bn = _affine_module(segment, walk, lin.output[0], channels, final=False,
-                            spatial=spatial is not None)
+                            spatial=spatial is not None, bias=bias)
         if bn is not None:
             layers.append(bn)
         act_scale = walk.const(node, 1)
@@ -626,9 +626,7 @@ def _conv(node, tensor: str, walk: _Walk, act_scale: float, spatial: tuple):
     if (top, left) != (bottom, right):
         raise OnnxImportError(f"{_node_label(node)} pads asymmetrically ({top}, {left}, "
                               f"{bottom}, {right}); bnnforge pads both sides alike")
-    if len(node.input) > 2 and node.input[2] and np.any(walk.const(node, 2) != 0):
-        raise OnnxImportError(f"{_node_label(node)} has a non-zero bias; binary layers have "
-                              "none: export the model with bias=False")
+    bias = _bias(node, walk, 1.0)
     out_ch, in_ch, kh, kw = w.shape
     if list(attrs.get("kernel_shape", [kh, kw])) != [kh, kw]:
         raise OnnxImportError(f"{_node_label(node)} has kernel_shape {attrs['kernel_shape']} "
@@ -650,7 +648,7 @@ def _conv(node, tensor: str, walk: _Walk, act_scale: float, spatial: tuple):
         layer.weight.copy_(torch.from_numpy(np.where(bits, 1.0, -1.0).reshape(w.shape)).float())
         if not unit:
             layer.alpha.copy_(torch.from_numpy(scale).float())
-    return layer, node, (out_ch, oh, ow)
+    return layer, node, (out_ch, oh, ow), bias
 
 
 def _linear(node, tensor: str, walk: _Walk, act_scale: float):
@@ -671,13 +669,10 @@ def _linear(node, tensor: str, walk: _Walk, act_scale: float):
             raise OnnxImportError(f"{_node_label(node)} transposes its data (transA=1); "
                                   "not supported")
         w = (w if attrs.get("transB", 0) else w.T) * float(attrs.get("alpha", 1.0))
-        if len(node.input) > 2 and node.input[2]:
-            bias = walk.const(node, 2) * float(attrs.get("beta", 1.0))
-            if np.any(bias != 0):
-                raise OnnxImportError(f"{_node_label(node)} has a non-zero bias; binary layers "
-                                      "have none: export the model with bias=False")
+        bias = _bias(node, walk, float(attrs.get("beta", 1.0)))
     else:
         w = w.T
+        bias = None
     bits, scale = _binary_weight(node, w)
     scale = scale * act_scale
     out_features, in_features = bits.shape
@@ -687,28 +682,43 @@ def _linear(node, tensor: str, walk: _Walk, act_scale: float):
         layer.weight.copy_(torch.from_numpy(np.where(bits, 1.0, -1.0)).float())
         if not unit:
             layer.alpha.copy_(torch.from_numpy(scale).float())
-    return layer, node
+    return layer, node, bias
+
+
+def _bias(node, walk: _Walk, beta: float) -> np.ndarray | None:
+    """A Gemm's or Conv's bias (times Gemm's beta), or None when absent or zero. Binary layers
+    have none: it is added to the affine map after the layer (:func:`_affine_module`)."""
+    if len(node.input) < 3 or not node.input[2]:
+        return None
+    bias = np.ravel(walk.const(node, 2)).astype(np.float64) * beta
+    if not np.all(np.isfinite(bias)):
+        raise OnnxImportError(f"{_node_label(node)} holds NaN or infinite parameters")
+    return bias if np.any(bias != 0) else None
 
 
 def _affine_module(segment: list, walk: _Walk, start: str, channels: int, *, final: bool,
-                   spatial: bool = False):
+                   spatial: bool = False, bias: np.ndarray | None = None):
     """The BatchNorm1d (BatchNorm2d after a Conv) for the nodes after a layer (output
-    ``start``) up to its sign or the end.
+    ``start``) up to its sign or the end; ``bias`` is the layer's own bias, added first.
     """
     import torch
     from torch import nn
 
-    if not segment:
+    if not segment and bias is None:
         return None
-    if len(segment) == 1 and segment[0].op_type == "BatchNormalization" and not final:
+    if len(segment) == 1 and segment[0].op_type == "BatchNormalization" and not final \
+            and bias is None:
         return _batchnorm(segment[0], walk, channels, spatial)
-    a, c = np.ones(channels), np.zeros(channels)
+    a = np.ones(channels)
+    c = np.zeros(channels) if bias is None else np.broadcast_to(bias, (channels,)).copy()
     x = start
     for node in segment:
         if node.op_type == "BatchNormalization":
             bn = _batchnorm(node, walk, channels, spatial)
-            s = (bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)).numpy()
-            a, c = a * s, (c - bn.running_mean.double().numpy()) * s + bn.bias.double().numpy()
+            with torch.no_grad():
+                s = (bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)).numpy()
+                shift = bn.bias.double().numpy()
+            a, c = a * s, (c - bn.running_mean.double().numpy()) * s + shift
         else:
             k, k_first = walk.operand(node, x)
             a, c = _affine_step(node, _per_channel(node, k, channels, spatial), k_first, a, c)

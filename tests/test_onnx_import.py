@@ -350,12 +350,25 @@ def test_refuses_non_constant_scale(tfc_ts, tmp_path):
              tmp_path)
 
 
-def test_refuses_gemm_bias(tfc_dynamo, tmp_path):
+def test_gemm_bias_folds_into_the_affine(tfc_dynamo, tmp_path):
+    """A Gemm bias (scaled by beta) is added before the BatchNorm: qonnx agrees on every frame."""
+    rng = np.random.default_rng(4)
+
     def edit(g):
-        gemm = next(n for n in g.node if n.op_type == "Gemm")
-        g.initializer.append(numpy_helper.from_array(np.full(64, 0.5, np.float32), "bias0"))
-        gemm.input.append("bias0")
-    _refuses(_edited(tfc_dynamo, tmp_path, edit), r"\(Gemm\) has a non-zero bias", tmp_path)
+        for i, gemm in enumerate(n for n in g.node if n.op_type == "Gemm"):
+            width = 10 if i == 3 else 64
+            name = f"bias{i}"
+            g.initializer.append(numpy_helper.from_array(
+                rng.normal(0, 6, width).astype(np.float32), name))
+            gemm.input.append(name)
+            kept = [a for a in gemm.attribute if a.name != "beta"]
+            del gemm.attribute[:]
+            gemm.attribute.extend(kept + [helper.make_attribute("beta", 0.5)])
+    path = _edited(tfc_dynamo, tmp_path, edit)
+    model, shape, _ = import_onnx(path)
+    x = _frames(FRAMES, seed=5)
+    ours = bnnforge.reference(bnnforge.lower(model, shape), x)
+    assert (np.argmax(ours, axis=1) == np.argmax(_qonnx_scores(path, x), axis=1)).all()
 
 
 def test_refuses_float_weights(tfc_ts, tmp_path):

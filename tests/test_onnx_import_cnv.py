@@ -234,11 +234,18 @@ def test_refuses_conv_geometry(small_ts, tmp_path, attr, value, match):
     _refuses(_edited(small_ts, tmp_path, edit), match, tmp_path)
 
 
-def test_refuses_conv_bias(small_ts, tmp_path):
+def test_conv_bias_folds_into_the_affine(small_ts, tmp_path):
     def edit(g):
-        g.initializer.append(numpy_helper.from_array(np.full(8, 0.5, np.float32), "cbias"))
+        bias = np.random.default_rng(3).normal(0, 4, 8).astype(np.float32)
+        g.initializer.append(numpy_helper.from_array(bias, "cbias"))
         _node(g, "Conv", 1).input.append("cbias")
-    _refuses(_edited(small_ts, tmp_path, edit), r"\(Conv\) has a non-zero bias", tmp_path)
+    path = _edited(small_ts, tmp_path, edit)
+    out = tmp_path / "biased.bnn"
+    import_onnx_file(path, out)
+    model = bnnforge.load(out)
+    x = _frames(500, seed=4)
+    ours = bnnforge.reference(bnnforge.lower(model, model.input_shape), x)
+    assert (np.argmax(ours, axis=1) == np.argmax(_qonnx_scores(path, x), axis=1)).all()
 
 
 def test_refuses_maxpool_before_sign(small_ts, tmp_path):
