@@ -181,6 +181,19 @@ def test_rtl_matches(tfc_dynamo, tmp_path, simulator, fps):
     assert section["frames"] == 20
 
 
+@pytest.mark.rtl
+def test_sfc_torchscript_rtl(tmp_path):
+    """SFC from the TorchScript exporter, compiled from .onnx: Verilator, gaps and stalls."""
+    from bnnforge.verify import verify_build
+
+    path = _export(_brevitas_model("sfc_1w1a", 9), tmp_path / "sfc.onnx", "torchscript")
+    build = tmp_path / "build"
+    compile_model(path, build)
+    section = verify_build(build, simulator="verilator", frames=5, input_gap=0.2,
+                           output_stall=0.2, progress=False)
+    assert section["value_mismatches"] == 0 and section["cycle_mismatches"] == 0
+
+
 # ------------------------------------------------------------------------------------ the CLI
 
 def test_cli_import_with_check(tfc_dynamo, tmp_path, capsys):
