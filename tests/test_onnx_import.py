@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,10 @@ import onnx
 import pytest
 import torch
 from onnx import helper, numpy_helper
+from qonnx_helpers import STYLES, export, frames
+from qonnx_helpers import edited as _edited
+from qonnx_helpers import qonnx_scores as _qonnx_scores
+from qonnx_helpers import refuses as _refuses
 
 import bnnforge
 from bnnforge.cli import main
@@ -20,9 +23,16 @@ from bnnforge.onnx_import import check_against_qonnx, import_onnx, import_onnx_f
 from conftest import randomize_bn
 
 FRAMES = 1000
-STYLES = {"dynamo": True, "torchscript": False}
 # every arch on both exporters
 CASES = [(a, s) for a in ("tfc_1w1a", "sfc_1w1a", "lfc_1w1a") for s in STYLES]
+
+
+def _export(model, path, style: str) -> str:
+    return export(model, path, style, (1, 1, 28, 28))
+
+
+def _frames(n: int = FRAMES, seed: int = 1) -> np.ndarray:
+    return frames(n, (1, 28, 28), seed)
 
 
 def _brevitas_model(name: str, seed: int, *, tail_weight: float | None = None):
@@ -43,30 +53,6 @@ def _brevitas_model(name: str, seed: int, *, tail_weight: float | None = None):
                 m.running_mean.fill_(float(rng.normal(0, 5)))
                 m.running_var.fill_(float(rng.uniform(0.5, 30)))
     return model.eval()
-
-
-def _export(model, path, style: str) -> str:
-    from brevitas.export import export_qonnx
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export_qonnx(model, torch.rand(1, 1, 28, 28), export_path=str(path),
-                     dynamo=STYLES[style])
-    return str(path)
-
-
-def _frames(n: int = FRAMES, seed: int = 1) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 1, 28, 28), dtype=np.uint8)
-
-
-def _qonnx_scores(path, x_uint8: np.ndarray) -> np.ndarray:
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.core.onnx_exec import execute_onnx
-    from qonnx.util.cleanup import cleanup_model
-
-    wrapper = cleanup_model(ModelWrapper(str(path)), override_inpsize=len(x_uint8))
-    x = x_uint8.astype(np.float32) / np.float32(255)
-    return execute_onnx(wrapper, {wrapper.graph.input[0].name: x})[wrapper.graph.output[0].name]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{c[1]}")
@@ -248,27 +234,12 @@ def test_check_needs_qonnx(tfc_ts, tmp_path, monkeypatch, capsys):
 
 # ------------------------------------------------------------------------------- the refusals
 
-def _edited(src: str, tmp_path, edit) -> str:
-    proto = onnx.load(src)
-    edit(proto.graph)
-    path = tmp_path / "edited.onnx"
-    onnx.save(proto, path)
-    return str(path)
-
-
 def _init(graph, name: str):
     return next(t for t in graph.initializer if t.name == name)
 
 
 def _set_init(graph, name: str, value: np.ndarray) -> None:
     _init(graph, name).CopyFrom(numpy_helper.from_array(value, name))
-
-
-def _refuses(path, match: str, tmp_path) -> None:
-    out = tmp_path / "never.bnn"
-    with pytest.raises(ValueError, match=match):
-        import_onnx_file(path, out)
-    assert not out.exists()
 
 
 def test_refuses_multibit(tmp_path):

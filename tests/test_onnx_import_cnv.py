@@ -6,10 +6,13 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from onnx import helper, numpy_helper
+from qonnx_helpers import STYLES, export, frames
+from qonnx_helpers import edited as _edited
+from qonnx_helpers import qonnx_scores as _qonnx_scores
+from qonnx_helpers import refuses as _refuses
 
 import bnnforge
 from bnnforge.flow import compile_model
@@ -17,11 +20,18 @@ from bnnforge.onnx_import import import_onnx_file
 from conftest import randomize_bn
 
 FRAMES = 1000
-STYLES = {"dynamo": True, "torchscript": False}
 SMALL = {"CNV_OUT_CH_POOL": [(8, False), (8, True), (16, False), (16, True), (16, False),
                              (16, False)],
          "INTERMEDIATE_FC_FEATURES": [(16, 32), (32, 32)],
          "LAST_FC_IN_FEATURES": 32}
+
+
+def _export(model, path, style: str) -> str:
+    return export(model, path, style, (1, 3, 32, 32))
+
+
+def _frames(n: int = FRAMES, seed: int = 1) -> np.ndarray:
+    return frames(n, (3, 32, 32), seed)
 
 
 def _cnv(seed: int, *, small: bool = False, name: str = "cnv_1w1a"):
@@ -46,30 +56,6 @@ def _cnv(seed: int, *, small: bool = False, name: str = "cnv_1w1a"):
                 m.running_mean.fill_(float(rng.normal(0, 5)))
                 m.running_var.fill_(float(rng.uniform(0.5, 30)))
     return model.eval()
-
-
-def _export(model, path, style: str) -> str:
-    from brevitas.export import export_qonnx
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export_qonnx(model, torch.rand(1, 3, 32, 32), export_path=str(path),
-                     dynamo=STYLES[style])
-    return str(path)
-
-
-def _frames(n: int = FRAMES, seed: int = 1) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
-
-
-def _qonnx_scores(path, x_uint8: np.ndarray) -> np.ndarray:
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.core.onnx_exec import execute_onnx
-    from qonnx.util.cleanup import cleanup_model
-
-    wrapper = cleanup_model(ModelWrapper(str(path)), override_inpsize=len(x_uint8))
-    x = x_uint8.astype(np.float32) / np.float32(255)
-    return execute_onnx(wrapper, {wrapper.graph.input[0].name: x})[wrapper.graph.output[0].name]
 
 
 def _expected_levels() -> np.ndarray:
@@ -196,14 +182,6 @@ def test_small_cnv_rtl_matches(small_ts, tmp_path):
 
 # ------------------------------------------------------------------------------- the refusals
 
-def _edited(src: str, tmp_path, edit) -> str:
-    proto = onnx.load(src)
-    edit(proto.graph)
-    path = tmp_path / "edited.onnx"
-    onnx.save(proto, path)
-    return str(path)
-
-
 def _node(graph, op: str, index: int = 0):
     return [n for n in graph.node if n.op_type == op][index]
 
@@ -213,13 +191,6 @@ def _set_attr(node, name: str, value) -> None:
         if a.name == name:
             node.attribute.remove(a)
     node.attribute.append(helper.make_attribute(name, value))
-
-
-def _refuses(path, match: str, tmp_path) -> None:
-    out = tmp_path / "never.bnn"
-    with pytest.raises(ValueError, match=match):
-        import_onnx_file(path, out)
-    assert not out.exists()
 
 
 @pytest.mark.parametrize("attr, value, match", [
