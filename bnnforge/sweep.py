@@ -78,6 +78,12 @@ def _depth(name, v):
     return _number(int, 1, 'a positive whole number or "none"')(name, v)
 
 
+def _model(name, v):
+    if not isinstance(v, str) or not v:
+        raise SweepError(f"{name} = {v!r}: expected a model file path or \"none\"")
+    return v
+
+
 def _settings() -> dict:
     from .boards.profiles import BOARDS
     from .nn.archs import ARCHS
@@ -106,6 +112,8 @@ def _settings() -> dict:
                    'RTL check on this simulator, or "none"'),
         "verify_frames": (20, _number(int, 1, "a positive whole number"), "frames to verify"),
         "build": (False, _flag, "place and route a bitstream (points with a board)"),
+        "model": (_NONE, _model, 'a model file (.bnn, or QONNX .onnx) to compile instead of '
+                  'training one, relative to the spec; "none": train'),
     }
 
 
@@ -144,14 +152,20 @@ def train_key(point: dict) -> str:
 
 
 def point_id(point: dict) -> str:
-    """The content hash of all a point's settings (its folder name and row id)."""
-    return _hash({k: point[k] for k in SETTINGS}, 12)
+    """The content hash of all a point's settings (its folder name and row id); a point that
+    compiles a given model file hashes that file's content too."""
+    data = {k: point[k] for k in SETTINGS if k != "model" or point[k] != _NONE}
+    if point["model"] != _NONE:
+        data["model_sha256"] = point["model_sha256"]
+    return _hash(data, 12)
 
 
-def parse_spec(data: dict, where: str = "spec") -> SweepSpec:
+def parse_spec(data: dict, where: str = "spec", base: Path | None = None) -> SweepSpec:
     """Check a spec (a parsed TOML document) and expand it into points.
 
-    Raises :class:`SweepError` naming the offending key and what is expected.
+    ``base`` is the folder that relative ``model`` paths start from (the spec's own folder;
+    default the working folder). Raises :class:`SweepError` naming the offending key and what
+    is expected.
     """
     settings = _settings()
     unknown = sorted(set(data) - {"sweep", "axes"})
@@ -201,6 +215,7 @@ def parse_spec(data: dict, where: str = "spec") -> SweepSpec:
     grid = [dict(fixed, **dict(zip(names, combo, strict=True)))
             for combo in itertools.product(*(axes[n] for n in names))]
     _check_points(grid, where)
+    _given_models(grid, axes, where, base)
     if samples:
         if samples > len(grid):
             raise SweepError(f"{where}: samples = {samples} but the grid has only {len(grid)} "
@@ -222,6 +237,31 @@ def _check_points(points: list[dict], where: str) -> None:
                          "built) or build = false")
 
 
+def _given_models(points: list[dict], axes: dict, where: str, base: Path | None) -> None:
+    """Resolve and fingerprint the model files of points that compile a given model; such a
+    point does not train, so its training settings are dropped (None)."""
+    if not any(p["model"] != _NONE for p in points):
+        return
+    swept = [k for k in _TRAIN_KEYS if k in axes]
+    if swept:
+        raise SweepError(f"{where}: [axes] {swept[0]} sweeps a training setting, but points with "
+                         "a model file do not train: drop the axis or the model")
+    digests: dict[str, tuple[str, str]] = {}
+    for point in points:
+        given = point["model"]
+        if given == _NONE:
+            continue
+        if given not in digests:
+            path = Path(given) if Path(given).is_absolute() else (base or Path.cwd()) / given
+            if not path.is_file():
+                raise SweepError(f"{where}: model {given!r} does not exist ({path}); give a "
+                                 ".bnn or .onnx file, relative to the spec")
+            digests[given] = (str(path.resolve()),
+                              hashlib.sha256(path.read_bytes()).hexdigest())
+        point["model"], point["model_sha256"] = digests[given]
+        point.update(dict.fromkeys(_TRAIN_KEYS))
+
+
 def load_spec(path: str | os.PathLike) -> SweepSpec:
     """Read and check the TOML spec at ``path``."""
     path = Path(path)
@@ -231,7 +271,7 @@ def load_spec(path: str | os.PathLike) -> SweepSpec:
         raise SweepError(f"spec {path} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SweepError(f"spec {path} is not valid TOML ({exc})") from None
-    return parse_spec(data, where=str(path))
+    return parse_spec(data, where=str(path), base=path.parent)
 
 
 # -- the work of one point (runs inside a Dask worker) ----------------------------------------
@@ -289,6 +329,8 @@ def point_row(point: dict, report: dict) -> dict:
     s, v, b = report.get("sim", {}), report.get("verify", {}), report.get("build", {})
     row = dict.fromkeys(COLUMNS)
     row.update({k: point[k] for k in SETTINGS if k in row})
+    if point["model"] != _NONE:                 # the arch column names the model compiled
+        row["arch"] = Path(point["model"]).name
     row["fps_target"] = point["fps"] or None
     row["clock_mhz"] = c.get("clock_mhz") or point["clock_mhz"] or None
     row.update(accuracy=m.get("accuracy_reference"), accuracy_torch=m.get("accuracy_torch"),
@@ -531,12 +573,17 @@ def _run(out: Path, todo: list[dict], rows: dict, scheduler, workers, save, bar)
         trains = {}
         futures = {}
         for point in todo:
-            key = train_key(point)
-            if key not in trains:
-                trains[key] = client.submit(train_point, str(out), point, key=f"train-{key}",
-                                            pure=False)
+            if point["model"] != _NONE:         # a given model: nothing to train
+                trained = {"path": point["model"], "accuracy_torch": None, "train_s": None,
+                           "error": None}
+            else:
+                key = train_key(point)
+                if key not in trains:
+                    trains[key] = client.submit(train_point, str(out), point,
+                                                key=f"train-{key}", pure=False)
+                trained = trains[key]
             pid = point_id(point)
-            futures[client.submit(run_point, str(out), point, trains[key], key=f"point-{pid}",
+            futures[client.submit(run_point, str(out), point, trained, key=f"point-{pid}",
                                   pure=False)] = point
         for future in as_completed(list(futures)):
             point = futures[future]
@@ -548,7 +595,7 @@ def _run(out: Path, todo: list[dict], rows: dict, scheduler, workers, save, bar)
             save()
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix_str(f"{row['arch']} {row['quantizer']} {row['status']}")
+                bar.set_postfix_str(f"{row['arch']} {row['quantizer'] or ''} {row['status']}")
     finally:
         client.close()
         if cluster is not None:

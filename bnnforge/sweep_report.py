@@ -26,7 +26,7 @@ __all__ = ["COLUMNS", "FRONTS", "pareto_front", "front_points", "plot_fronts", "
 
 #: The columns of a sweep row, in order; the one definition, shared with the sweep engine.
 COLUMNS: tuple[str, ...] = (
-    "point", "arch", "dataset", "quantizer", "epochs", "input_bits", "shift", "mst_reg",
+    "point", "model", "arch", "dataset", "quantizer", "epochs", "input_bits", "shift", "mst_reg",
     "mst_depth", "mst", "board", "fps_target", "clock_mhz", "seed", "status", "error",
     "accuracy", "accuracy_torch", "disagreements", "cycles_per_frame", "fps", "latency_us",
     "luts", "ffs", "brams", "resources", "fmax_mhz", "energy_nj", "mst_reduction",
@@ -321,7 +321,7 @@ _TABLE: tuple[tuple[str, str, str, Any, str], ...] = (
     ("point", "point", "str", str, "point id; links the point's build report"),
     ("front", "\u2605", "str", str, "on the Pareto front: A accuracy/LUTs, F frames/s/LUTs, "
                                    "E energy/frames/s"),
-    ("arch", "arch", "str", str, "architecture"),
+    ("arch", "arch", "str", str, "architecture, or the model file a point compiled"),
     ("quantizer", "quantizer", "str", str, "binarizer"),
     ("mst_reg", "MST reg", "num", _f("g"), "MST regularizer strength"),
     ("board", "board", "str", str, "target board"),

@@ -318,3 +318,49 @@ fps = [0, 200000, 100000]
     assert all(img["ok"] for img in report["images"])
     assert f"{rows[0]['fps']:,.0f}" in report["text"]
     assert screenshot_stats(tmp_path / "report.png")["nonwhite"] > 0.02
+
+
+# -- sweeping the hardware of a model you bring ------------------------------------------------
+@pytest.mark.cluster
+def test_model_points_compile_a_given_model_file(tmp_path):
+    """`model = "m.bnn"` / `"tfc.onnx"`: no training; a changed file makes new points."""
+    from qonnx_helpers import export
+
+    import torch
+    from brevitas_examples.bnn_pynq.models import model_with_cfg
+
+    from bnnforge.flow import train_model
+
+    train_model("tfc", "digits", "ste", tmp_path / "m.bnn", epochs=1, progress=False)
+    torch.manual_seed(0)
+    brevitas, _ = model_with_cfg("tfc_1w1a", pretrained=False)
+    export(brevitas.eval(), tmp_path / "tfc.onnx", "dynamo", (1, 1, 28, 28))
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[sweep]\nframes = 50\n\n[axes]\nmodel = ["m.bnn", "tfc.onnx"]\n'
+                    'fps = [0, 100000]\n')
+    out = tmp_path / "out"
+    rows = run_sweep(spec, out, workers=1, progress=False)
+    assert [r["status"] for r in rows] == ["ok"] * 4, [r["error"] for r in rows]
+    assert [r["arch"] for r in rows] == ["m.bnn", "m.bnn", "tfc.onnx", "tfc.onnx"]
+    assert all(r["quantizer"] is None and r["train_s"] is None for r in rows)
+    assert rows[0]["accuracy"] > 0 and rows[0]["disagreements"] == 0     # digits, from meta
+    assert rows[2]["accuracy"] is None and rows[2]["fps"] > 0            # no dataset
+    assert not (out / "models").exists()
+    # the same file again: nothing runs; a retrained file: its two points are new
+    assert run_sweep(spec, out, workers=1, progress=False) == rows
+    train_model("tfc", "digits", "ste", tmp_path / "m.bnn", epochs=1, seed=1, progress=False)
+    again = run_sweep(spec, out, workers=1, progress=False)
+    assert [r["point"] for r in again[2:]] == [r["point"] for r in rows[2:]]
+    assert not {r["point"] for r in again[:2]} & {r["point"] for r in rows[:2]}
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"sweep": {"model": "nothere.bnn"}}, r"model 'nothere.bnn' does not exist"),
+    ({"sweep": {"model": "m.bnn"}, "axes": {"quantizer": ["ste", "reste"]}},
+     r"\[axes\] quantizer sweeps a training setting, but points with a model file do not"),
+    ({"sweep": {"model": 3}}, r"model = 3: expected a model file path"),
+])
+def test_bad_model_settings(tmp_path, data, match):
+    (tmp_path / "m.bnn").write_bytes(b"x")
+    with pytest.raises(SweepError, match=match):
+        parse_spec(data, base=tmp_path)
