@@ -324,10 +324,9 @@ fps = [0, 200000, 100000]
 @pytest.mark.cluster
 def test_model_points_compile_a_given_model_file(tmp_path):
     """`model = "m.bnn"` / `"tfc.onnx"`: no training; a changed file makes new points."""
-    from qonnx_helpers import export
-
     import torch
     from brevitas_examples.bnn_pynq.models import model_with_cfg
+    from qonnx_helpers import export
 
     from bnnforge.flow import train_model
 
