@@ -709,6 +709,9 @@ def _affine_module(segment: list, walk: _Walk, start: str, channels: int, *, fin
     if len(segment) == 1 and segment[0].op_type == "BatchNormalization" and not final \
             and bias is None:
         return _batchnorm(segment[0], walk, channels, spatial)
+    if bias is not None and bias.size not in (1, channels):
+        raise OnnxImportError(f"the bias of the layer giving {start!r} has {bias.size} values "
+                              f"for {channels} channels; give one per channel")
     a = np.ones(channels)
     c = np.zeros(channels) if bias is None else np.broadcast_to(bias, (channels,)).copy()
     x = start

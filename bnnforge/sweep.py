@@ -289,7 +289,7 @@ def _limit_threads() -> None:
 def train_point(out: str, point: dict) -> dict:
     """Train (or reuse) the model of ``point`` in ``out/models``; return where it is.
 
-    Returns ``{"key", "path", "accuracy_torch", "train_s", "cached", "error"}``; a failure is
+    Returns ``{"path", "accuracy_torch", "train_s", "error"}``; a failure is
     returned as ``error`` (one line), not raised, so the points that need the model record it.
     """
     from .flow import train_model
@@ -299,8 +299,7 @@ def train_point(out: str, point: dict) -> dict:
     models = Path(out) / "models"
     models.mkdir(parents=True, exist_ok=True)
     path = models / f"{key}.bnn"
-    result = {"key": key, "path": str(path), "accuracy_torch": None, "train_s": None,
-              "cached": path.exists(), "error": None}
+    result = {"path": str(path), "accuracy_torch": None, "train_s": None, "error": None}
     try:
         if not path.exists():
             _limit_threads()
@@ -400,7 +399,9 @@ def run_point(out: str, point: dict, trained: dict) -> dict:
             error = f"{step}: {_one_line(exc)}"
             if os.environ.get("BNNFORGE_DEBUG"):
                 traceback.print_exc()
-    report = read_report(build) if (build / "report.json").exists() and step != "compile" else {}
+    # a step after compile failed or none did: this attempt's build folder holds the report
+    # (a failed train or compile leaves none of its own; an older attempt's is not this run's)
+    report = read_report(build) if step not in ("train", "compile") else {}
     row = point_row(point, report)
     row.update(point=pid, status="error" if error else "ok", error=error,
                train_s=trained.get("train_s"), attempts=attempts,

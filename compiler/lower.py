@@ -167,7 +167,8 @@ def _build(steps: list[Step], input_shape: tuple, name: str, meta: dict | None) 
         b = p.b
         in_shape = graph.op(graph.output_node()).out_shape
         eight = p.extra["input_bits"] == 8
-        level_offset = level_min * (2 * p.bits.sum(axis=1) - k) if eight else 0 * p.a
+        level_offset = level_min * (2 * p.bits.sum(axis=1) - k) if eight else \
+            np.zeros(p.bits.shape[0], dtype=np.int64)
         if eight and level_min:
             b = _offset_affine(p.a, p.b, level_offset, k, final)
         classes = {}

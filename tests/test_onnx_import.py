@@ -389,3 +389,12 @@ def test_external_data(tfc_dynamo, tmp_path):
     (tmp_path / "ext.onnx.data").unlink()
     _refuses(path, r"ext.onnx keeps its weights in ext.onnx.data, which is missing; put "
              "ext.onnx.data next to ext.onnx", tmp_path)
+
+
+def test_refuses_a_bias_of_the_wrong_length(tfc_dynamo, tmp_path):
+    def edit(g):
+        gemm = next(n for n in g.node if n.op_type == "Gemm")
+        g.initializer.append(numpy_helper.from_array(np.ones(3, np.float32), "bias3"))
+        gemm.input.append("bias3")
+    _refuses(_edited(tfc_dynamo, tmp_path, edit), r"has 3 values for 64 channels; give one "
+             "per channel", tmp_path)
