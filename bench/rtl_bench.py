@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 import bnnforge
-from bnnforge.compiler.folding import ChooseFolding, pipeline_cycles
+from bnnforge.compiler.cycles import pipeline_cycles
+from bnnforge.compiler.folding import ChooseFolding
 from bnnforge.hw.generate import emit_verilog
 from bnnforge.hw.harness import build_rtl, read_top, run_rtl
 from bnnforge.sim import SizeFifos, simulate_timing

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from .boards.build import BitstreamError, build_bitstream
 from .boards.profiles import get_board
+from .boards.toolchain import BitstreamError, build_bitstream
 from .buildfolder import require_build, update_report
 from .compiler import load_graph
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from .buildfolder import staged_folder, update_report
 from .compiler.lower import lower
+from .compiler.plan import fifo_depth_table
 from .compiler.serialize import load_graph, save_graph
 from .modelfile import load, save
 from .sim.reference import reference
@@ -87,7 +88,7 @@ def accuracy_section(model, graph, meta: dict, frames: int | None = None) -> dic
 
 def layer_table(graph) -> list[dict]:
     """Return one row per stage: name, op, shapes, K/channels, PE/SIMD and cycles per frame."""
-    from .compiler.folding import pipeline_cycles
+    from .compiler.cycles import pipeline_cycles
 
     cycles = pipeline_cycles(graph)
     rows = []
@@ -160,7 +161,7 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
     MST-compressed layers; ``None``: unbounded). The folder is written in full or not at all.
     Returns the report.
     """
-    from .compiler.folding import pipeline_cycles
+    from .compiler.cycles import pipeline_cycles
 
     start = time.perf_counter()
     if mst_max_depth is not None and (isinstance(mst_max_depth, bool)
@@ -187,7 +188,7 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
         clock_mhz = 100.0 if clock_mhz is None else float(clock_mhz)
         graph = fold_graph(graph, fps=fps, clock_mhz=clock_mhz, luts=luts, fold=fold, mst=mst,
                            mst_max_depth=mst_max_depth)
-    from .boards.build import estimate_design_brams, estimate_design_luts
+    from .boards.estimate import estimate_design_brams, estimate_design_luts
     from .compiler.mst import OrderChannelsByMST, analyse_graph
     from .sim.fifo_sizing import SizeFifos
 
@@ -210,8 +211,7 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
             "layers": layer_table(reloaded),
             "cycles_per_frame": int(max(cycles.values())),
             "bottleneck": max(cycles, key=lambda n: (cycles[n], n)),
-            "fifo_depths": {n: int(reloaded.attrs(n).get("fifo_depth", 2))
-                            for n in reloaded.order()},
+            "fifo_depths": fifo_depth_table(reloaded),
             "mst": analyse_graph(reloaded),
             "mst_max_depth": mst_max_depth,
             "resources_estimate": {"luts": estimate_design_luts(reloaded),

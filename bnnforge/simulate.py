@@ -16,6 +16,7 @@ import numpy as np
 
 from .buildfolder import read_report, require_build, update_report
 from .compiler import load_graph
+from .compiler.plan import fifo_depth_table
 
 __all__ = ["simulate_build", "simulation_frames"]
 
@@ -152,8 +153,7 @@ def simulate_build(folder: str | os.PathLike, frames: int = 1000,
             "energy_nj_per_frame": round(energy["energy_nj_per_frame"], 6),
             "energy_breakdown": {k: round(v, 6) for k, v in energy["breakdown"].items()},
             "bottleneck": timing.bottleneck,
-            "fifo_depths": {name: int(graph.attrs(name).get("fifo_depth", 2))
-                            for name in graph.order()},
+            "fifo_depths": fifo_depth_table(graph),
             "layers": layers,
         }
         _plot_cycles(folder / "sim_cycles.png", layers, cpf)

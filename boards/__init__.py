@@ -1,7 +1,7 @@
-"""bnnforge.boards: board profiles, PLL clocks, board-aware folding, the board top's build into
-a bitstream, report parsing."""
+"""bnnforge.boards: board profiles, PLL clocks, board-aware folding, design estimates, the board
+top and its build into a bitstream, report parsing."""
 
-from .build import BitstreamError, BoardDesign, build_bitstream, estimate_design_luts
+from .estimate import estimate_design_brams, estimate_design_luts
 from .fit import HEADROOM, fit_to_board
 from .pll import ECP5PLL, ICE40PLL, PLLError, ecp5_pll, ice40_pll, pll_for
 from .profiles import (
@@ -12,6 +12,8 @@ from .profiles import (
     BoardProfile,
     get_board,
 )
+from .toolchain import BitstreamError, build_bitstream, check_timing, tool_environment
+from .top import BoardDesign
 
 __all__ = [
     "BOARDS",
@@ -26,10 +28,13 @@ __all__ = [
     "BoardProfile",
     "PLLError",
     "build_bitstream",
+    "check_timing",
     "ecp5_pll",
+    "estimate_design_brams",
     "estimate_design_luts",
     "fit_to_board",
     "get_board",
     "ice40_pll",
     "pll_for",
+    "tool_environment",
 ]

@@ -1,29 +1,22 @@
 """Board-aware folding: the fastest (or cheapest for a frame rate) folding that fits a board.
 
 :func:`fit_to_board` searches :class:`~bnnforge.compiler.folding.ChooseFolding`'s throughput
-targets and sizes each candidate with :func:`~bnnforge.boards.build.estimate_design_luts` (the
-whole board design: matrix stages, their input buffers, FIFOs, the UART), against the board's
-logic cells less a routing headroom, and with
-:func:`~bnnforge.boards.build.estimate_design_brams` against its block RAM, at the board's
-design clock.
+targets and sizes each candidate with :func:`~bnnforge.boards.estimate.estimate_design_luts`
+(the whole board design: matrix stages, their input buffers, FIFOs, forks and joins, the UART),
+against the board's logic cells less a routing headroom, and with
+:func:`~bnnforge.boards.estimate.estimate_design_brams` against its block RAM, at the board's
+design clock. The graph may branch: every matrix stage on every branch is folded for the target.
 """
 
 from __future__ import annotations
 
 import math
 
-from ..compiler.folding import (
-    RAM_BLOCK_BITS,
-    ChooseFolding,
-    FoldingError,
-    divisors,
-    matrix_ops,
-    mst_eligible,
-    pipeline_cycles,
-    stage_cycles,
-)
+from ..compiler.costs import RAM_BLOCK_BITS, mst_eligible
+from ..compiler.cycles import matrix_ops, pipeline_cycles, stage_cycles
+from ..compiler.folding import ChooseFolding, FoldingError, divisors
 from ..compiler.ir import DataflowGraph
-from .build import estimate_design_brams, estimate_design_luts
+from .estimate import estimate_design_brams, estimate_design_luts
 from .profiles import BOARDS, BoardProfile, get_board
 
 __all__ = ["HEADROOM", "fit_to_board"]
@@ -111,7 +104,7 @@ def fit_to_board(graph: DataflowGraph, board, *, fps: float | None = None,
     DataflowGraph
         The graph folded by :class:`~bnnforge.compiler.folding.ChooseFolding` (``fold`` on
         every matrix stage and whatever else it sets, e.g. the input's
-        ``pixels_per_transfer``) whose :func:`~bnnforge.boards.build.estimate_design_luts` is
+        ``pixels_per_transfer``) whose :func:`~bnnforge.boards.estimate.estimate_design_luts` is
         at most :data:`HEADROOM` of the board's LUTs.
 
     Raises

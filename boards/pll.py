@@ -3,7 +3,7 @@
 Both searches are the tools' own (Project IceStorm ``icepll``, Project Trellis ``ecppll``): the
 same legal ranges, loop order and tie-breaking, so the dividers agree with what the tools print
 (``yowasp-icepll -i 12 -o 24``, ``yowasp-ecppll -i 25 -o 75``). The results feed the primitives
-in :class:`~bnnforge.boards.build.BoardDesign`: ``SB_PLL40_PAD``/``SB_PLL40_CORE`` (iCE40, simple
+in :class:`~bnnforge.boards.top.BoardDesign`: ``SB_PLL40_PAD``/``SB_PLL40_CORE`` (iCE40, simple
 feedback) and ``EHXPLLL`` (ECP5, feedback from CLKOP).
 """
 

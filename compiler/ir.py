@@ -1,8 +1,10 @@
-"""The dataflow IR: a chain of streaming stages over a networkx graph.
+"""The dataflow IR: a directed acyclic graph of streaming stages over networkx.
 
 Every node of a :class:`DataflowGraph` is one streaming stage. Its attribute ``op`` is a frozen
 dataclass from this module that holds the stage's shapes and numpy data. Micro-architecture
 choices made by passes live in separate node attributes (``fold``, ``mst``, ``fifo_depth``).
+Most graphs are chains; residual models add forks (a stream with several consumers) and joins
+(:class:`ResidualAdd`, :class:`Concat`, whose inputs are numbered ports).
 
 Layout conventions (shared by every backend):
 
@@ -15,6 +17,9 @@ Layout conventions (shared by every backend):
   layers keep their weights as bits too (1 = +1, 0 = -1); their inputs are unsigned bytes.
 * A binary layer's accumulator is ``P = popcount(XNOR(x, w))`` over K inputs; an 8-bit first
   layer's accumulator is ``A = sum(w_i * q_i)`` with ``w_i`` in {-1, +1}.
+* A matrix stage with ``emit="popcount"`` streams its accumulators ``P`` (unsigned,
+  ``int(K).bit_length()`` bits each, channel 0 first) instead of bits; only a
+  :class:`ResidualAdd` consumes them.
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ import networkx as nx
 import numpy as np
 
 __all__ = [
-    "Op", "InputLayer", "BinaryDense", "BinaryConv", "MaxPool", "ScoreLayer",
-    "DataflowGraph", "OP_TYPES", "pack_bits", "unpack_bits", "check_pixels_per_transfer",
+    "Op", "InputLayer", "BinaryDense", "BinaryConv", "MaxPool", "ScoreLayer", "ResidualAdd",
+    "Concat", "DataflowGraph", "OP_TYPES", "EMITS", "pack_bits", "unpack_bits",
+    "check_pixels_per_transfer",
 ]
+
+EMITS = ("bits", "popcount")
 
 
 def pack_bits(bits: np.ndarray) -> np.ndarray:
@@ -49,6 +57,8 @@ class Op:
     out_shape: tuple
 
     kind = "op"
+    # fields left out of params() while they hold their default (files stay as they were)
+    _quiet_defaults = ()
 
     @property
     def in_bits(self) -> int:
@@ -57,6 +67,15 @@ class Op:
     @property
     def out_bits(self) -> int:
         return 1
+
+    @property
+    def num_inputs(self) -> int:
+        """Number of input ports (0 for the input stage)."""
+        return 1
+
+    def port_shapes(self) -> list[tuple]:
+        """Return the tensor shape each input port expects, port 0 first."""
+        return [tuple(self.in_shape)] * self.num_inputs
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Return the array-valued fields by name."""
@@ -69,6 +88,8 @@ class Op:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, np.ndarray) or value is None:
+                continue
+            if f.name in self._quiet_defaults and value == f.default:
                 continue
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
@@ -118,6 +139,10 @@ class InputLayer(Op):
     def out_bits(self) -> int:
         return self.bits
 
+    @property
+    def num_inputs(self) -> int:
+        return 0
+
 
 @dataclass(frozen=True, eq=False)
 class _Matrix(Op):
@@ -129,6 +154,10 @@ class _Matrix(Op):
     output bit is ``a * s + b >= 0``. After folding it holds integer ``thresholds`` instead, and the
     output bit is ``accumulator >= threshold`` with weights inverted on channels whose scale was
     negative.
+
+    With ``emit="popcount"`` the stage has neither: it outputs the popcounts ``P`` in [0, K]
+    (binary inputs and one pad class only; ``out_bits = int(K).bit_length()``) for the
+    :class:`ResidualAdd` that folds its affine, and counts as folded.
     """
 
     k: int = 0
@@ -137,14 +166,33 @@ class _Matrix(Op):
     input_bits: int = 1
     thresholds: np.ndarray | None = field(default=None, repr=False)
     affine: np.ndarray | None = field(default=None, repr=False)
+    emit: str = "bits"
+
+    _quiet_defaults = ("emit",)
+
+    def __post_init__(self):
+        if self.emit not in EMITS:
+            raise ValueError(f"{type(self).__name__} emit must be 'bits' or 'popcount', "
+                             f"not {self.emit!r}")
+        if self.emit == "popcount":
+            if self.thresholds is not None or self.affine is not None:
+                raise ValueError(f"{type(self).__name__} with emit='popcount' has no thresholds "
+                                 "and no affine (the ResidualAdd after it holds them)")
+            if self.input_bits != 1:
+                raise ValueError(f"{type(self).__name__} with emit='popcount' needs binary "
+                                 f"inputs, not input_bits={self.input_bits}")
 
     @property
     def in_bits(self) -> int:
         return self.input_bits
 
     @property
+    def out_bits(self) -> int:
+        return int(self.k).bit_length() if self.emit == "popcount" else 1
+
+    @property
     def folded(self) -> bool:
-        return self.thresholds is not None
+        return self.thresholds is not None or self.emit == "popcount"
 
     @property
     def classes(self) -> int:
@@ -197,10 +245,14 @@ class BinaryConv(_Matrix):
     kind = "conv"
 
     def __post_init__(self):
+        super().__post_init__()
         rows, cols = self.row_class, self.col_class
         if (rows is None) != (cols is None):
             raise ValueError("BinaryConv needs both row_class and col_class, or neither")
         n = self.classes
+        if self.emit == "popcount" and rows is not None:
+            raise ValueError("BinaryConv with emit='popcount' has one pad class only (pad with a "
+                             "value the hardware holds)")
         if rows is not None:
             oh, ow = int(self.out_shape[1]), int(self.out_shape[2])
             for what, arr, length in (("row_class", rows, oh), ("col_class", cols, ow)):
@@ -291,7 +343,120 @@ class ScoreLayer(Op):
     accumulator_range = _Matrix.accumulator_range
 
 
-OP_TYPES = {cls.__name__: cls for cls in (InputLayer, BinaryDense, BinaryConv, MaxPool, ScoreLayer)}
+SHORTCUTS = ("bits", "popcount")
+
+
+@dataclass(frozen=True, eq=False)
+class ResidualAdd(Op):
+    """The join of a residual block: ``sign(main + shortcut)`` per channel, as a threshold.
+
+    Port 0 ("main") is a :class:`BinaryConv` or :class:`BinaryDense` with ``emit="popcount"``
+    over ``main_k`` inputs: per channel its popcount ``P``, ``s = 2P - main_k``. Port 1
+    ("shortcut") is, with ``short="bits"``, a binary tensor of the same shape (identity
+    shortcut: ``x = ±1``), or with ``short="popcount"`` another popcount stage over ``short_k``
+    inputs (projection shortcut: ``P2``, ``s2 = 2 P2 - short_k``). ``in_shape`` = ``out_shape``
+    = (C, H, W) or (C,); the output is C bits.
+
+    Before :class:`~bnnforge.compiler.passes.FoldThresholds`: ``affine`` (float64, (2, C): the
+    main path's ``a``, ``b``) and for a popcount shortcut ``short_affine`` ((2, C): ``a2``,
+    ``b2``); the output bit is ``a s + b + x >= 0`` or ``a s + b + a2 s2 + b2 >= 0``. After
+    folding: ``thresholds``, int64 of shape (S, C), S = 2 for bits (row = the shortcut bit) and
+    ``short_k + 1`` for popcounts (row = ``P2``); the output bit of channel c is
+    ``P_c >= thresholds[sel_c, c]`` (the main stage's weight rows are inverted where ``a < 0``).
+    """
+
+    main_k: int = 0
+    short: str = "bits"
+    short_k: int = 0
+    affine: np.ndarray | None = field(default=None, repr=False)
+    short_affine: np.ndarray | None = field(default=None, repr=False)
+    thresholds: np.ndarray | None = field(default=None, repr=False)
+
+    kind = "add"
+
+    def __post_init__(self):
+        if tuple(self.in_shape) != tuple(self.out_shape) or len(self.out_shape) not in (1, 3):
+            raise ValueError(f"ResidualAdd in_shape and out_shape must be one (C, H, W) or (C,) "
+                             f"shape, not {self.in_shape} -> {self.out_shape}")
+        if self.short not in SHORTCUTS:
+            raise ValueError(f"ResidualAdd short must be 'bits' or 'popcount', not "
+                             f"{self.short!r}")
+        if self.main_k < 1 or (self.short == "popcount") != (self.short_k >= 1) \
+                or self.short_k < 0:
+            raise ValueError(f"ResidualAdd needs main_k >= 1 and short_k >= 1 for a popcount "
+                             f"shortcut (0 for bits), not main_k={self.main_k}, "
+                             f"short_k={self.short_k}")
+        c = self.channels
+        for what, arr, want in (("affine", self.affine, (2, c)),
+                                ("short_affine", self.short_affine, (2, c)),
+                                ("thresholds", self.thresholds, (self.selectors, c))):
+            if arr is not None and tuple(arr.shape) != want:
+                raise ValueError(f"ResidualAdd {what} must have shape {want}, not "
+                                 f"{tuple(arr.shape)}")
+        if (self.short_affine is not None) and self.short != "popcount":
+            raise ValueError("ResidualAdd short_affine belongs to a popcount shortcut only")
+        if self.thresholds is None and (self.affine is None or (
+                self.short == "popcount") != (self.short_affine is not None)):
+            raise ValueError("ResidualAdd needs thresholds, or affine (and short_affine for a "
+                             "popcount shortcut)")
+
+    @property
+    def num_inputs(self) -> int:
+        return 2
+
+    @property
+    def channels(self) -> int:
+        return int(self.out_shape[0])
+
+    @property
+    def selectors(self) -> int:
+        """Rows of the threshold table: 2 (shortcut bit) or ``short_k + 1`` (shortcut P2)."""
+        return 2 if self.short == "bits" else self.short_k + 1
+
+    @property
+    def folded(self) -> bool:
+        return self.thresholds is not None
+
+    def port_bits(self) -> list[int]:
+        """Bits per element on each port: the popcount widths (1 for a bits shortcut)."""
+        short = 1 if self.short == "bits" else int(self.short_k).bit_length()
+        return [int(self.main_k).bit_length(), short]
+
+
+@dataclass(frozen=True, eq=False)
+class Concat(Op):
+    """Channel concatenation of n >= 2 binary tensors (torch.cat along channels).
+
+    Port k carries ``parts[k]`` channels of the same (H, W) (or vectors of ``parts[k]``);
+    ``in_shape`` = ``out_shape`` = (sum(parts), H, W) or (sum(parts),). In the stream each
+    output pixel holds port 0's channels first.
+    """
+
+    parts: tuple = ()
+
+    kind = "concat"
+
+    def __post_init__(self):
+        parts = tuple(int(p) for p in self.parts)
+        object.__setattr__(self, "parts", parts)
+        if len(parts) < 2 or min(parts) < 1:
+            raise ValueError(f"Concat needs at least two positive channel counts, not {parts}")
+        if tuple(self.in_shape) != tuple(self.out_shape) or len(self.out_shape) not in (1, 3) \
+                or int(self.out_shape[0]) != sum(parts):
+            raise ValueError(f"Concat in_shape and out_shape must be ({sum(parts)}, ...) for "
+                             f"parts {parts}, not {self.in_shape} -> {self.out_shape}")
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.parts)
+
+    def port_shapes(self) -> list[tuple]:
+        rest = tuple(self.out_shape[1:])
+        return [(p, *rest) for p in self.parts]
+
+
+OP_TYPES = {cls.__name__: cls for cls in (InputLayer, BinaryDense, BinaryConv, MaxPool, ScoreLayer,
+                                          ResidualAdd, Concat)}
 
 
 def check_pixels_per_transfer(name: str, op: Op, value) -> int:
@@ -311,11 +476,18 @@ def check_pixels_per_transfer(name: str, op: Op, value) -> int:
 
 
 class DataflowGraph:
-    """A chain of streaming stages: a ``networkx.DiGraph`` whose nodes carry an ``op``.
+    """A directed acyclic graph of streaming stages: a ``networkx.DiGraph`` whose nodes carry an
+    ``op``.
 
-    Nodes are named (``"input"``, ``"conv0"``, ``"fc1"``, ``"scores"`` …). Edges carry the tensor
-    ``shape`` and the ``bits`` per element. Passes set further node attributes: ``fold``
-    (``{"pe": …, "simd": …}``), ``mst``, ``fifo_depth``; the input node may carry
+    Nodes are named (``"input"``, ``"conv0"``, ``"fc1"``, ``"add0"``, ``"scores"`` …). Edges
+    carry the tensor ``shape``, the ``bits`` per element and the consumer's input ``port``
+    (0 first). Most graphs are chains; a stream with several consumers is a fork, a stage with
+    several inputs (:class:`ResidualAdd`, :class:`Concat`) a join. There is one input stage (no
+    inputs) and one output stage (no consumers, the :class:`ScoreLayer`).
+
+    Passes set further node attributes: ``fold`` (``{"pe": …, "simd": …}``), ``mst``,
+    ``fifo_depth`` (an int, the FIFO in front of a one-input stage; for a stage with n > 1
+    inputs a list of n ints, one per port; 0 = a wire); the input node may carry
     ``pixels_per_transfer`` (default 1: pixels the accelerator's input stream carries per
     transfer; see :meth:`pixels_per_transfer`).
     """
@@ -326,18 +498,79 @@ class DataflowGraph:
         self.meta = dict(meta or {})
 
     # -- building ------------------------------------------------------------------------------
-    def add(self, name: str, op: Op, **attrs) -> None:
-        """Append a stage after the current last one."""
+    def add(self, name: str, op: Op, inputs: list[str] | None = None, **attrs) -> None:
+        """Add a stage.
+
+        Parameters
+        ----------
+        name
+            The stage's unique name.
+        op
+            Its operation.
+        inputs
+            Producer stage names in port order (port 0 first); ``[]`` for the input stage.
+            ``None`` appends the stage after the last one added (a chain).
+        **attrs
+            Further node attributes (``source``, ``fold``, ``fifo_depth`` …).
+
+        Raises
+        ------
+        ValueError
+            For a name in use, an unknown producer, a wrong number of inputs or a shape that
+            does not fit.
+        """
         if name in self.nx:
             raise ValueError(f"a stage named {name!r} exists already")
-        last = self.output_node() if len(self.nx) else None
-        self.nx.add_node(name, op=op, **attrs)
-        if last is not None:
-            prev = self.nx.nodes[last]["op"]
-            if tuple(prev.out_shape) != tuple(op.in_shape):
-                raise ValueError(f"stage {name!r} expects shape {op.in_shape}, but {last!r} "
+        if inputs is None:
+            inputs = [list(self.nx.nodes)[-1]] if len(self.nx) else []
+        inputs = [str(n) for n in inputs]
+        if len(inputs) != op.num_inputs and not (not inputs and not len(self.nx)):
+            raise ValueError(f"stage {name!r} ({type(op).__name__}) takes {op.num_inputs} "
+                             f"input(s), not {len(inputs)}: {inputs}")
+        if len(set(inputs)) != len(inputs):
+            raise ValueError(f"stage {name!r} reads {inputs}; each producer may feed one port")
+        for port, (src, shape) in enumerate(zip(inputs, op.port_shapes(), strict=False)):
+            if src not in self.nx:
+                raise ValueError(f"stage {name!r} reads {src!r}, which is not in the graph")
+            prev = self.nx.nodes[src]["op"]
+            if tuple(prev.out_shape) != tuple(shape):
+                where = f" on port {port}" if op.num_inputs > 1 else ""
+                raise ValueError(f"stage {name!r} expects shape {shape}{where}, but {src!r} "
                                  f"produces {prev.out_shape}")
-            self.nx.add_edge(last, name, shape=tuple(op.in_shape), bits=prev.out_bits)
+        self._check_streams(name, op, inputs)
+        self.nx.add_node(name, op=op, **attrs)
+        for port, (src, shape) in enumerate(zip(inputs, op.port_shapes(), strict=False)):
+            self.nx.add_edge(src, name, shape=tuple(shape),
+                             bits=self.nx.nodes[src]["op"].out_bits, port=port)
+
+    def _check_streams(self, name: str, op: Op, inputs: list[str]) -> None:
+        """Popcount streams go to a ResidualAdd only (one each, K as it says); the rest are
+        bits or the input's bytes."""
+        for port, src in enumerate(inputs):
+            prev = self.nx.nodes[src]["op"]
+            popcount = getattr(prev, "emit", "bits") == "popcount"
+            if isinstance(op, ResidualAdd):
+                want = port == 0 or op.short == "popcount"
+                k = op.main_k if port == 0 else op.short_k
+                if popcount != want or (popcount and int(prev.k) != k):
+                    what = f"a popcount stage of K={k}" if want else "a binary stream"
+                    raise ValueError(f"ResidualAdd {name!r} port {port} needs {what}, not "
+                                     f"{src!r} ({type(prev).__name__}, emit="
+                                     f"{getattr(prev, 'emit', 'bits')!r}, out_bits="
+                                     f"{prev.out_bits})")
+                if not popcount and prev.out_bits != 1:
+                    raise ValueError(f"ResidualAdd {name!r} port {port} needs a binary stream, "
+                                     f"not {src!r} ({prev.out_bits} bits)")
+            elif popcount:
+                raise ValueError(f"stage {name!r} reads the popcounts of {src!r}; only a "
+                                 "ResidualAdd takes popcounts")
+            elif isinstance(op, Concat) and prev.out_bits != 1:
+                raise ValueError(f"Concat {name!r} joins binary streams, not {src!r} "
+                                 f"({prev.out_bits} bits)")
+            if popcount and self.nx.out_degree(src):
+                raise ValueError(f"stage {name!r} reads the popcounts of {src!r}, which feed "
+                                 f"{list(self.nx.successors(src))} already; a popcount stage "
+                                 "has one consumer")
 
     def copy(self) -> DataflowGraph:
         """Return a copy sharing the (immutable) ops but not the attribute dicts."""
@@ -356,8 +589,43 @@ class DataflowGraph:
 
     # -- reading -------------------------------------------------------------------------------
     def order(self) -> list[str]:
-        """Return the stage names from input to output."""
-        return list(nx.lexicographical_topological_sort(self.nx))
+        """Return the stage names in a topological order, input first and output last.
+
+        Deterministic: among stages that are ready at once, the one added first comes first
+        (for a chain, the chain's order).
+        """
+        rank = {n: i for i, n in enumerate(self.nx.nodes)}
+        return list(nx.lexicographical_topological_sort(self.nx, key=rank.__getitem__))
+
+    def inputs(self, name: str) -> list[str]:
+        """Return the producers of stage ``name`` in port order."""
+        edges = sorted(self.nx.in_edges(name, data="port"), key=lambda e: e[2])
+        return [src for src, _, _ in edges]
+
+    def consumers(self, name: str) -> list[str]:
+        """Return the stages that read stage ``name``'s stream, in graph order."""
+        succ = set(self.nx.successors(name))
+        return [n for n in self.order() if n in succ] if len(succ) > 1 else list(succ)
+
+    def port(self, src: str, dst: str) -> int:
+        """Return the input port of ``dst`` that ``src`` feeds."""
+        return int(self.nx.edges[src, dst]["port"])
+
+    def is_chain(self) -> bool:
+        """Return whether every stage has at most one input and at most one consumer."""
+        return all(self.nx.in_degree(n) <= 1 and self.nx.out_degree(n) <= 1 for n in self.nx)
+
+    def fifo_depths(self, name: str, default: int = 2) -> list[int]:
+        """Return the FIFO depth in front of each input port of ``name`` (``fifo_depth`` as a
+        list, ``default`` per port when absent)."""
+        n = max(1, self.nx.in_degree(name))
+        value = self.attrs(name).get("fifo_depth", default)
+        if isinstance(value, (list, tuple)):
+            if len(value) != n:
+                raise ValueError(f"stage {name!r}: fifo_depth must list {n} depths (one per "
+                                 f"input port), not {value!r}")
+            return [int(v) for v in value]
+        return [int(value)] * n
 
     def __iter__(self) -> Iterator[tuple[str, Op]]:
         for name in self.order():
@@ -373,9 +641,11 @@ class DataflowGraph:
         return self.nx.nodes[name]
 
     def input_node(self) -> str:
+        """Return the stage without inputs (the first in :meth:`order`)."""
         return self.order()[0]
 
     def output_node(self) -> str:
+        """Return the stage without consumers (the last in :meth:`order`)."""
         return self.order()[-1]
 
     @property
@@ -399,6 +669,8 @@ class DataflowGraph:
             return False
         for name in self.order():
             a, b = self.attrs(name), other.attrs(name)
+            if self.inputs(name) != other.inputs(name):
+                return False
             if not a["op"].same_as(b["op"]):
                 return False
             if {k: v for k, v in a.items() if k != "op"} != \

@@ -408,6 +408,12 @@ def _subtree_size(res: MSTResult, root: int) -> int:
 _MST_OPS = (BinaryDense, BinaryConv, ScoreLayer)
 
 
+def _mst_candidate(op) -> bool:
+    """Whether a stage gets an MST: a binary layer, but not one that streams popcounts to a
+    residual join (``emit="popcount"``)."""
+    return isinstance(op, _MST_OPS) and getattr(op, "emit", "bits") == "bits"
+
+
 def layer_tree(op, *, complement: bool = True, max_depth: int | None = None) -> MSTResult:
     """Return the MST of a binary layer's output channels (any op with ``weights``, ``k``)."""
     return mst_tree(hamming_matrix(op.weights, op.k), op.k, complement=complement,
@@ -448,7 +454,8 @@ def _tree_from_attr(attr: dict, op) -> MSTResult:
 
 def analyse_graph(graph: DataflowGraph, *, complement: bool = True,
                   max_depth: int | None = None) -> dict:
-    """Return the MST cost summary of every binary layer of a graph (the score layer included).
+    """Return the MST cost summary of every binary layer of a graph (the score layer included;
+    popcount stages of residual blocks left out).
 
     A stage that carries an ``mst`` attribute (set by :class:`OrderChannelsByMST`) is summarised
     from it; other stages get a tree computed with ``complement`` and ``max_depth``.
@@ -464,7 +471,7 @@ def analyse_graph(graph: DataflowGraph, *, complement: bool = True,
     dense = total = 0
     deepest = 0
     for name, op in graph:
-        if not isinstance(op, _MST_OPS):
+        if not _mst_candidate(op):
             continue
         attr = graph.attrs(name).get("mst")
         if attr is not None:
@@ -495,7 +502,8 @@ def tree_attr(tree: MSTResult) -> dict:
 
 
 class OrderChannelsByMST:
-    """Attach an MST over output channels to every binary layer (node attribute ``mst``).
+    """Attach an MST over output channels to every binary layer (node attribute ``mst``), but
+    not to popcount stages (``emit="popcount"``), which feed a residual join.
 
     ``mst = {"parent", "complement", "depth", "order", "weight", "roots"}`` as plain lists and
     ints (see :class:`MSTResult`). The weights, thresholds and channel order stay as they are,
@@ -522,7 +530,7 @@ class OrderChannelsByMST:
     def apply(self, graph: DataflowGraph) -> DataflowGraph:
         out = graph.copy()
         for name, op in graph:
-            if not isinstance(op, _MST_OPS):
+            if not _mst_candidate(op):
                 continue
             tree = layer_tree(op, complement=self.complement, max_depth=self.max_depth)
             out.attrs(name)["mst"] = tree_attr(tree)

@@ -10,9 +10,9 @@ from fractions import Fraction
 
 import numpy as np
 
-from .ir import DataflowGraph, ScoreLayer, _Matrix, pack_bits
+from .ir import DataflowGraph, ResidualAdd, ScoreLayer, _Matrix, pack_bits
 
-__all__ = ["FoldThresholds", "fold_score_affine", "score_bits"]
+__all__ = ["FoldThresholds", "fold_residual", "fold_score_affine", "score_bits"]
 
 
 def _signed_domain(op) -> np.ndarray:
@@ -42,6 +42,11 @@ class FoldThresholds:
     ``accumulator >= threshold``); a channel with a zero scale becomes constant (threshold at the
     accumulator's minimum for a constant 1, one past its maximum for a constant 0). The score
     layer's affine becomes integer ``mul``/``add`` (see :func:`fold_score_affine`).
+
+    A :class:`ResidualAdd` gets one threshold row per shortcut value (the bit, or the
+    shortcut's popcount ``P2``) on its main stage's popcount ``P``, by the same rules with the
+    shortcut's exact contribution moved into the offset; where the main path's ``a < 0`` the
+    main stage's weight row is inverted.
     """
 
     name = "fold_thresholds"
@@ -56,6 +61,15 @@ class FoldThresholds:
                                                    _signed_domain(op))
                 op = dataclasses.replace(op, mul=mul, add=add, gain=gain, affine=None)
                 out.replace_op(node, dataclasses.replace(op, score_bits=score_bits(op)))
+            elif isinstance(op, ResidualAdd) and not op.folded:
+                main = graph.inputs(node)[0]
+                folded, invert = fold_residual(op)
+                if invert.any():
+                    mop = out.op(main)
+                    bits = mop.weight_bits()
+                    bits[invert] = ~bits[invert]
+                    out.replace_op(main, dataclasses.replace(mop, weights=pack_bits(bits)))
+                out.replace_op(node, folded)
         return out
 
     @staticmethod
@@ -79,6 +93,43 @@ class FoldThresholds:
             thresholds = thresholds[0]
         return dataclasses.replace(op, weights=pack_bits(bits), thresholds=thresholds,
                                    affine=None)
+
+
+def _shortcut_offsets(op: ResidualAdd) -> list[list[Fraction]]:
+    """Per selector row and channel, the shortcut's exact contribution to the main sum."""
+    if op.short == "bits":
+        return [[Fraction(x)] * op.channels for x in (-1, 1)]
+    a2, b2 = op.short_affine
+    return [[Fraction(float(a2[c])) * (2 * p2 - op.short_k) + Fraction(float(b2[c]))
+             for c in range(op.channels)] for p2 in range(op.short_k + 1)]
+
+
+def fold_residual(op: ResidualAdd) -> tuple[ResidualAdd, np.ndarray]:
+    """Return ``op`` with integer thresholds, and which main weight rows to invert (a < 0).
+
+    Row ``j`` of the (S, C) table is the smallest popcount ``P`` (``s = 2P - main_k``) with
+    ``a s + b + offset_j >= 0``, computed on the float64 values as exact rationals (``offset``:
+    the shortcut's ±1, or ``a2 (2 P2 - short_k) + b2``). ``a < 0``: the main row is inverted
+    (``s -> -s``) and ``a := -a``; ``a = 0``: 0 or ``main_k + 1`` by the sign of ``b +
+    offset``. Thresholds are clamped to [0, main_k + 1].
+    """
+    a_row, b_row = op.affine
+    k = op.main_k
+    offsets = _shortcut_offsets(op)
+    thresholds = np.empty((op.selectors, op.channels), dtype=np.int64)
+    invert = np.zeros(op.channels, dtype=bool)
+    for c in range(op.channels):
+        a, b = float(a_row[c]), Fraction(float(b_row[c]))
+        invert[c] = a < 0
+        for j, row in enumerate(offsets):
+            rest = b + row[c]
+            if a == 0.0:
+                thresholds[j, c] = 0 if rest >= 0 else k + 1
+                continue
+            t = -rest / Fraction(abs(a))            # s >= t
+            thresholds[j, c] = min(max(math.ceil((k + t) / 2), 0), k + 1)
+    folded = dataclasses.replace(op, thresholds=thresholds, affine=None, short_affine=None)
+    return folded, invert
 
 
 def fold_score_affine(a: np.ndarray, b: np.ndarray, domain: np.ndarray

@@ -1,7 +1,7 @@
 """The pipeline depths of the generated hardware: one definition for the generator and the model.
 
 The adder trees of the matrix units and the argmax of the score unit are pipelined at fixed
-intervals; :mod:`bnnforge.hw.components` builds them and :mod:`bnnforge.sim.timing` counts their
+intervals; :mod:`bnnforge.hw.matrix` builds them and :mod:`bnnforge.sim.timing` counts their
 registers, both from here, so the timing contract cannot drift between the two.
 """
 

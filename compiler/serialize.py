@@ -2,6 +2,8 @@
 
 The same graph always gives byte-identical files: JSON keys are sorted, arrays go into an npz
 whose zip entries carry a fixed timestamp, and nothing time- or host-dependent is written.
+Nodes are listed in topological order; a graph that branches lists each node's ``inputs``
+(producers in port order), a chain does not (each node reads the one before it).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def read_npz(data: bytes | Path, what: str) -> dict[str, np.ndarray]:
 
 def _to_json(graph: DataflowGraph) -> tuple[dict, dict[str, np.ndarray]]:
     nodes, arrays = [], {}
+    chain = graph.is_chain()       # a chain's nodes list no inputs: the files stay as they were
     for name in graph.order():
         attrs = graph.attrs(name)
         op = attrs["op"]
@@ -79,8 +82,11 @@ def _to_json(graph: DataflowGraph) -> tuple[dict, dict[str, np.ndarray]]:
             arrays[key] = value
             refs[field_name] = key
         extra = {k: v for k, v in attrs.items() if k != "op"}
-        nodes.append({"name": name, "op": type(op).__name__, "params": op.params(),
-                      "arrays": refs, "attrs": extra})
+        node = {"name": name, "op": type(op).__name__, "params": op.params(),
+                "arrays": refs, "attrs": extra}
+        if not chain:
+            node["inputs"] = graph.inputs(name)
+        nodes.append(node)
     doc = {"format": "bnnforge-graph", "version": FORMAT_VERSION, "name": graph.name,
            "meta": graph.meta, "nodes": nodes}
     return doc, arrays
@@ -137,7 +143,11 @@ def load_graph(folder: str | os.PathLike) -> DataflowGraph:
             kwargs = {k: _tupled(v) for k, v in node["params"].items()}
             for field_name, key in node["arrays"].items():
                 kwargs[field_name] = arrays[key]
-            graph.add(node["name"], cls(**kwargs), **node["attrs"])
+            inputs = node.get("inputs")       # absent: a chain (every version 1 file before)
+            if inputs is not None and not (isinstance(inputs, list)
+                                           and all(isinstance(n, str) for n in inputs)):
+                raise ValueError(f"node {node['name']!r} has inputs {inputs!r}")
+            graph.add(node["name"], cls(**kwargs), inputs, **node["attrs"])
     except (KeyError, TypeError, ValueError) as exc:
         raise GraphFileError(f"{gpath} does not match {wpath} ({type(exc).__name__}: {exc}); "
                              "recompile the model") from None

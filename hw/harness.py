@@ -14,6 +14,9 @@ byte), pixels in raster order, frames back to back; ``o_stream__payload``
 holds class ``c``'s two's-complement score at bits ``[32c, 32c+32)`` and the argmax class index
 in the top ``class_width`` bits.
 
+A design that deadlocks can be observed rather than waited out: with ``idle_limit`` the run stops
+after that many cycles without progress and returns the handshakes so far, ``stalled = True``.
+
 Each run happens in a temporary folder inside the build directory, removed afterwards unless the
 environment variable ``BNNFORGE_KEEP_RUN`` is set (to inspect ``sim.log`` and ``results.xml``).
 """
@@ -335,7 +338,7 @@ def run_rtl(rtl_dir: str | os.PathLike, frames: np.ndarray, simulator: str = "ic
             input_gap: float = 0.0, output_stall: float = 0.0, seed: int = 0,
             build_dir: str | os.PathLike | None = None, timeout_cycles: int | None = None,
             progress=None, in_gaps: np.ndarray | None = None,
-            out_ready: np.ndarray | None = None) -> dict:
+            out_ready: np.ndarray | None = None, idle_limit: int | None = None) -> dict:
     """Stream ``frames`` through the design in ``rtl_dir`` and return what came out, and when.
 
     Parameters
@@ -365,6 +368,15 @@ def run_rtl(rtl_dir: str | os.PathLike, frames: np.ndarray, simulator: str = "ic
         before each input transfer (after the previous one's handshake; missing entries are 0)
         and the output's ready per cycle (1 once the array ends) — the stimulus contract of
         :func:`bnnforge.sim.simulate_timing`, so both can be driven identically.
+    idle_limit
+        Stop when the design makes no progress for this many cycles and return what happened
+        so far with ``stalled = True`` (default None: never; a design that stops producing
+        outputs then fails after ``timeout_cycles``). A cycle without progress is one without
+        any handshake in which the harness refused none: every such cycle counts except those
+        in which the design was ready for an input the harness held back (an input gap) or
+        offered an output the harness held back (``ready`` low); a handshake resets the count.
+        Choose it above the design's longest legitimate quiet stretch (a folded unit computing,
+        a window buffering a frame), e.g. a few frames' worth of cycles.
 
     Returns
     -------
@@ -373,7 +385,11 @@ def run_rtl(rtl_dir: str | os.PathLike, frames: np.ndarray, simulator: str = "ic
         of every output handshake), ``in_cycles`` (N * pixels / pixels_per_transfer,) int64
         (cycle of every input transfer's handshake), ``cycles`` (cycles run until the last
         output, inclusive), ``wall_s`` (all of it, build included) and ``sim_s`` (the
-        simulation alone). Cycle 0 is the first cycle after reset is released.
+        simulation alone). Cycle 0 is the first cycle after reset is released. ``stalled``
+        (bool) and ``last_progress`` (the cycle of the last handshake, -1 if none): after a
+        stall (``idle_limit``) the arrays hold only the handshakes that happened — ``scores``,
+        ``classes`` and ``out_cycles`` the frames that came out, ``in_cycles`` the input
+        transfers that went in — and ``cycles`` counts up to the cycle the run stopped.
 
     Raises
     ------
@@ -391,6 +407,11 @@ def run_rtl(rtl_dir: str | os.PathLike, frames: np.ndarray, simulator: str = "ic
     if int(timeout_cycles) < 1:
         raise ValueError(f"timeout_cycles must be a positive number of cycles, "
                          f"not {timeout_cycles!r}")
+    if idle_limit is not None and (isinstance(idle_limit, bool)
+                                   or not isinstance(idle_limit, (int, np.integer))
+                                   or idle_limit < 1):
+        raise ValueError(f"idle_limit must be a positive number of cycles or None, "
+                         f"not {idle_limit!r}")
     rtl_dir = Path(rtl_dir).resolve()
     top = read_top(rtl_dir)
     pixels = _as_pixels(frames, top)
@@ -410,6 +431,7 @@ def run_rtl(rtl_dir: str | os.PathLike, frames: np.ndarray, simulator: str = "ic
                  class_width=np.int64(top["class_width"]), input_gap=np.float64(input_gap),
                  output_stall=np.float64(output_stall), seed=np.int64(seed),
                  timeout_cycles=np.int64(timeout_cycles),
+                 idle_limit=np.int64(idle_limit or 0),
                  **({"in_gaps": np.asarray(in_gaps, dtype=np.int64)}
                     if in_gaps is not None else {}),
                  **({"out_ready": np.asarray(out_ready, dtype=bool)}
@@ -450,6 +472,8 @@ def run_rtl(rtl_dir: str | os.PathLike, frames: np.ndarray, simulator: str = "ic
             result = {k: np.array(res[k]) for k in
                       ("scores", "classes", "out_cycles", "in_cycles")}
             result["cycles"] = int(res["cycles"])
+            result["stalled"] = bool(res["stalled"])
+            result["last_progress"] = int(res["last_progress"])
         result["sim_s"] = time.perf_counter() - sim_start
         result["wall_s"] = time.perf_counter() - start
         return result

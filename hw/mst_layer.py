@@ -34,14 +34,9 @@ from amaranth.hdl import Cat, Const, Module, Shape, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .components import (
-    TREE_LEVELS_PER_STAGE,
-    _input_bits,
-    _positive_int,
-    _weight_matrix,
-    quiet_on_error,
-    tree_stages,
-)
+from ..compiler.pipeline import tree_stages
+from .checks import check_input_bits, int_list, positive_int, quiet_on_error, weight_matrix
+from .matrix import adder_tree
 
 __all__ = ["MSTLayer", "tree_levels"]
 
@@ -75,7 +70,7 @@ def tree_levels(parent) -> np.ndarray:
 class MSTLayer(wiring.Component):
     """Matrix-vector-threshold layer computed along a spanning forest of its output channels.
 
-    The stream interface of :class:`~bnnforge.hw.components.MVTU` at PE = C, SIMD = K: one whole
+    The stream interface of :class:`~bnnforge.hw.matrix.MVTU` at PE = C, SIMD = K: one whole
     vector in per transfer, one C-bit result out per vector, at one vector per cycle.
 
     Parameters
@@ -109,11 +104,11 @@ class MSTLayer(wiring.Component):
 
     Timing
     ------
-    Let t = :func:`~bnnforge.hw.components.tree_stages`\\(K) (attribute ``tree_stages``: the
+    Let t = :func:`~bnnforge.compiler.pipeline.tree_stages`\\(K) (attribute ``tree_stages``: the
     registers of the K-input popcount tree, one per 3 adder levels) and D the forest's depth
     (attribute ``max_depth``). A cycle is *enabled* when ``o_stream.valid`` is low or
-    ``o_stream.ready`` is high (the module docstring of ``components``); every register of the
-    layer loads only in enabled cycles.
+    ``o_stream.ready`` is high (the module docstring of :mod:`bnnforge.hw.matrix`); every
+    register of the layer loads only in enabled cycles.
 
     * ``i_stream.ready`` is high exactly in enabled cycles (no input buffer); a vector is
       accepted in an enabled cycle a in which ``i_stream.valid`` is high.
@@ -136,21 +131,15 @@ class MSTLayer(wiring.Component):
     @quiet_on_error
     def __init__(self, k, channels, weights, thresholds, parent, complement, depth=None,
                  input_bits=1):
-        self.k = _positive_int("K", k)
-        self.channels = _positive_int("channels", channels)
-        bits = _input_bits(input_bits)
+        self.k = positive_int("K", k)
+        self.channels = positive_int("channels", channels)
+        bits = check_input_bits(input_bits)
         if bits != 1:
             raise ValueError(f"MSTLayer takes binary inputs only (input_bits=1), not "
                              f"input_bits={input_bits!r}; build an 8-bit layer as an MVTU")
         self.input_bits = 1
-        self.weights = _weight_matrix(weights, self.channels, self.k)
-        t = list(thresholds) if not isinstance(thresholds, np.ndarray) else thresholds.tolist()
-        if len(t) != self.channels:
-            raise ValueError(f"thresholds must hold {self.channels} values, not {len(t)}")
-        for v in t:
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise TypeError(f"thresholds must be integers, not {v!r}")
-        self.thresholds = [int(v) for v in t]
+        self.weights = weight_matrix(weights, self.channels, self.k)
+        self.thresholds = int_list("thresholds", thresholds, self.channels)
         parent = list(np.asarray(parent).tolist())
         comp = list(np.asarray(complement).tolist())
         for name, seq in (("parent", parent), ("complement", comp)):
@@ -199,31 +188,6 @@ class MSTLayer(wiring.Component):
             value = reg
         return value
 
-    @staticmethod
-    def _popcount(m, en, terms, name):
-        """Adder tree over 1-bit terms, a register every TREE_LEVELS_PER_STAGE levels and at the
-        end; returns (value, registers)."""
-        if not terms:
-            return Const(0, 1), 0
-        levels = (len(terms) - 1).bit_length()
-        level = regs = 0
-        while len(terms) > 1:
-            level += 1
-            reg = level % TREE_LEVELS_PER_STAGE == 0 or level == levels
-            nxt = []
-            for i in range(0, len(terms), 2):
-                e = terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] + 0
-                sig = Signal(e.shape(), name=f"{name}_l{level}_{i // 2}")
-                if reg:
-                    with m.If(en):
-                        m.d.sync += sig.eq(e)
-                else:
-                    m.d.comb += sig.eq(e)
-                nxt.append(sig)
-            regs += reg
-            terms = nxt
-        return terms[0], regs
-
     def elaborate(self, platform):
         m = Module()
         i_s, o = self.i_stream, self.o_stream
@@ -249,7 +213,7 @@ class MSTLayer(wiring.Component):
         for c in range(c_out):
             w = self.weights[c]
             terms = [x[i] if w[i] else xn[i] for i in self._positions[c].tolist()]
-            val, regs = self._popcount(m, en, terms, f"ch{c}")
+            val, regs = adder_tree(m, terms, en, f"ch{c}")
             want = t + max(0, int(self.level[c]) - 1)
             e_at[c] = self._delay(m, en, val, want - regs, f"ch{c}_e")
 

@@ -29,7 +29,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..compiler.ir import DataflowGraph
-from .components import quiet_on_error, silence
+from .checks import quiet_on_error, silence
 from .generate import Accelerator
 
 __all__ = ["MIN_DIVISOR", "BoardTop", "UARTRx", "UARTTx", "answer_layout", "uart_divisor"]

@@ -1,6 +1,6 @@
 """bnnforge.nn: layers, binarizers, reference architectures and datasets to train BNNs."""
 
-from .archs import ARCHS, build
+from .archs import ARCHS, BasicBlock, ResNet, build
 from .datasets import DATASETS, Dataset, load_dataset
 from .layers import (
     SCALE_MODES,
@@ -16,6 +16,7 @@ from .train import evaluate, predict_scores, train
 __all__ = [
     "ARCHS",
     "DATASETS",
+    "BasicBlock",
     "QUANTIZERS",
     "SCALE_MODES",
     "BinaryActivation",
@@ -24,6 +25,7 @@ __all__ = [
     "Dataset",
     "InputQuant",
     "Quantizer",
+    "ResNet",
     "build",
     "default_scale",
     "evaluate",

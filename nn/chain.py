@@ -1,15 +1,20 @@
-"""Trace a torch model into the chain of layers that bnnforge understands.
+"""Trace a torch model into the layers that bnnforge understands.
 
 Any module built from :mod:`bnnforge.nn` layers and torch's BatchNorm, MaxPool2d and Flatten
 that ``torch.fx`` can trace is accepted, not only ``nn.Sequential``: user containers are traced
 through, bnnforge's layers and torch's standard layers are kept whole. The result is a list of
 :class:`Step` in data order, each with its torch module and its input and output shapes.
+
+:func:`trace_chain` accepts chains only; :func:`trace_graph` also accepts graphs that branch:
+tensor sums (``+``, ``torch.add``, ``operator.add``, ``Tensor.add``) and channel
+concatenations (``torch.cat(..., dim=1)``), each :class:`Step` naming its inputs.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import operator
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx
@@ -17,7 +22,7 @@ from torch import nn
 
 from .layers import BinaryActivation, BinaryConv2d, BinaryLinear, InputQuant
 
-__all__ = ["Step", "UnsupportedModelError", "trace_chain", "SUPPORTED_LAYERS"]
+__all__ = ["Step", "UnsupportedModelError", "trace_chain", "trace_graph", "SUPPORTED_LAYERS"]
 
 SUPPORTED_LAYERS = ("InputQuant, BinaryLinear, BinaryConv2d, BinaryActivation, BatchNorm1d, "
                     "BatchNorm2d, MaxPool2d, Flatten, Dropout, Identity")
@@ -32,13 +37,22 @@ class UnsupportedModelError(ValueError):
 @dataclass
 class Step:
     """One layer of the chain: ``kind`` is one of ``input``, ``linear``, ``conv``, ``batchnorm``,
-    ``activation``, ``maxpool``, ``flatten``; shapes exclude the batch dimension."""
+    ``activation``, ``maxpool``, ``flatten`` (and from :func:`trace_graph` ``add``, ``concat``);
+    shapes exclude the batch dimension.
+
+    ``name`` is the module's qualified name (the fx node's name for a function); a module
+    called at several places gives several steps of one name. :func:`trace_graph` also sets
+    ``node`` (the fx node's unique name) and ``inputs`` (the ``node`` of each input tensor in
+    argument order; the model's input is the placeholder's name).
+    """
 
     name: str
     kind: str
     module: nn.Module | None
     in_shape: tuple
     out_shape: tuple
+    node: str = ""
+    inputs: tuple = field(default=())
 
 
 class _ShapeError(Exception):
@@ -119,17 +133,8 @@ def _classify_call(node: torch.fx.Node, in_shape: tuple, out_shape: tuple) -> st
         f"compiles chains of layers ({SUPPORTED_LAYERS}) and flattening reshapes")
 
 
-def trace_chain(model: nn.Module, input_shape: tuple) -> list[Step]:
-    """Trace ``model`` for one frame of ``input_shape`` (no batch dimension) into steps.
-
-    Raises
-    ------
-    UnsupportedModelError
-        For a layer or operation outside the supported set, a model that branches, or a model
-        that torch.fx cannot trace, with the layer's name and what to use instead.
-    ValueError
-        When ``input_shape`` does not fit the model.
-    """
+def _trace(model: nn.Module, input_shape: tuple) -> tuple[torch.fx.GraphModule, tuple]:
+    """Trace ``model`` with fx and record every tensor's shape for one frame."""
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
     input_shape = tuple(int(d) for d in input_shape)
@@ -156,7 +161,21 @@ def trace_chain(model: nn.Module, input_shape: tuple) -> list[Step]:
                          f"fails with: {first}") from None
     finally:
         model.train(was_training)
+    return gm, input_shape
 
+
+def trace_chain(model: nn.Module, input_shape: tuple) -> list[Step]:
+    """Trace ``model`` for one frame of ``input_shape`` (no batch dimension) into steps.
+
+    Raises
+    ------
+    UnsupportedModelError
+        For a layer or operation outside the supported set, a model that branches, or a model
+        that torch.fx cannot trace, with the layer's name and what to use instead.
+    ValueError
+        When ``input_shape`` does not fit the model.
+    """
+    gm, input_shape = _trace(model, input_shape)
     modules = dict(model.named_modules())
     steps: list[Step] = []
     data_nodes: set = set()
@@ -200,6 +219,137 @@ def trace_chain(model: nn.Module, input_shape: tuple) -> list[Step]:
         previous = node
         if kind != "identity":
             steps.append(Step(name, kind, module, in_shape, out_shape))
+    if not steps:
+        raise UnsupportedModelError("the model has no layers")
+    return steps
+
+
+_ADDS = (operator.add, operator.iadd, torch.add)
+_CATS = (torch.cat, torch.concat, torch.concatenate)
+
+
+def _where(node: torch.fx.Node) -> str:
+    return f"{node.name!r} ({getattr(node.target, '__name__', node.target)})"
+
+
+def _operands(node: torch.fx.Node, data: set) -> tuple[str, list]:
+    """Return the kind of a branching call (``add``, ``concat``, or "" for others) and its
+    tensor operands in argument order."""
+    target = node.target
+    if (node.op == "call_function" and target in _ADDS) or \
+            (node.op == "call_method" and target in ("add", "__add__", "add_")):
+        alpha = node.kwargs.get("alpha", 1)
+        if alpha != 1 or len(node.args) != 2 or set(node.kwargs) - {"alpha"}:
+            what = f"scales a term (alpha={alpha!r})" if alpha != 1 else \
+                "takes other arguments than two tensors"
+            raise UnsupportedModelError(
+                f"the sum {_where(node)} {what}; bnnforge folds plain sums of two tensors "
+                "(x + y)")
+        if not all(isinstance(a, torch.fx.Node) and a in data for a in node.args):
+            raise UnsupportedModelError(
+                f"the sum {_where(node)} adds a constant to a tensor; fold constants into a "
+                "BatchNorm (its bias) instead")
+        return "add", list(node.args)
+    if node.op == "call_function" and target in _CATS:
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        rank = len(node.meta["shape"])
+        if not isinstance(tensors, (list, tuple)) or not all(
+                isinstance(a, torch.fx.Node) and a in data for a in tensors):
+            raise UnsupportedModelError(
+                f"the concatenation {_where(node)} joins something other than tensors of the "
+                "model; concatenate layer outputs only")
+        if not isinstance(dim, int) or dim % rank != 1:
+            raise UnsupportedModelError(
+                f"the concatenation {_where(node)} joins along dim={dim!r}; bnnforge "
+                "concatenates channels only (torch.cat([a, b], dim=1))")
+        return "concat", list(tensors)
+    return "", []
+
+
+def trace_graph(model: nn.Module, input_shape: tuple) -> list[Step]:
+    """Trace ``model`` for one frame of ``input_shape`` into steps that may branch.
+
+    Like :func:`trace_chain`, but a tensor may feed several layers, and two tensors may be
+    summed (``+``, ``torch.add``, ``operator.add``: a step of kind ``add``) or concatenated
+    along channels (``torch.cat([...], dim=1)``: kind ``concat``). Steps come in a topological
+    (fx) order; each names its inputs (``Step.inputs``). Identity layers (Dropout, Identity,
+    ``contiguous``) and layers whose result is never used are left out. Whether the values that
+    meet at a sum can be folded is for the lowering to decide.
+
+    Raises
+    ------
+    UnsupportedModelError
+        For a layer or operation outside the supported set, or a model that torch.fx cannot
+        trace, with the layer's name and what to use instead.
+    ValueError
+        When ``input_shape`` does not fit the model.
+    """
+    gm, input_shape = _trace(model, input_shape)
+    modules = dict(model.named_modules())
+    steps: list[Step] = []
+    data: set = set()
+    alias: dict = {}                 # fx node -> the step node whose value it carries
+    shapes: dict = {}                # step node -> tensor shape (no batch)
+    output = None
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if data:
+                raise UnsupportedModelError(
+                    f"the model takes several inputs ({node.name!r} is the second); bnnforge "
+                    "compiles models of one input frame")
+            data.add(node)
+            alias[node] = node.name
+            shapes[node.name] = input_shape
+            continue
+        if node.op == "output":
+            result = node.args[0]
+            if not isinstance(result, torch.fx.Node) or result not in data:
+                raise UnsupportedModelError(
+                    "the model's output is not the result of its last layer; bnnforge compiles "
+                    "models whose last layer gives the class scores")
+            output = alias[result]
+            break
+        if "shape" not in node.meta:  # sizes and other non-tensor helpers
+            continue
+        if not [a for a in node.all_input_nodes if a in data]:
+            continue
+        out_shape = node.meta["shape"][1:]
+        kind, operands = _operands(node, data)
+        if kind:
+            name, module = node.name, None
+        else:
+            operands = [a for a in node.all_input_nodes if a in data]
+            if len(operands) != 1 or not node.args or node.args[0] is not operands[0]:
+                raise UnsupportedModelError(
+                    f"operation {_where(node)} combines several tensors; bnnforge combines "
+                    "tensors only by sums (x + y) and channel concatenation (torch.cat)")
+            in_shape = shapes[alias[operands[0]]]
+            if node.op == "call_module":
+                module = modules[node.target]
+                kind = _classify_module(node.target, module)
+                name = node.target
+            elif node.op in ("call_function", "call_method"):
+                module = None
+                kind = _classify_call(node, in_shape, out_shape)
+                name = node.name
+            else:
+                raise UnsupportedModelError(
+                    f"unsupported operation {node.name!r} ({node.op}) in the model's forward")
+        data.add(node)
+        if kind == "identity":
+            alias[node] = alias[operands[0]]
+            continue
+        alias[node] = node.name
+        shapes[node.name] = out_shape
+        inputs = tuple(alias[a] for a in operands)
+        steps.append(Step(name, kind, module, shapes[inputs[0]], out_shape, node=node.name,
+                          inputs=inputs))
+    live = {output}
+    for step in reversed(steps):         # drop layers whose result is never used
+        if step.node in live:
+            live.update(step.inputs)
+    steps = [s for s in steps if s.node in live]
     if not steps:
         raise UnsupportedModelError("the model has no layers")
     return steps

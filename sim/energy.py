@@ -2,9 +2,10 @@
 
 Method
 ------
-Every block of the accelerator (:func:`~bnnforge.sim.timing.chain`) does a fixed amount of work
-per token, so the counts of a run are per-token counts times the tokens the timing simulation
-moved through each block:
+Every block of the accelerator (the hardware plan, :mod:`bnnforge.compiler.plan`) does a fixed
+amount of work per token — its kind's ``ops`` in :data:`bnnforge.compiler.plan.KINDS` — so the
+counts of a run are per-token counts times the tokens the timing simulation moved through each
+block:
 
 * ``xnor`` — XNOR gates evaluated: K·C per vector of a binary-input matrix stage.
 * ``popcount_bits`` — full-adder bits of the popcount / signed-sum adder trees: per lane and
@@ -55,10 +56,9 @@ measured board before trusting absolute numbers; ratios between foldings are mor
 
 from __future__ import annotations
 
-import math
-
 from ..compiler.ir import DataflowGraph
-from .timing import TimingResult, chain, simulate_timing
+from ..compiler.plan import build_plan
+from .timing import TimingResult, simulate_timing
 
 __all__ = ["DEFAULT_COEFFICIENTS", "COUNT_NAMES", "PROFILE_KEYS", "estimate_energy",
            "count_operations"]
@@ -98,62 +98,6 @@ COUNT_NAMES = {"xnor": "xnor_pj", "popcount_bits": "adder_bit_pj", "acc_adds": "
                "register_bits": "reg_bit_pj"}
 
 
-def _tree_bits(simd: int, term_bits: int) -> int:
-    bits, n, level = 0, simd, 0
-    while n > 1:
-        level += 1
-        n = -(-n // 2)
-        bits += n * (level + term_bits)
-    return bits
-
-
-def _per_frame(spec: dict) -> dict:
-    """Operation counts of one block per frame."""
-    c = dict.fromkeys(COUNT_NAMES, 0)
-    kind, tokens, width = spec["kind"], spec["tokens"], spec["width"]
-    if kind == "fifo":
-        c["register_bits"] = tokens * width
-    elif kind in ("window", "maxpool"):
-        steps = spec["steps"] * spec["windows"]
-        # frame-buffer writes, window shift register (one pixel a step), output register
-        c["register_bits"] = (tokens + steps + spec["out_tokens"] * spec["steps"]) * width
-    elif kind == "deserializer":
-        c["register_bits"] = tokens * width * 2                    # shift buffer, output register
-    elif kind == "serializer":
-        c["register_bits"] = tokens * width                        # one word register
-    elif kind == "mst":
-        # MST layer: XNORs and popcount inputs only at the tree's positions (K per root plus
-        # every edge's distance), one adder per child, weights fixed in the logic (no ROM)
-        k, ch, xnor = spec["k"], spec["channels"], spec["xnor"]
-        c["xnor"] = xnor * tokens
-        c["popcount_bits"] = xnor * tokens
-        c["acc_adds"] = ch * tokens
-        c["compares"] = ch * tokens
-        c["register_bits"] = (k + ch * (1 + spec["tree_depth"])) * tokens
-    elif kind in ("mvtu", "score"):
-        k, ch, pe, simd, b = (spec["k"], spec["channels"], spec["pe"], spec["simd"],
-                              spec["input_bits"])
-        tokens = tokens // spec.get("count", 1)                    # vectors per frame
-        steps = (ch // pe) * (k // simd)
-        lane_steps = steps * pe
-        if b == 1:
-            c["xnor"] = k * ch * tokens
-        c["popcount_bits"] = lane_steps * _tree_bits(simd, 1 if b == 1 else 10) * tokens
-        c["acc_adds"] = lane_steps * tokens
-        c["weight_rom_bits"] = k * ch * tokens
-        acc_bits = max(1, math.ceil(math.log2(k * (255 if b == 8 else 1) + 1))) + 2
-        if kind == "mvtu":
-            c["compares"] = ch * tokens
-            if ch // pe > 1:
-                c["threshold_rom_bits"] = ch * acc_bits * tokens
-            c["register_bits"] = (2 * k * b + ch) * tokens
-        else:
-            c["score_ops"] = ch * tokens
-            c["compares"] = (ch - 1) * tokens
-            c["register_bits"] = (2 * k * b + ch * (acc_bits + 2 * 32)) * tokens
-    return c
-
-
 def count_operations(graph: DataflowGraph, frames: int) -> dict:
     """Return {count name: total over ``frames`` frames} and per-stage totals.
 
@@ -161,8 +105,7 @@ def count_operations(graph: DataflowGraph, frames: int) -> dict:
     """
     total = dict.fromkeys(COUNT_NAMES, 0)
     stages: dict[str, dict] = {}
-    for spec in chain(graph):
-        per = _per_frame(spec)
+    for spec, per in build_plan(graph).ops():
         st = stages.setdefault(spec["node"], dict.fromkeys(COUNT_NAMES, 0))
         for name, v in per.items():
             st[name] += v * frames

@@ -8,7 +8,12 @@ search is exact; depth 0 — no FIFO, a wire — is tried first on its own, sinc
 1: a depth-1 FIFO passes one token every other cycle, as a read frees no room in its own
 cycle).
 One pass suffices: when a later FIFO shrinks, an earlier one one token shorter only gets
-slower, so every depth in the result is minimal given the others.
+slower, so every depth in the result is minimal given the others. The search starts at the
+most tokens the FIFO held in the last run that kept the throughput, plus one: with that depth
+the run replays exactly, so the bound is safe. The search gallops up from the smallest depth
+(1, 2, 4, 8 … tokens more), where most FIFOs end, then bisects: one or two trials for most.
+Stages with several inputs (a residual join) have a FIFO per input port (``fifo_depth`` a
+list); a depth that deadlocks counts as no throughput.
 
 Unlike FINN's RTL-simulation-based sizing (hours), each trial is a timing simulation that stops
 as soon as the pipeline's state repeats, so a whole network sizes in seconds.
@@ -19,23 +24,52 @@ from __future__ import annotations
 from fractions import Fraction
 
 from ..compiler.ir import DataflowGraph
-from .timing import chain, simulate_timing
+from ..compiler.plan import build_plan
+from .dataflow import Deadlock
+from .timing import simulate_timing
 
 __all__ = ["SizeFifos", "steady_cycles_per_frame"]
+
+#: frames of a trial when the plan forks (no periodic continuation there): the steady state
+#: is read over the second half
+DAG_FRAMES = 12
 
 
 def steady_cycles_per_frame(graph: DataflowGraph, frames: int = 256) -> Fraction:
     """Exact steady-state cycles per frame of the back-to-back pipeline (a Fraction).
 
     Taken from the repeating state when the simulation finds it (it nearly always does within a
-    few frames), else the mean output spacing over the second half of ``frames`` frames.
+    few frames), else the mean output spacing over the second half of ``frames`` frames. A
+    pipeline that deadlocks has no throughput: ``Fraction(10**18)``.
     """
-    res = simulate_timing(graph, frames, record=False)
+    try:
+        res = simulate_timing(graph, frames, record=False)
+    except Deadlock:
+        return Fraction(10**18)
+    return _steady(res)
+
+
+def _steady(res) -> Fraction:
     if res.periodic_from is not None:
         return Fraction(res.period_cycles, res.period)
     out = res.output_cycles
     half = len(out) // 2
     return Fraction(int(out[-1] - out[half]), len(out) - 1 - half)
+
+
+def _get(graph: DataflowGraph, node: str, port: int, ports: int) -> int:
+    d = graph.attrs(node).get("fifo_depth", 2)
+    return d[port] if isinstance(d, list) else d
+
+
+def _set(graph: DataflowGraph, node: str, port: int, ports: int, depth: int) -> None:
+    if ports == 1:
+        graph.attrs(node)["fifo_depth"] = int(depth)
+        return
+    d = graph.attrs(node).get("fifo_depth", 2)
+    d = list(d) if isinstance(d, list) else [d] * ports
+    d[port] = int(depth)
+    graph.attrs(node)["fifo_depth"] = d
 
 
 class SizeFifos:
@@ -70,34 +104,64 @@ class SizeFifos:
         self.target: Fraction | None = None
         self.trials = 0
 
-    def _cpf(self, graph: DataflowGraph) -> Fraction:
+    def _trial(self, graph: DataflowGraph, frames: int) -> tuple[Fraction, dict]:
+        """Steady cycles per frame and FIFO occupancies (infinite when it deadlocks)."""
         self.trials += 1
-        return steady_cycles_per_frame(graph, self.frames)
+        try:
+            res = simulate_timing(graph, frames, record=False)
+        except Deadlock:
+            return Fraction(10**18), {}
+        return _steady(res), res.fifo_max_occupancy
 
     def apply(self, graph: DataflowGraph) -> DataflowGraph:
         out = graph.copy()
-        nodes = out.order()
-        tokens = {}
-        for spec in chain(out):
-            tokens.setdefault(spec["node"], spec["tokens"])
-        for name in nodes:
-            deep = self.deep or max(64, 2 * tokens[name])
-            out.attrs(name)["fifo_depth"] = int(deep)
-        self.trials = 0
-        self.target = target = self._cpf(out)
-        for name in nodes:
-            hi = out.attrs(name)["fifo_depth"]      # known to keep the throughput
+        plan = build_plan(out)
+        frames = self.frames if plan.is_chain() else min(self.frames, DAG_FRAMES)
+        # every input port of every stage, in graph order, and the tokens a frame it carries
+        tokens: dict[str, int] = {}
+        for b in plan.blocks:
+            tokens.setdefault(b["node"], b["tokens"])
+        sites: list[tuple[str, int, int]] = []
+        for name in out.order():
+            n = max(1, len(out.inputs(name))) if hasattr(out, "inputs") else 1
+            for p in range(n):
+                sites.append((name, p, n))
+                _set(out, name, p, n, self.deep or max(64, 2 * tokens.get(name, 1)))
+        self.trials = 1
+        try:
+            deep_run = simulate_timing(out, frames, record=False)
+        except Deadlock as exc:
+            raise ValueError(f"the pipeline deadlocks even with deep FIFOs ({exc})") from None
+        self.target = target = _steady(deep_run)
+        occ = deep_run.fifo_max_occupancy         # of a run with the current depths
+        for name, p, n in sites:
+            key = name if p == 0 else f"{name}[{p}]"
+            # that run never held more than occ tokens here: occ + 1 slots replay it exactly
+            hi = max(min(_get(out, name, p, n), occ.get(key, 0) + 1), max(1, self.min_depth))
+            _set(out, name, p, n, hi)
             if self.min_depth == 0:
-                out.attrs(name)["fifo_depth"] = 0
-                if self._cpf(out) <= target:        # no FIFO at all keeps the throughput
+                _set(out, name, p, n, 0)
+                cpf, seen = self._trial(out, frames)
+                if cpf <= target:                  # no FIFO at all keeps the throughput
+                    occ = seen
                     continue
-            lo = max(1, self.min_depth)
+            # gallop up from the smallest depth (most FIFOs end there), then bisect
+            lo, step = max(1, self.min_depth), 1
+            while lo < hi:
+                mid = min(hi - 1, lo + step - 1)
+                _set(out, name, p, n, mid)
+                cpf, seen = self._trial(out, frames)
+                if cpf <= target:
+                    hi, occ = mid, seen
+                    break
+                lo, step = mid + 1, 2 * step
             while lo < hi:
                 mid = (lo + hi) // 2
-                out.attrs(name)["fifo_depth"] = mid
-                if self._cpf(out) <= target:
-                    hi = mid
+                _set(out, name, p, n, mid)
+                cpf, seen = self._trial(out, frames)
+                if cpf <= target:
+                    hi, occ = mid, seen
                 else:
                     lo = mid + 1
-            out.attrs(name)["fifo_depth"] = int(hi)
+            _set(out, name, p, n, hi)
         return out

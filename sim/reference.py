@@ -1,7 +1,9 @@
 """Bit-exact reference executor of the dataflow IR: vectorized numpy over packed bits.
 
-Feature maps are held as (N, H, W, C) arrays (the stream order), bits as booleans; binary dot
-products XOR 64-bit words and count bits with ``np.bitwise_count``.
+Feature maps are held as (N, H, W, C) arrays (the stream order), bits as booleans, popcounts
+(stages with ``emit="popcount"``) as int64; binary dot products XOR 64-bit words and count bits
+with ``np.bitwise_count``. Stages run in the graph's topological order, each on its producers'
+outputs in port order.
 """
 
 from __future__ import annotations
@@ -9,7 +11,16 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..compiler.ir import BinaryConv, BinaryDense, DataflowGraph, InputLayer, MaxPool, ScoreLayer
+from ..compiler.ir import (
+    BinaryConv,
+    BinaryDense,
+    Concat,
+    DataflowGraph,
+    InputLayer,
+    MaxPool,
+    ResidualAdd,
+    ScoreLayer,
+)
 
 __all__ = ["reference", "check_frames"]
 
@@ -87,7 +98,12 @@ def _signed(op, acc: np.ndarray) -> np.ndarray:
 
 
 def _activate(op, acc: np.ndarray, cls: np.ndarray | None = None) -> np.ndarray:
-    """Output bits of (M, C) accumulators; ``cls`` (M,) picks each row's pad class."""
+    """Output bits of (M, C) accumulators; ``cls`` (M,) picks each row's pad class.
+
+    A popcount stage (``emit="popcount"``) outputs the accumulators themselves.
+    """
+    if getattr(op, "emit", "bits") == "popcount":
+        return acc
     if op.folded:
         t = op.thresholds if cls is None else op.thresholds[cls]
         return acc >= np.atleast_2d(t)
@@ -108,10 +124,29 @@ def _im2col(op: BinaryConv, x: np.ndarray) -> np.ndarray:
         x.shape[0], oh, ow, kh * kw * x.shape[3])
 
 
+def _residual(op: ResidualAdd, p: np.ndarray, short: np.ndarray) -> np.ndarray:
+    """Output bits of a residual join: main popcounts ``p`` and the shortcut (bits or P2)."""
+    if op.folded:
+        sel = short.astype(np.int64)
+        return p >= op.thresholds[sel, np.arange(op.channels)]
+    a, b = op.affine
+    value = a * (2 * p - op.main_k) + b
+    if op.short == "bits":
+        value = value + np.where(short, 1.0, -1.0)
+    else:
+        a2, b2 = op.short_affine
+        value = value + a2 * (2 * short - op.short_k) + b2
+    return value >= 0
+
+
 def _run(graph: DataflowGraph, frames: np.ndarray, cache: _Weights, keep: bool) -> dict:
     outs = {}
+    values: dict[str, np.ndarray] = {}
+    pending = {n: graph.nx.out_degree(n) for n in graph.nx}   # consumers still to run
     x = None
     for name, op in graph:
+        ins = graph.inputs(name)
+        x = values[ins[0]] if ins else None
         if isinstance(op, InputLayer):
             if len(op.in_shape) == 3:
                 x = frames.transpose(0, 2, 3, 1)
@@ -141,8 +176,17 @@ def _run(graph: DataflowGraph, frames: np.ndarray, cache: _Weights, keep: bool) 
                 x = op.mul[None, :] * s + op.add[None, :]
             else:
                 x = op.affine[0][None, :] * s + op.affine[1][None, :]
+        elif isinstance(op, ResidualAdd):
+            x = _residual(op, x, values[ins[1]])
+        elif isinstance(op, Concat):
+            x = np.concatenate([values[n] for n in ins], axis=-1)
         else:
             raise TypeError(f"the reference executor has no rule for {type(op).__name__}")
+        values[name] = x
+        for n in ins:                          # free streams no stage reads any more
+            pending[n] -= 1
+            if not pending[n] and not keep:
+                del values[n]
         if keep:
             outs[name] = x
     outs["__out__"] = x
@@ -158,7 +202,8 @@ def reference(graph: DataflowGraph, x: np.ndarray, *, return_all: bool = False,
     numpy.ndarray
         (N, classes) int64 scores for a folded graph (float64 before FoldThresholds).
         With ``return_all``, a dict from stage name to that stage's output for every frame
-        (feature maps as (N, H, W, C) booleans, dense outputs as (N, 1, 1, C)).
+        (feature maps as (N, H, W, C) booleans, dense outputs as (N, 1, 1, C); popcount
+        stages as int64 of the same layouts).
 
     Raises
     ------

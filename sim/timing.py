@@ -77,13 +77,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..compiler.ir import BinaryConv, BinaryDense, DataflowGraph, InputLayer, MaxPool, ScoreLayer
+from ..compiler.ir import DataflowGraph
 from ..compiler.pipeline import (
     ARGMAX_LEVELS_PER_STAGE,
     TREE_LEVELS_PER_STAGE,
     argmax_stages,
     tree_stages,
 )
+from ..compiler.plan import PlanError, build_plan
+from .dataflow import Deadlock, max_occupancy, run_plan
 
 __all__ = ["TimingResult", "simulate_timing", "chain", "tree_stages", "TREE_LEVELS_PER_STAGE",
            "argmax_stages", "ARGMAX_LEVELS_PER_STAGE"]
@@ -91,164 +93,21 @@ __all__ = ["TimingResult", "simulate_timing", "chain", "tree_stages", "TREE_LEVE
 _NEG = -(1 << 60)       # "no such event": earlier than any cycle
 
 
-# -- the chain of blocks --------------------------------------------------------------------------
-
-def _fold(graph: DataflowGraph, name: str, op) -> tuple[int, int]:
-    fold = graph.attrs(name).get("fold")
-    if not isinstance(fold, dict) or "pe" not in fold or "simd" not in fold:
-        raise ValueError(f"stage {name!r} has no fold attribute {{'pe': int, 'simd': int}}; "
-                         f"got {fold!r} (run ChooseFolding first)")
-    pe, simd = fold["pe"], fold["simd"]
-    for what, v, total, label in (("PE", pe, op.channels, "channels"), ("SIMD", simd, op.k, "K")):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 or total % v:
-            raise ValueError(f"stage {name!r}: {what} must be a positive divisor of "
-                             f"{label}={total}, not {v!r}")
-    return int(pe), int(simd)
-
-
-def _mst_spec(graph: DataflowGraph, name: str, op, pe: int, simd: int) -> dict | None:
-    """The MST layer's parameters when the stage's fold says ``"mst": True``, else None.
-
-    The layer (PE = C, SIMD = K, binary inputs) is a pipeline of ``stages = tree_stages(K) +
-    depth + 1`` registers after its input register, depth = the tree depth of the ``mst``
-    attribute (recomputed here from its parent array).
-    """
-    fold = graph.attrs(name).get("fold")
-    if not (isinstance(fold, dict) and fold.get("mst", False)):
-        return None
-    if (pe, simd) != (op.channels, op.k) or op.input_bits != 1 or isinstance(op, ScoreLayer):
-        raise ValueError(f"stage {name!r}: an MST layer needs a binary-input hidden layer at "
-                         f"PE = channels = {op.channels} and SIMD = K = {op.k}")
-    tree = graph.attrs(name).get("mst")
-    if not isinstance(tree, dict) or "parent" not in tree:
-        raise ValueError(f"stage {name!r} is folded as an MST layer but has no 'mst' attribute "
-                         "(parent, complement, depth); run OrderChannelsByMST first")
-    parent = [int(p) for p in tree["parent"]]
-    depth = [0 if p < 0 else -1 for p in parent]
-    for _ in range(len(parent)):
-        for v, p in enumerate(parent):
-            if depth[v] < 0 and depth[p] >= 0:
-                depth[v] = depth[p] + 1
-    if min(depth, default=0) < 0:
-        raise ValueError(f"stage {name!r}: the 'mst' attribute's parent array is not a forest")
-    d = max(depth, default=0)
-    return {"cycles": 1, "latency": tree_stages(op.k) + d + 1, "tree_depth": d,
-            "xnor": int(op.k * parent.count(-1) + tree.get("weight", 0))}
-
-
-def _fifo_depth(graph: DataflowGraph, name: str) -> int:
-    depth = graph.attrs(name).get("fifo_depth", 2)
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
-        raise ValueError(f"stage {name!r}: fifo_depth must be a non-negative integer, "
-                         f"not {depth!r}")
-    return int(depth)
-
+# -- the blocks ----------------------------------------------------------------------------------
 
 def chain(graph: DataflowGraph) -> list[dict]:
-    """Return the accelerator's blocks in chain order, as plain dicts.
+    """Return the accelerator's blocks in topological order: the hardware plan's block dicts
+    (:func:`bnnforge.compiler.plan.build_plan`), the same list ``hw.generate`` builds from.
 
-    Each dict has ``node`` (graph stage), ``kind`` (``fifo``, ``threshold``, ``table``,
-    ``serializer``, ``window``, ``maxpool``, ``deserializer``, ``mvtu``, ``mst``, ``score``),
-    ``tokens`` (input transfers per frame), ``out_tokens`` (output transfers per frame), ``width``
-    (input payload bits) and the kind's parameters (``depth``; ``count``;
-    ``steps``/``windows``/``pixels``;
-    ``cycles``/``latency``/``pe``/``simd``/``k``/``channels``/``input_bits``/``count`` — an MVTU's
-    or score unit's ``count`` is its input transfers per vector). The order and kinds are those of
-    ``Accelerator.stages`` in the hardware generator.
+    Each dict has ``name`` (``"node:kind"``), ``node``, ``kind`` (``fifo``, ``threshold``,
+    ``table``, ``serializer``, ``window``, ``maxpool``, ``deserializer``, ``mvtu``, ``mst``,
+    ``score``, ``fork``, ``add``, ``concat``), ``inputs``, ``tokens`` (input transfers per
+    frame), ``out_tokens``, ``width`` and the kind's parameters.
     """
-    if not isinstance(graph, DataflowGraph):
-        raise TypeError(f"graph must be a DataflowGraph, not {graph!r}")
-    ops = list(graph)
-    if not ops or not isinstance(ops[0][1], InputLayer):
-        raise ValueError("the graph must start with an InputLayer")
-    if not isinstance(ops[-1][1], ScoreLayer):
-        raise TypeError(f"the graph must end with a ScoreLayer, not {ops[-1][0]!r}")
-    shape = tuple(ops[0][1].in_shape)
-    c_in, h, w = shape if len(shape) == 3 else (shape[0], 1, 1)
-    per = graph.pixels_per_transfer()        # pixels per transfer on the current stream
-    blocks: list[dict] = []
-    tokens, width = h * w // per, 8 * c_in * per    # transfers per frame, bits on the stream
-
-    def add(node, kind, depth=0, **kw):
-        nonlocal tokens
-        if depth:
-            blocks.append({"node": node, "kind": "fifo", "depth": depth, "tokens": tokens,
-                           "out_tokens": tokens, "width": width})
-        out = kw.pop("out_tokens", tokens)
-        blocks.append({"node": node, "kind": kind, "tokens": tokens, "out_tokens": out,
-                       "width": width, **kw})
-        tokens = out
-
-    fmap, bits = (c_in, h, w), 8
-    for name, op in ops:
-        depth = _fifo_depth(graph, name)
-        if isinstance(op, InputLayer):
-            if op.bits == 1:
-                add(name, "threshold", depth)
-                bits = 1
-                width = c_in * per
-            elif op.table is not None:
-                add(name, "table", depth)       # a wire like the threshold, bytes out
-            elif depth:
-                blocks.append({"node": name, "kind": "fifo", "depth": depth, "tokens": tokens,
-                               "out_tokens": tokens, "width": width})
-        elif isinstance(op, (BinaryConv, MaxPool)):
-            if isinstance(op, BinaryConv) and op.thresholds is None:
-                raise ValueError(f"stage {name!r} is not folded (no thresholds); run "
-                                 "FoldThresholds")
-            c, ih, iw = op.in_shape
-            _, oh, ow = op.out_shape
-            kh, kw = op.kernel
-            kind = "window" if isinstance(op, BinaryConv) else "maxpool"
-            if per > 1:
-                add(name, "serializer", depth, count=per, out_tokens=tokens * per)
-                width = width // per
-                depth, per = 0, 1
-            add(name, kind, depth, steps=kh * kw, windows=oh * ow, pixels=ih * iw,
-                out_tokens=oh * ow)
-            if isinstance(op, BinaryConv):
-                pe, simd = _fold(graph, name, op)
-                width = kh * kw * c * op.input_bits
-                f = (op.channels // pe) * (op.k // simd)
-                mst = _mst_spec(graph, name, op, pe, simd)
-                if mst is not None:
-                    add(name, "mst", pe=pe, simd=simd, k=op.k, channels=op.channels,
-                        input_bits=1, count=1, **mst)
-                else:
-                    add(name, "mvtu", cycles=f, latency=tree_stages(simd) + 1, pe=pe,
-                        simd=simd, k=op.k, channels=op.channels, input_bits=op.input_bits,
-                        count=1)
-                width = op.channels
-            fmap, bits = tuple(op.out_shape), 1
-        elif isinstance(op, (BinaryDense, ScoreLayer)):
-            if not op.folded:
-                raise ValueError(f"stage {name!r} is not folded; run FoldThresholds")
-            pe, simd = _fold(graph, name, op)
-            c, ph, pw = fmap
-            if c * ph * pw != op.k or bits != op.input_bits:
-                raise ValueError(f"stage {name!r} expects {op.k} elements of {op.input_bits} "
-                                 f"bits, but its input stream carries {fmap} of {bits} bits")
-            count = ph * pw // per               # transfers per vector, collected by the unit
-            f = (op.channels // pe) * (op.k // simd)
-            score = isinstance(op, ScoreLayer)
-            mst = None if score else _mst_spec(graph, name, op, pe, simd)
-            if mst is not None:
-                if count > 1:                     # whole vectors into the MST layer
-                    add(name, "deserializer", depth, count=count, out_tokens=tokens // count)
-                    width, depth = op.k, 0
-                add(name, "mst", depth, pe=pe, simd=simd, k=op.k, channels=op.channels,
-                    input_bits=1, count=1, **mst)
-            else:
-                add(name, "score" if score else "mvtu", depth, cycles=f,
-                    latency=tree_stages(simd) + (3 + argmax_stages(op.channels) if score
-                                                 else 1),
-                    pe=pe, simd=simd, k=op.k, channels=op.channels,
-                    input_bits=op.input_bits, count=count, out_tokens=tokens // count)
-            width, per = op.channels, 1
-            fmap, bits = (op.channels, 1, 1), 1
-        else:
-            raise TypeError(f"stage {name!r}: no timing model for {type(op).__name__}")
-    return blocks
+    try:
+        return build_plan(graph).blocks
+    except PlanError as exc:
+        raise ValueError(str(exc)) from None
 
 
 # -- per-token block models (pull order) ----------------------------------------------------------
@@ -634,19 +493,9 @@ def _check_stimulus(gaps, ready, total: int):
     return gaps, nxt
 
 
-def _busy(spec: dict) -> int:
-    kind = spec["kind"]
-    if kind in ("mvtu", "score"):
-        return max(spec["cycles"] * spec["out_tokens"], spec["tokens"])
-    if kind == "serializer":
-        return spec["out_tokens"]
-    if kind in ("window", "maxpool"):
-        return max(spec["steps"] * spec["windows"], spec["tokens"])
-    return spec["tokens"]
-
-
 def simulate_timing(graph: DataflowGraph, frames: int, *, in_gaps=None, out_ready=None,
-                    record: bool = True, periodic: bool = True) -> TimingResult:
+                    record: bool = True, periodic: bool = True,
+                    engine: str = "auto") -> TimingResult:
     """Simulate the accelerator built from ``graph`` cycle by cycle for ``frames`` frames.
 
     Parameters
@@ -665,6 +514,17 @@ def simulate_timing(graph: DataflowGraph, frames: int, *, in_gaps=None, out_read
     periodic
         Allow the exact periodic continuation once the stimulus is constant (turn off only to
         check it).
+    engine
+        ``"auto"``: a chain is pulled from the output (this module's per-token models, with the
+        periodic continuation); a plan that forks and joins runs as processes
+        (:mod:`bnnforge.sim.dataflow`). ``"process"`` runs a chain as processes too (the two
+        agree on every cycle; a test checks it).
+
+    Raises
+    ------
+    bnnforge.sim.dataflow.Deadlock
+        When the accelerator stops before its last output (its ``result`` holds the
+        handshakes that do happen).
 
     Returns
     -------
@@ -673,10 +533,15 @@ def simulate_timing(graph: DataflowGraph, frames: int, *, in_gaps=None, out_read
     if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 1:
         raise ValueError(f"frames must be a positive integer, not {frames!r}")
     frames = int(frames)
-    specs = chain(graph)
-    px = specs[0]["tokens"]
+    plan = build_plan(graph)
+    specs = plan.blocks
+    px = plan.transfers_per_frame
     total_px = frames * px
     gaps, nxt = _check_stimulus(in_gaps, out_ready, total_px)
+    if engine not in ("auto", "process"):
+        raise ValueError(f"engine must be 'auto' or 'process', not {engine!r}")
+    if engine == "process" or not plan.is_chain():
+        return _simulate_processes(graph, plan, frames, gaps, nxt, record)
     last_gap = int(np.flatnonzero(gaps)[-1]) if gaps is not None else -1
     ready_end = int(np.flatnonzero(~np.asarray(out_ready, dtype=bool))[-1]) + 1 \
         if nxt is not None else 0
@@ -753,14 +618,21 @@ def simulate_timing(graph: DataflowGraph, frames: int, *, in_gaps=None, out_read
         boundaries["output"] = outputs
 
     fifo_occ = {blk.spec["node"]: int(blk.max_occ) for blk in blocks if isinstance(blk, _Fifo)}
+    return _finish(graph, plan, frames, inputs, outputs, boundaries, fifo_occ,
+                   periodic_from, period, shift)
+
+
+def _finish(graph, plan, frames, inputs, outputs, boundaries, fifo_occ, periodic_from=None,
+            period=0, shift=0) -> TimingResult:
+    px = plan.transfers_per_frame
     busy: dict[str, int] = {graph.input_node(): px}
-    for spec in specs:
-        busy[spec["node"]] = max(busy.get(spec["node"], 0), _busy(spec))
+    for node, b in plan.busy().items():
+        busy[node] = max(busy.get(node, 0), b)
     diffs = np.diff(outputs)
-    if frames == 1:
-        cpf = med = float(outputs[0] - inputs[0] + 1)
+    if frames == 1 or len(outputs) < 2:
+        cpf = med = float(outputs[0] - inputs[0] + 1) if len(outputs) else float("inf")
     else:
-        tail = diffs[len(diffs) // 2:] if frames >= 4 else diffs
+        tail = diffs[len(diffs) // 2:] if len(outputs) >= 4 else diffs
         cpf, med = float(tail.mean()), float(np.median(tail))
     if periodic_from is not None:
         cpf = shift / period                     # exact steady state
@@ -770,6 +642,60 @@ def simulate_timing(graph: DataflowGraph, frames: int, *, in_gaps=None, out_read
         transfers_per_frame=px, input_cycles=inputs, output_cycles=outputs,
         boundaries=boundaries, fifo_max_occupancy=fifo_occ, stage_busy=busy,
         cycles_per_frame=cpf, cycles_per_frame_median=med,
-        latency_cycles=int(outputs[0] - inputs[0]), bottleneck=bottleneck,
-        total_cycles=int(outputs[-1]) + 1, periodic_from=periodic_from, period=period,
-        period_cycles=shift, blocks=specs)
+        latency_cycles=int(outputs[0] - inputs[0]) if len(outputs) else -1,
+        bottleneck=bottleneck, total_cycles=int(outputs[-1]) + 1 if len(outputs) else 0,
+        periodic_from=periodic_from, period=period, period_cycles=shift, blocks=plan.blocks)
+
+
+_WIRES = ("threshold", "table")
+
+
+def _fifo_key(spec: dict) -> str:
+    """``fifo_max_occupancy`` key of a FIFO block: its node (port 0) or ``node[p]``."""
+    suffix = spec["name"].rsplit(":fifo", 1)[-1]
+    return spec["node"] if not suffix else f"{spec['node']}[{suffix}]"
+
+
+def _simulate_processes(graph, plan, frames, gaps, nxt, record) -> TimingResult:
+    """Run the plan as processes (:mod:`bnnforge.sim.dataflow`); wires are skipped (their
+    boundary is their consumer's)."""
+    alias: dict[str, list] = {}            # wire -> its inputs ([] = the accelerator's input)
+    wire_of: dict[str, str] = {}           # consumer block -> the wire it reads
+    blocks = []
+    for b in plan.blocks:
+        ins = []
+        for name, k in b["inputs"]:
+            if name in alias:
+                wire_of[b["name"]] = name
+                ins += alias[name]
+            else:
+                ins.append((name, k))
+        if b["kind"] in _WIRES:
+            alias[b["name"]] = ins
+            continue
+        blocks.append({**b, "inputs": ins})
+    try:
+        nodes, first, out_hs = run_plan(blocks, frames, plan.transfers_per_frame, gaps, nxt)
+        err = None
+    except Deadlock as exc:
+        (nodes, first, out_hs), err = exc.partial, exc
+
+    def arr(x):
+        return np.asarray(x, dtype=np.int64)
+
+    inputs, outputs = arr(first), arr(out_hs)
+    boundaries = {}
+    if record:
+        for b in blocks:
+            for p, h in enumerate(nodes[b["name"]].hs):
+                boundaries[b["name"] if not p else f"{b['name']}#{p}"] = arr(h)
+        for cons, wire in wire_of.items():     # a wire's handshakes are its consumer's
+            boundaries[wire] = boundaries[cons]
+        boundaries["output"] = outputs
+    fifo_occ = {_fifo_key(b): max_occupancy(nodes[b["name"]].hs[0], nodes[b["name"]].down[0])
+                for b in blocks if b["kind"] == "fifo"}
+    res = _finish(graph, plan, frames, inputs, outputs, boundaries, fifo_occ)
+    if err is not None:
+        err.result = res
+        raise err
+    return res

@@ -59,8 +59,9 @@ def _error(capsys, argv, match):
      r"biper"),
     (["train", "--arch", "tfc", "--dataset", "cifar", "-o", "m.bnn"],
      r"bnnforge train: error: unknown dataset 'cifar'; choose one of digits, mnist5k"),
-    (["train", "--arch", "resnet", "--dataset", "digits", "-o", "m.bnn"],
-     r"bnnforge train: error: unknown architecture 'resnet'; choose one of tfc, sfc, lfc, cnv"),
+    (["train", "--arch", "vgg", "--dataset", "digits", "-o", "m.bnn"],
+     r"bnnforge train: error: unknown architecture 'vgg'; choose one of tfc, sfc, lfc, cnv, "
+     r"resnet"),
     (["train", "--arch", "tfc", "--dataset", "digits", "--epochs", "0", "-o", "m.bnn"],
      r"bnnforge train: error: argument --epochs: expected a positive integer, not '0'"),
     (["compile", "missing.bnn", "-o", "out"],

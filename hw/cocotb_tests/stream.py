@@ -10,6 +10,13 @@ cycle ``k`` (from 0) is the clock period that ends with the ``k``-th rising edge
 which ``rst`` reads low. A handshake "in cycle k" is ``valid & ready`` sampled just before that
 edge, so the transfer happens on it.
 
+Stalls: with ``idle_limit`` > 0 in the options, the test stops once the design has made no
+progress for ``idle_limit`` cycles — cycles without any handshake in which the harness refused
+none: every cycle counts except one in which the design was ready for input that the harness held
+back (an input gap) or offered an output that the harness held back (``o_stream__ready`` low).
+It then writes the handshakes so far with ``stalled = 1`` instead of failing, so a deadlocked
+design can be inspected. ``last_progress`` is the cycle of the last handshake (-1: none).
+
 Speed: the test drives inputs on falling edges and samples in the read-only phase (two awaits per
 cycle). When neither its own outputs are due to change nor a handshake is possible, it waits on
 value changes of ``i_stream__ready`` / ``o_stream__valid`` (or a timer for its next scheduled
@@ -126,6 +133,7 @@ async def stream_frames(dut):
     class_width = int(cfg["class_width"])
     input_gap, output_stall = float(cfg["input_gap"]), float(cfg["output_stall"])
     timeout = int(cfg["timeout_cycles"])
+    idle_limit = int(cfg["idle_limit"]) if "idle_limit" in cfg.files else 0
     seed = int(cfg["seed"])
     progress_path = os.environ.get(ENV_PROGRESS)
     total = int(pixels.shape[0])
@@ -176,8 +184,14 @@ async def stream_frames(dut):
     in_at = gaps[0]  # first cycle pixel i may be offered
     cur_valid, cur_payload, cur_ready = False, -1, False
     last_out = 0
+    last_progress = -1
+    idle = 0  # cycles without progress that the harness did not cause (see idle_limit)
+    prev_k, prev_counts = -1, False
+    stalled = False
     wall = time.perf_counter()
     while True:
+        if prev_counts:  # the cycles slept through since the last visit: no handshake
+            idle += k - prev_k - 1
         valid = i < total and k >= in_at
         if valid != cur_valid:
             i_valid.value = int(valid)
@@ -210,6 +224,20 @@ async def stream_frames(dut):
                     f.write(str(j))
             if j == n_frames:
                 break
+        counts = False
+        if moved:
+            idle = 0
+            last_progress = k
+        elif idle_limit:
+            # i_ready/o_valid stay as read here until the next visit (the sleep wakes on them)
+            refused = (i < total and not valid and read_i_ready()) or \
+                (not ready and read_o_valid())
+            counts = not refused
+            idle += counts
+            if idle >= idle_limit:
+                stalled = True
+                break
+        prev_k, prev_counts = k, counts
         deadline = last_out + timeout
         if k >= deadline:
             raise HarnessError(
@@ -223,6 +251,8 @@ async def stream_frames(dut):
             due = min(stall.next_change(k), deadline)
             if i < total and not valid:
                 due = min(due, in_at)
+            if counts:  # the cycle idle reaches idle_limit unless something moves
+                due = min(due, k + idle_limit - idle)
             if due > nxt:
                 timer = Timer(t_f0 + due * PERIOD - get_sim_time("step"), unit="step")
                 fired = await First(i_ready.value_change, o_valid.value_change, timer)
@@ -238,6 +268,11 @@ async def stream_frames(dut):
         k = nxt
 
     cycles = k + 1
+    if stalled:
+        np.savez(os.environ[ENV_OUT], scores=scores[:j], classes=labels[:j],
+                 out_cycles=out_cycles[:j], in_cycles=in_cycles[:i], cycles=np.int64(cycles),
+                 stalled=np.int64(1), last_progress=np.int64(last_progress))
+        return
     # Drain: the design must not emit a frame it was never given.
     await falling
     o_ready.value = 1
@@ -255,4 +290,5 @@ async def stream_frames(dut):
         raise HarnessError(f"the design produced an output after all {n_frames} frames had come "
                            "out (a duplicated or invented frame)")
     np.savez(os.environ[ENV_OUT], scores=scores, classes=labels, out_cycles=out_cycles,
-             in_cycles=in_cycles, cycles=np.int64(cycles))
+             in_cycles=in_cycles, cycles=np.int64(cycles), stalled=np.int64(0),
+             last_progress=np.int64(last_progress))

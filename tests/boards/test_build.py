@@ -9,7 +9,7 @@ from torch import nn
 
 import bnnforge
 from bnnforge.boards import BitstreamError, build_bitstream, estimate_design_luts, get_board
-from bnnforge.boards.build import _nextpnr_failure, _rerun_pnr, check_timing, tool_environment
+from bnnforge.boards.toolchain import _nextpnr_failure, _rerun_pnr, check_timing, tool_environment
 from bnnforge.build import build_board
 from bnnforge.compiler import load_graph, save_graph
 from bnnforge.compiler.folding import ChooseFolding
@@ -187,7 +187,7 @@ def test_missed_clock_is_a_failure():
 def test_a_near_miss_is_placed_again_with_other_seeds(tmp_path, monkeypatch):
     """Seed 1 places 5% under the clock, seed 2 fails to place, seed 3 meets it: the build keeps
     seed 3's bitstream. A design 20% under the clock is not retried."""
-    from bnnforge.boards import build as b
+    from bnnforge.boards import toolchain as b
 
     def outcome(build_dir, fmax):
         if fmax is None:

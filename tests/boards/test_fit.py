@@ -7,8 +7,10 @@ import pytest
 
 import bnnforge
 from bnnforge.boards import HEADROOM, estimate_design_luts, fit_to_board, get_board
-from bnnforge.boards.build import estimate_design_brams
-from bnnforge.compiler.folding import RAM_BLOCK_BITS, ChooseFolding, matrix_ops, pipeline_cycles
+from bnnforge.boards.estimate import estimate_design_brams
+from bnnforge.compiler.costs import RAM_BLOCK_BITS
+from bnnforge.compiler.cycles import matrix_ops, pipeline_cycles
+from bnnforge.compiler.folding import ChooseFolding
 from bnnforge.nn import archs
 from conftest import randomize_model
 
@@ -114,7 +116,7 @@ def similar_rows(arch):
 
 def test_mst_layers_on_a_board():
     """--board --mst: MST-compressed layers where cheaper, costed as such, in the fastest fit."""
-    from bnnforge.compiler.folding import estimate_luts, estimate_mst_luts
+    from bnnforge.compiler.costs import estimate_luts, estimate_mst_luts
 
     sfc = similar_rows("sfc")
     profile = get_board("ulx3s-85f")

@@ -16,8 +16,8 @@ from bnnforge.boards import (
     get_board,
     ice40_pll,
 )
-from bnnforge.boards.build import BitstreamError, check_timing
 from bnnforge.boards.pll import ECP5_PFD, ECP5_VCO, ICE40_PFD, ICE40_VCO
+from bnnforge.boards.toolchain import BitstreamError, check_timing
 from bnnforge.compiler.folding import ChooseFolding
 from conftest import randomize_model, small_mlp
 

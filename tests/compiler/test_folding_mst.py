@@ -5,13 +5,9 @@ import pytest
 import torch
 
 import bnnforge
-from bnnforge.compiler.folding import (
-    ChooseFolding,
-    estimate_luts,
-    estimate_mst_luts,
-    mst_eligible,
-    pipeline_cycles,
-)
+from bnnforge.compiler.costs import estimate_luts, estimate_mst_luts, mst_eligible
+from bnnforge.compiler.cycles import pipeline_cycles
+from bnnforge.compiler.folding import ChooseFolding
 from bnnforge.compiler.mst import OrderChannelsByMST, layer_tree, tree_attr
 from bnnforge.nn import BinaryLinear
 from conftest import random_frames, randomize_model, small_mlp

@@ -210,7 +210,13 @@ def test_refuses_branches():
             x = torch.flatten(self.q(x), 1)
             return x + self.fc(x)
 
-    _refuse(Residual(), r"branches at .*residual or concatenation")
+    _refuse(Residual(), r"the sum 'add' adds the flattened feature map of 'input' \(1, 8, 8\); "
+                        r"sum feature maps before the Flatten")
+    # trace_chain (chains only) keeps refusing every branch
+    from bnnforge.nn.chain import trace_chain
+    with pytest.raises(UnsupportedModelError, match=r"the model branches at 'add' \(residual or "
+                                                    r"concatenation\); bnnforge compiles chains"):
+        trace_chain(Residual(), (1, 8, 8))
 
 
 def test_refuses_wrong_input_shape():

@@ -7,20 +7,15 @@ import pytest
 
 import bnnforge
 from bnnforge.compiler import FoldThresholds, fold_score_affine
-from bnnforge.compiler.folding import (
-    ChooseFolding,
-    FoldingError,
-    divisors,
-    estimate_brams,
-    estimate_luts,
-    folding_cost,
+from bnnforge.compiler.costs import estimate_brams, estimate_luts, folding_cost
+from bnnforge.compiler.cycles import (
     input_buffer_in_ram,
     matrix_ops,
-    parse_fold_overrides,
     pipeline_cycles,
     stage_cycles,
     transfers_per_vector,
 )
+from bnnforge.compiler.folding import ChooseFolding, FoldingError, divisors, parse_fold_overrides
 from bnnforge.nn import archs
 from conftest import random_frames, randomize_model, small_cnn, small_mlp
 

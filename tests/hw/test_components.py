@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from amaranth.hdl import Module, Signal
+from amaranth.sim import Simulator
 
 from bnnforge.hw import (
     MVTU,
@@ -15,7 +17,8 @@ from bnnforge.hw import (
     argmax_stages,
     tree_stages,
 )
-from bnnforge.hw.components import silence
+from bnnforge.hw.checks import silence
+from bnnforge.hw.matrix import adder_tree
 from bnnforge.hw.testing import simulate_stream
 
 
@@ -134,6 +137,38 @@ def test_mvtu_input_buffer_placement():
 
 def test_tree_stages():
     assert [tree_stages(s) for s in (1, 2, 8, 9, 64, 65, 784)] == [0, 1, 1, 2, 2, 3, 4]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 8, 9, 20, 64, 65])
+def test_adder_tree_sums_with_the_contract_registers(n):
+    """The one adder tree (MVTU, ScoreUnit, MSTLayer): tree_stages(n) registers, exact sum."""
+    en = Signal(init=1)
+    terms = [Signal(4, name=f"t{i}") for i in range(n)]
+    if n < 2:                               # nothing to add: no logic, no register
+        total, regs = adder_tree(None, terms, en, "t")
+        assert regs == 0 and (total is terms[0] if n else total.value == 0)
+        return
+    m = Module()
+    total, regs = adder_tree(m, terms, en, "t")
+    assert regs == tree_stages(n)
+    values = np.random.default_rng(n).integers(0, 16, (6, n))
+    seen = []
+
+    async def bench(ctx):
+        for row in values:
+            for t, v in zip(terms, row, strict=True):
+                ctx.set(t, int(v))
+            await ctx.tick()
+        ctx.set(en, 0)                      # a disabled cycle: the tree holds
+        await ctx.tick()
+        seen.append(ctx.get(total))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    # after 6 enabled edges the last register holds the row fed `regs` edges before the end
+    assert seen == [int(values[len(values) - regs].sum())]
 
 
 def test_mvtu_errors():

@@ -10,7 +10,7 @@ from torch import nn
 
 import bnnforge
 from bnnforge.hw import Accelerator, emit_verilog, stream_get, stream_put
-from bnnforge.hw.components import silence
+from bnnforge.hw.checks import silence
 from bnnforge.nn import BinaryActivation, BinaryConv2d, BinaryLinear, InputQuant
 
 

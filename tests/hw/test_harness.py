@@ -5,11 +5,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from amaranth.back import verilog
+from amaranth.hdl import Module
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
 from torch import nn
 
 import bnnforge
 from bnnforge.hw.generate import emit_verilog
 from bnnforge.hw.harness import build_rtl, run_rtl
+from bnnforge.hw.streams import Deserializer, StreamConcat, StreamFIFO, StreamFork
+from bnnforge.hw.testing import simulate_streams
 from bnnforge.nn import BinaryActivation, BinaryConv2d, BinaryLinear, InputQuant
 
 pytestmark = [pytest.mark.rtl,
@@ -177,3 +183,115 @@ def test_extra_output_is_an_error(tmp_path):
     frames = np.zeros((1, 1, 1), dtype=np.uint8)
     with pytest.raises(RuntimeError, match=r"produced an output after all 1 frames"):
         run_rtl(rtl, frames)
+
+
+# A design that really deadlocks, from the DAG blocks: a fork whose branches rejoin in a concat,
+# one through a 5-deep FIFO, the other through a Deserializer that needs 4 tokens per output.
+# After 6 tokens the FIFO is full, the fork waits for it, and the Deserializer never gets its
+# next 4: one output (cycle 5), input transfers in cycles 0-4 and 6, then nothing.
+
+class ForkDeadlock(wiring.Component):
+    def __init__(self):
+        self.fork = StreamFork(8, 2)
+        self.deep = StreamFIFO(8, 5)
+        self.gather = Deserializer(8, 4)
+        self.shallow = StreamFIFO(32, 1)
+        self.join = StreamConcat([8, 32])
+        super().__init__({"i_stream": In(stream.Signature(8)),
+                          "o_stream": Out(stream.Signature(40))})
+
+    def elaborate(self, platform):
+        m = Module()
+        for name in ("fork", "deep", "gather", "shallow", "join"):
+            m.submodules[name] = getattr(self, name)
+        wiring.connect(m, wiring.flipped(self.i_stream), self.fork.i_stream)
+        wiring.connect(m, self.fork.o_stream0, self.deep.i_stream)
+        wiring.connect(m, self.fork.o_stream1, self.gather.i_stream)
+        wiring.connect(m, self.gather.o_stream, self.shallow.i_stream)
+        wiring.connect(m, self.deep.o_stream, self.join.i_stream0)
+        wiring.connect(m, self.shallow.o_stream, self.join.i_stream1)
+        wiring.connect(m, self.join.o_stream, wiring.flipped(self.o_stream))
+        return m
+
+
+@pytest.fixture(scope="module")
+def deadlock(tmp_path_factory):
+    rtl = tmp_path_factory.mktemp("deadlock") / "rtl"
+    rtl.mkdir()
+    (rtl / "bnnforge_top.v").write_text(verilog.convert(ForkDeadlock(), name="bnnforge_top",
+                                                        emit_src=False))
+    # the 40-bit payload read as one 32-bit "score" and an 8-bit "class" (the top byte)
+    (rtl / "top.json").write_text(json.dumps(
+        {"top": "bnnforge_top", "pixel_width": 8, "pixels_per_frame": 1, "classes": 1,
+         "score_width": 32, "class_width": 8}))
+    return rtl
+
+
+def test_a_deadlock_stops_the_run_and_returns_the_handshakes_so_far(deadlock):
+    frames = np.arange(10, 20, dtype=np.uint8).reshape(10, 1, 1)
+    res = run_rtl(deadlock, frames, idle_limit=30)
+    assert res["stalled"] is True
+    np.testing.assert_array_equal(res["in_cycles"], [0, 1, 2, 3, 4, 6])
+    np.testing.assert_array_equal(res["out_cycles"], [5])
+    # the concat's word: token 0 (deep FIFO) below tokens 0..3 (deserializer), top byte = class
+    word = 10 | (10 | 11 << 8 | 12 << 16 | 13 << 24) << 8
+    assert res["scores"].tolist() == [[int(np.int32(np.uint32(word & 0xFFFFFFFF)))]]
+    assert res["classes"].tolist() == [13]
+    assert res["last_progress"] == 6
+    assert res["cycles"] == 6 + 30 + 1       # 30 idle cycles after the last handshake
+    # without idle_limit the same design fails after timeout_cycles, as before
+    with pytest.raises(RuntimeError, match=r"timeout: no output for 50 cycles .* 1 of 10 frames "
+                                           r"came out and 6 of 10 input transfers went in"):
+        run_rtl(deadlock, frames, timeout_cycles=50)
+
+
+def test_cycles_the_harness_holds_back_do_not_count(deadlock):
+    # an 80-cycle input gap while the design is ready, then an output held back until cycle
+    # 150 (both longer than idle_limit): no stall until the real deadlock after cycle 151
+    frames = np.arange(10, dtype=np.uint8).reshape(10, 1, 1)
+    gaps = np.array([0, 0, 80])
+    ready = np.zeros(150, dtype=bool)
+    res = run_rtl(deadlock, frames, in_gaps=gaps, out_ready=ready, idle_limit=30)
+    assert res["stalled"] is True
+    np.testing.assert_array_equal(res["in_cycles"], [0, 1, 82, 83, 84, 151])
+    np.testing.assert_array_equal(res["out_cycles"], [150])
+    assert (res["last_progress"], res["cycles"]) == (151, 151 + 30 + 1)
+
+
+def test_a_deadlock_under_gaps_and_stalls_matches_amaranth(deadlock):
+    """The handshakes before the deadlock are the ones Amaranth's simulator gives for the same
+    stimulus."""
+    rng = np.random.default_rng(4)
+    gaps = rng.integers(0, 4, 10)
+    ready = rng.random(200) < 0.3
+    frames = np.arange(10, dtype=np.uint8).reshape(10, 1, 1)
+    res = run_rtl(deadlock, frames, in_gaps=gaps, out_ready=ready, idle_limit=40)
+    assert res["stalled"] is True
+    dut = ForkDeadlock()                     # fed only the 6 tokens that get in: no deadlock
+    _, ic, oc = simulate_streams(dut, [(dut.i_stream, list(range(6)), gaps.tolist())],
+                                 [(dut.o_stream, 1, ready.tolist())])
+    np.testing.assert_array_equal(res["in_cycles"], ic[0])
+    np.testing.assert_array_equal(res["out_cycles"], oc[0])
+    assert len(ic[0]) == 6 and res["last_progress"] == max(ic[0] + oc[0])
+    # from the cycle after the last handshake the design refuses the input and offers no
+    # output: every cycle counts
+    assert res["cycles"] == res["last_progress"] + 40 + 1
+
+
+# The convnet's longest stretch without a handshake is 324 cycles (its last layers computing a
+# frame while the input waits): a limit above that never fires on it.
+IDLE_LIMIT = 400
+
+
+def test_idle_limit_leaves_a_healthy_run_alone(design):
+    rtl, frames, expected = design
+    plain = run_rtl(rtl, frames[:3], input_gap=0.4, output_stall=0.5, seed=3)
+    watched = run_rtl(rtl, frames[:3], input_gap=0.4, output_stall=0.5, seed=3,
+                      idle_limit=IDLE_LIMIT)
+    assert plain["stalled"] is False and watched["stalled"] is False
+    for key in ("scores", "in_cycles", "out_cycles"):
+        np.testing.assert_array_equal(watched[key], plain[key])
+    assert watched["cycles"] == plain["cycles"]
+    with pytest.raises(ValueError, match=r"idle_limit must be a positive number of cycles or "
+                                         r"None, not 0"):
+        run_rtl(rtl, frames, idle_limit=0)

@@ -7,7 +7,7 @@ from amaranth.sim import Simulator
 from bnnforge.compiler.ir import pack_bits
 from bnnforge.compiler.mst import hamming_matrix, mst_tree
 from bnnforge.hw import MSTLayer, stream_put, tree_stages
-from bnnforge.hw.components import silence
+from bnnforge.hw.checks import silence
 from bnnforge.hw.mst_layer import tree_levels
 from bnnforge.hw.testing import simulate_stream
 

@@ -13,7 +13,7 @@ from torch import nn
 import bnnforge
 from bnnforge.compiler.serialize import save_graph
 from bnnforge.hw import Accelerator, emit_verilog
-from bnnforge.hw.components import MVTU
+from bnnforge.hw.matrix import MVTU
 from bnnforge.nn import BinaryActivation, BinaryConv2d, BinaryLinear, InputQuant
 from bnnforge.verify import verify_build
 from conftest import randomize_model

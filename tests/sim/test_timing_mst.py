@@ -7,7 +7,7 @@ from test_timing import check_periodic
 
 import bnnforge
 from bnnforge.compiler.mst import OrderChannelsByMST
-from bnnforge.hw.components import silence
+from bnnforge.hw.checks import silence
 from bnnforge.hw.generate import Accelerator
 from bnnforge.sim import chain, simulate_timing
 from conftest import randomize_model, small_cnn, small_mlp
@@ -106,8 +106,8 @@ def test_mst_fold_needs_the_tree():
     with pytest.raises(ValueError, match=r"stage 'fc1': an MST layer needs PE = channels = 16 "
                                          r"and SIMD = K = 16, not PE=4, SIMD=16"):
         Accelerator(graph)
-    with pytest.raises(ValueError, match=r"stage 'fc1': an MST layer needs a binary-input "
-                                         r"hidden layer at PE = channels = 16 and SIMD = K = 16"):
+    with pytest.raises(ValueError, match=r"stage 'fc1': an MST layer needs PE = channels = 16 "
+                                         r"and SIMD = K = 16, not PE=4, SIMD=16"):
         simulate_timing(graph, 1)
     graph8 = OrderChannelsByMST().apply(bnnforge.lower(randomize_model(small_mlp(8, hidden=16),
                                                                        seed=2), (1, 8, 8)))

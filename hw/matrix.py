@@ -1,4 +1,4 @@
-"""Streaming hardware blocks of a bnnforge accelerator (Amaranth 0.5 components).
+"""Matrix units of a bnnforge accelerator: :class:`MVTU`, :class:`ScoreUnit` and the adder tree.
 
 Every block takes an ``i_stream`` and gives an ``o_stream`` (:mod:`amaranth.lib.stream`). A
 *transfer* (handshake) happens in a cycle whose ``valid`` and ``ready`` are both high when sampled
@@ -13,110 +13,70 @@ input buffer where a block says so). Thus a block never drops or duplicates a to
 Datapath registers (operands, adder-tree stages, accumulators, held scores) are reset-less: a
 valid flag travels beside them, and leaving them out of the reset lets the iCE40 packer share
 logic tiles (a tile's eight cells share one clock enable and one reset).
+
+:func:`adder_tree` is the one adder tree of the matrix units and of
+:class:`~bnnforge.hw.mst_layer.MSTLayer`; its pipelining is the one
+:mod:`bnnforge.compiler.pipeline` defines (and :mod:`bnnforge.sim.timing` counts).
 """
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
-from amaranth.lib import fifo, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..compiler.folding import (
-    LOGIC_ROM_DEPTH,
-    MAX_INPUT_RAM_WORD,
-    input_buffer_in_ram,
-    input_ram_word,
-)
+from ..compiler.cycles import MAX_INPUT_RAM_WORD, input_buffer_in_ram, input_ram_word
 from ..compiler.pipeline import (
     ARGMAX_LEVELS_PER_STAGE,
     TREE_LEVELS_PER_STAGE,
     argmax_stages,
     tree_stages,
 )
+from .checks import (
+    check_input_bits,
+    const_lookup,
+    int_list,
+    positive_int,
+    quiet_on_error,
+    rom_attrs,
+    weight_matrix,
+)
 
-__all__ = [
-    "ARGMAX_LEVELS_PER_STAGE",
-    "MVTU",
-    "TREE_LEVELS_PER_STAGE",
-    "Deserializer",
-    "InputTable",
-    "InputThreshold",
-    "MaxPool",
-    "ScoreUnit",
-    "Serializer",
-    "SlidingWindow",
-    "StreamFIFO",
-    "argmax_stages",
-    "tree_stages",
-]
+__all__ = ["MVTU", "ScoreUnit", "adder_tree"]
 
-def rom_attrs(depth: int) -> dict:
-    """Memory attributes of a ROM of ``depth`` words: ``rom_style = "logic"`` below
-    :data:`~bnnforge.compiler.folding.LOGIC_ROM_DEPTH` words, else none (Yosys picks block RAM).
+
+def adder_tree(m: Module, terms: list, en, name: str) -> tuple[object, int]:
+    """Sum ``terms`` in a balanced tree of two-input adders, pipelined as the contract says.
+
+    Level l adds neighbouring pairs of level l - 1 (an odd last one passes through); a register
+    follows every :data:`~bnnforge.compiler.pipeline.TREE_LEVELS_PER_STAGE`-th level and the last
+    level, loading in cycles where ``en`` is high. Registers are reset-less (datapath) and named
+    ``{name}_l{level}_{i}``. Returns ``(sum, registers)``: ``registers`` =
+    :func:`~bnnforge.compiler.pipeline.tree_stages`\\(len(terms)) for two terms or more; one term
+    is returned as it is and no term as ``Const(0, 1)``, both with 0 registers.
     """
-    return {"rom_style": "logic"} if depth < LOGIC_ROM_DEPTH else {}
-
-
-def quiet_on_error(init):
-    """Decorate ``__init__`` so a rejected component raises without a later UnusedElaboratable
-    warning (Amaranth warns about every component that is built but never elaborated)."""
-    @functools.wraps(init)
-    def wrapper(self, *args, **kwargs):
-        try:
-            init(self, *args, **kwargs)
-        except Exception:
-            silence(self)
-            raise
-    return wrapper
-
-
-def silence(*components) -> None:
-    """Mark components as intentionally unused (no UnusedElaboratable warning)."""
-    for c in components:
-        c._MustUse__silence = True
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, not {value!r}")
-    return int(value)
-
-
-def _pair(name: str, value, minimum: int = 1) -> tuple[int, int]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (value, value)
-    if not (isinstance(value, (tuple, list)) and len(value) == 2
-            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                    for v in value)):
-        raise TypeError(f"{name} must be an integer or a pair of integers, not {value!r}")
-    if min(value) < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, not {value!r}")
-    return int(value[0]), int(value[1])
-
-
-def _input_bits(value) -> int:
-    if value not in (1, 8) or isinstance(value, bool):
-        raise ValueError(f"input_bits must be 1 or 8, not {value!r}")
-    return int(value)
-
-
-def _weight_matrix(weights, channels: int, k: int) -> np.ndarray:
-    """Accept (channels, K) booleans or (channels, ceil(K/8)) little-endian packed bytes."""
-    w = np.asarray(weights)
-    if w.ndim == 2 and w.shape == (channels, k) and (w.dtype == bool or w.dtype != np.uint8):
-        if not np.all((w == 0) | (w == 1)):
-            raise ValueError("weights given as a (channels, K) matrix must hold 0/1 values")
-        return w.astype(bool)
-    if w.ndim == 2 and w.dtype == np.uint8 and w.shape == (channels, (k + 7) // 8):
-        return np.unpackbits(w, axis=-1, count=k, bitorder="little").astype(bool)
-    raise ValueError(f"weights must be (channels={channels}, K={k}) bits or "
-                     f"({channels}, {(k + 7) // 8}) packed bytes, not shape {w.shape}")
+    if not terms:
+        return Const(0, 1), 0
+    levels = (len(terms) - 1).bit_length()
+    level = regs = 0
+    while len(terms) > 1:
+        level += 1
+        reg = level % TREE_LEVELS_PER_STAGE == 0 or level == levels
+        nxt = []
+        for i in range(0, len(terms), 2):
+            e = terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] + 0
+            sig = Signal(e.shape(), name=f"{name}_l{level}_{i // 2}", reset_less=reg)
+            if reg:
+                with m.If(en):
+                    m.d.sync += sig.eq(e)
+            else:
+                m.d.comb += sig.eq(e)
+            nxt.append(sig)
+        regs += reg
+        terms = nxt
+    return terms[0], regs
 
 
 class _MatrixBase(wiring.Component):
@@ -124,19 +84,19 @@ class _MatrixBase(wiring.Component):
 
     def _check(self, k, channels, pe, simd, weights, input_bits, what, count=1,
                input_ram=None):
-        self.k = _positive_int("K", k)
-        self.count = _positive_int("count", count)
+        self.k = positive_int("K", k)
+        self.count = positive_int("count", count)
         if self.k % self.count:
             raise ValueError(f"count must divide K={self.k}, not {count!r}")
-        self.channels = _positive_int(what, channels)
-        self.pe = _positive_int("PE", pe)
-        self.simd = _positive_int("SIMD", simd)
+        self.channels = positive_int(what, channels)
+        self.pe = positive_int("PE", pe)
+        self.simd = positive_int("SIMD", simd)
         if self.channels % self.pe:
             raise ValueError(f"PE must divide {what}={self.channels}, not {pe!r}")
         if self.k % self.simd:
             raise ValueError(f"SIMD must divide K={self.k}, not {simd!r}")
-        self.input_bits = _input_bits(input_bits)
-        self.weights = _weight_matrix(weights, self.channels, self.k)
+        self.input_bits = check_input_bits(input_bits)
+        self.weights = weight_matrix(weights, self.channels, self.k)
         self.groups = self.channels // self.pe
         self.folds = self.k // self.simd
         #: compute cycles per vector (the initiation interval): channels/PE * K/SIMD
@@ -258,7 +218,7 @@ class _MatrixBase(wiring.Component):
                     q = x[8 * i:8 * i + 8]
                     m.d.comb += t.eq(Mux(wl[i], q, -q))
                     terms.append(t)
-            partial = self._tree(m, terms, en, f"lane{p}")
+            partial, _ = adder_tree(m, terms, en, f"lane{p}")
             acc = Signal(Shape.cast(range(self.acc_range[0], self.acc_range[1] + 1)),
                          name=f"acc{p}", reset_less=True)
             total = Signal.like(acc, name=f"sum{p}")
@@ -370,43 +330,6 @@ class _MatrixBase(wiring.Component):
         m.d.comb += x.eq(rp.data.word_select(sel, simd * b))
         return x
 
-    @staticmethod
-    def _tree(m, terms, en, name):
-        level = 0
-        levels = (len(terms) - 1).bit_length()
-        while len(terms) > 1:
-            level += 1
-            reg = level % TREE_LEVELS_PER_STAGE == 0 or level == levels
-            nxt = []
-            for i in range(0, len(terms), 2):
-                if i + 1 < len(terms):
-                    e = terms[i] + terms[i + 1]
-                else:
-                    e = terms[i] + 0
-                sig = Signal(e.shape(), name=f"{name}_l{level}_{i // 2}", reset_less=reg)
-                if reg:
-                    with m.If(en):
-                        m.d.sync += sig.eq(e)
-                else:
-                    m.d.comb += sig.eq(e)
-                nxt.append(sig)
-            terms = nxt
-        return terms[0]
-
-
-def _runs(index: Signal, values: list[int], shape) -> object:
-    """``values[index]`` for a list made of a few runs of equal values, as a chain of compares.
-
-    Pad classes are runs (border, interior, border), so this is a handful of comparators and
-    multiplexers. Unlike an ``Array`` lookup, which Yosys writes as a ``case`` in an
-    ``always @*`` block that Icarus does not evaluate until ``index`` first changes, it is
-    emitted as continuous assignments, so a 4-state simulator sees no X at time 0.
-    """
-    out = Const(values[0], shape)
-    for i in range(1, len(values)):
-        if values[i] != values[i - 1]:
-            out = Mux(index >= i, Const(values[i], shape), out)
-    return out
 
 
 class MVTU(_MatrixBase):
@@ -422,9 +345,13 @@ class MVTU(_MatrixBase):
         Folding: PE lanes (must divide C) of SIMD elements each (must divide K).
     weights : numpy.ndarray
         (C, K) bits (1 = +1) or the IR's little-endian packed rows (C, ceil(K/8)) uint8.
-    thresholds : sequence of int
+    thresholds : sequence of int or None
         One per channel; output bit c = ``acc_c >= thresholds[c]``. Any Python int (values beyond
-        the accumulator range give constant channels).
+        the accumulator range give constant channels). ``None`` selects *popcount mode*: the
+        unit outputs every channel's ``P = acc_c = popcount(XNOR(x, w_c))`` in 0..K as an
+        unsigned number of ``int(K).bit_length()`` bits (attribute ``count_bits``) instead of
+        a bit; binary inputs only and no pad classes (one class), as the main path of a
+        residual add needs.
     input_bits : int
         1: ``acc = popcount(XNOR(x, w))``; 8: unsigned bytes, ``acc = sum(w ? +q : -q)``.
     count : int
@@ -449,8 +376,9 @@ class MVTU(_MatrixBase):
     i_stream : In(stream.Signature(K * input_bits / count))
         ``count`` transfers per vector, the first in the lowest elements; element i of the
         vector at bits [i*b, (i+1)*b) of their concatenation.
-    o_stream : Out(stream.Signature(C))
-        One transfer per vector; bit c = channel c.
+    o_stream : Out(stream.Signature(C)), or Out(stream.Signature(C * count_bits)) in popcount mode
+        One transfer per vector; bit c = channel c (popcount mode: channel c's count at bits
+        [c*count_bits, (c+1)*count_bits), channel 0 lowest). Attribute ``out_width``.
 
     Storage: two vectors — the input buffer, which collects the next vector while the engine
     computes, and the held current vector, whose SIMD-wide word s the engine reads in step s.
@@ -481,6 +409,7 @@ class MVTU(_MatrixBase):
       ``a + F + 3 + d`` (attribute ``latency = F + 3 + d``).
     * It stays valid until accepted; in every cycle it is not accepted, the whole pipeline
       (steps, ROM, accumulators) holds. Tokens are never dropped or duplicated.
+    * Popcount mode has exactly this timing (the counts take the place of the compare).
     """
 
     @quiet_on_error
@@ -490,7 +419,21 @@ class MVTU(_MatrixBase):
         lo, hi = self.acc_range
         if (row_class is None) != (col_class is None):
             raise ValueError("row_class and col_class go together: give both or neither")
-        if row_class is None:
+        #: popcount mode (``thresholds=None``): C counts of ``count_bits`` bits out, not C bits
+        self.popcount = thresholds is None
+        if self.popcount:
+            if self.input_bits != 1:
+                raise ValueError(f"popcount mode (thresholds=None) takes binary inputs only "
+                                 f"(input_bits=1), not input_bits={input_bits!r}")
+            if row_class is not None:
+                raise ValueError("popcount mode (thresholds=None) takes one pad class only; "
+                                 "row_class and col_class need thresholds")
+            self.row_class = self.col_class = None
+            self.class_thresholds = []
+            self.thresholds = None
+            self.count_bits = self.k.bit_length()
+            rows = []
+        elif row_class is None:
             rows = [thresholds]
             self.row_class = self.col_class = None
         else:
@@ -508,18 +451,18 @@ class MVTU(_MatrixBase):
         #: thresholds per pad class (one row without class maps), clamped to the acc range
         self.class_thresholds = []
         for row in rows:
-            t = list(row) if not isinstance(row, np.ndarray) else row.tolist()
-            if len(t) != self.channels:
-                raise ValueError(f"thresholds must hold {self.channels} values, not {len(t)}")
-            for v in t:
-                if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                    raise TypeError(f"thresholds must be integers, not {v!r}")
-            self.class_thresholds.append([min(max(int(v), lo), hi + 1) for v in t])
-        self.thresholds = self.class_thresholds[0]
+            t = int_list("thresholds", row, self.channels)
+            self.class_thresholds.append([min(max(v, lo), hi + 1) for v in t])
+        if not self.popcount:
+            self.thresholds = self.class_thresholds[0]
+            self.count_bits = None
+        #: bits per output lane: 1, or ``count_bits`` in popcount mode
+        self.lane_bits = self.count_bits if self.popcount else 1
+        self.out_width = self.channels * self.lane_bits
         self.latency = self.cycles + 3 + self.tree_stages
         super().__init__({"i_stream": In(stream.Signature(self.k * self.input_bits
                                                           // self.count)),
-                          "o_stream": Out(stream.Signature(self.channels))})
+                          "o_stream": Out(stream.Signature(self.out_width))})
 
     def elaborate(self, platform):
         m = Module()
@@ -530,6 +473,19 @@ class MVTU(_MatrixBase):
         tag = Signal(range(classes), name="pad_class") if classes > 1 else None
         sums, ctl, ctl_before = self._engine(m, en, tag)
         valid, n, last_s = ctl[:3]
+        pe = self.pe
+        if self.popcount:
+            lanes = Signal(pe * self.lane_bits)
+            m.d.comb += lanes.eq(Cat(*sums))
+        else:
+            lanes = self._compare(m, en, sums, ctl_before, tag)
+        self._output(m, en, lanes, valid, n, last_s)
+        return m
+
+    def _compare(self, m, en, sums, ctl_before, tag):
+        """The threshold compare of the accumulate stage: PE bits (the ROM read one enabled
+        cycle earlier, at ``ctl_before``)."""
+        classes = len(self.class_thresholds)
         n_before = ctl_before[1]
         pe, groups = self.pe, self.groups
         lo, hi = self.acc_range
@@ -558,22 +514,26 @@ class MVTU(_MatrixBase):
                 m.d.comb += tsig[p].eq(rd.data[p * tw:(p + 1) * tw])
         bits = Signal(pe)
         m.d.comb += bits.eq(Cat(*[sums[p] >= tsig[p] for p in range(pe)]))
+        return bits
 
+    def _output(self, m, en, lanes, valid, n, last_s):
+        """Collect the C/PE groups' lanes (PE · lane_bits each) into the output register."""
+        o = self.o_stream
+        groups, width = self.groups, len(lanes)
         done = Signal()
         m.d.comb += done.eq(valid & last_s & (n == groups - 1))
         if groups > 1:
             # groups 0..G-2 shift in (one clock enable for all: iCE40 tiles share one)
-            obits = Signal((groups - 1) * pe, reset_less=True)
+            obits = Signal((groups - 1) * width, reset_less=True)
             with m.If(en & valid & last_s):
-                m.d.sync += obits.eq(Cat(obits[pe:], bits))
-            full = Cat(obits, bits)
+                m.d.sync += obits.eq(Cat(obits[width:], lanes))
+            full = Cat(obits, lanes)
         else:
-            full = bits
+            full = lanes
         with m.If(en):
             m.d.sync += o.valid.eq(done)
             with m.If(done):
                 m.d.sync += o.payload.eq(full)
-        return m
 
     def _class_counters(self, m, tag):
         """Count taken vectors per frame (output row oy, column ox; a frame is
@@ -584,8 +544,8 @@ class MVTU(_MatrixBase):
         oy = Signal(range(oh), name="pad_oy")
         ox = Signal(range(ow), name="pad_ox")
         with m.If(self._take):
-            m.d.sync += tag.eq(_runs(oy, [r * ncol for r in self.row_class], tag.shape())
-                               + _runs(ox, self.col_class, tag.shape()))
+            m.d.sync += tag.eq(const_lookup(oy, [r * ncol for r in self.row_class], tag.shape())
+                               + const_lookup(ox, self.col_class, tag.shape()))
             m.d.sync += ox.eq(Mux(ox == ow - 1, 0, ox + 1))
             with m.If(ox == ow - 1):
                 m.d.sync += oy.eq(Mux(oy == oh - 1, 0, oy + 1))
@@ -633,9 +593,9 @@ class ScoreUnit(_MatrixBase):
     def __init__(self, k, classes, pe, simd, weights, mul, add, input_bits=1, score_width=32,
                  count=1, input_ram=None):
         self._check(k, classes, pe, simd, weights, input_bits, "classes", count, input_ram)
-        self.score_width = _positive_int("score_width", score_width)
-        self.mul = self._ints("mul", mul)
-        self.add = self._ints("add", add)
+        self.score_width = positive_int("score_width", score_width)
+        self.mul = int_list("mul", mul, self.channels)
+        self.add = int_list("add", add, self.channels)
         self.class_width = max(1, (self.channels - 1).bit_length())
         self.argmax_stages = argmax_stages(self.channels)
         self.latency = self.cycles + 5 + self.tree_stages + self.argmax_stages
@@ -652,15 +612,6 @@ class ScoreUnit(_MatrixBase):
             "i_stream": In(stream.Signature(self.k * self.input_bits // self.count)),
             "o_stream": Out(stream.Signature(self.channels * self.score_width
                                              + self.class_width))})
-
-    def _ints(self, name, values):
-        v = values.tolist() if isinstance(values, np.ndarray) else list(values)
-        if len(v) != self.channels:
-            raise ValueError(f"{name} must hold {self.channels} values, not {len(v)}")
-        for x in v:
-            if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
-                raise TypeError(f"{name} must be integers, not {x!r}")
-        return [int(x) for x in v]
 
     def elaborate(self, platform):
         m = Module()
@@ -753,463 +704,3 @@ class ScoreUnit(_MatrixBase):
         return m
 
 
-class SlidingWindow(wiring.Component):
-    """Sliding-window (im2col) generator over a pixel stream, with a ping-pong frame buffer.
-
-    Parameters
-    ----------
-    channels, height, width : int
-        Input feature map (C, H, W).
-    kernel, stride, padding : int or (int, int)
-        Window (kh, kw), stride (sh, sw) and padding (ph, pw) on each side.
-    pad_value : int
-        Element value of padding positions (a bit for elem_bits=1, a byte for elem_bits=8).
-    elem_bits : int
-        1 or 8.
-
-    Ports
-    -----
-    i_stream : In(stream.Signature(C * elem_bits))
-        One pixel per transfer in raster order, channel c at bits [c*b, (c+1)*b); frames back
-        to back.
-    o_stream : Out(stream.Signature(kh * kw * C * elem_bits))
-        One window per transfer in output raster order; element (ky, kx, c) at index
-        ``(ky*kw + kx)*C + c`` (bits [i*b, (i+1)*b)).
-
-    Timing
-    ------
-    The buffer holds two whole frames (banks; a frame buffer rather than a line buffer, kept
-    for its simple contract; fine for small maps). Frame j is written to bank j mod 2.
-
-    * Writer: ``i_stream.ready`` is high iff the bank of the frame being written is free.
-      Bank b becomes busy in the cycle after its frame's last pixel is accepted and free again
-      in the cycle after the reader issued the last read step of the frame in it.
-    * Reader: windows are produced in output raster order, each in T = kh*kw read steps (one
-      per kernel position, row-major), so II = kh*kw per window and OH*OW*kh*kw enabled
-      cycles per frame. A frame's first step is issued in the first enabled cycle in which its
-      bank is busy and the reader has issued the previous frame's last step (in an earlier
-      cycle). Steps of successive windows and frames follow without gaps.
-    * A window's output register is written 1 enabled cycle after its last step and
-      ``o_stream.valid`` rises in the next cycle (``latency = 2`` enabled cycles after the
-      last step; the first window of a frame whose last pixel was accepted in cycle a is valid
-      from cycle a + T + 2 when nothing stalls — attribute ``latency = T + 2``).
-    * Global stall: while the output register is full and not accepted, the reader holds
-      (the writer still fills a free bank).
-    """
-
-    @quiet_on_error
-    def __init__(self, channels, height, width, kernel, stride=1, padding=0, pad_value=0,
-                 elem_bits=1):
-        self.channels = _positive_int("channels", channels)
-        self.height = _positive_int("height", height)
-        self.width = _positive_int("width", width)
-        self.kernel = _pair("kernel", kernel)
-        self.stride = _pair("stride", stride)
-        self.padding = _pair("padding", padding, minimum=0)
-        if elem_bits not in (1, 8) or isinstance(elem_bits, bool):
-            raise ValueError(f"elem_bits must be 1 or 8, not {elem_bits!r}")
-        self.elem_bits = int(elem_bits)
-        if isinstance(pad_value, bool) or not isinstance(pad_value, (int, np.integer)) \
-                or not 0 <= pad_value < (1 << self.elem_bits):
-            raise ValueError(f"pad_value must be an integer 0..{(1 << self.elem_bits) - 1}, "
-                             f"not {pad_value!r}")
-        self.pad_value = int(pad_value)
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        self.out_height = (self.height + 2 * ph - kh) // sh + 1
-        self.out_width = (self.width + 2 * pw - kw) // sw + 1
-        if kh > self.height + 2 * ph or kw > self.width + 2 * pw:
-            raise ValueError(f"kernel {self.kernel} exceeds the padded input "
-                             f"{(self.height + 2 * ph, self.width + 2 * pw)}")
-        self.steps = kh * kw
-        self.latency = self.steps + 2
-        super().__init__({
-            "i_stream": In(stream.Signature(self.channels * self.elem_bits)),
-            "o_stream": Out(stream.Signature(self.steps * self.channels * self.elem_bits))})
-
-    def elaborate(self, platform):
-        m = Module()
-        i_s, o = self.i_stream, self.o_stream
-        c, b = self.channels, self.elem_bits
-        h, w = self.height, self.width
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        oh, ow = self.out_height, self.out_width
-        pix = c * b
-        frame = h * w
-        en = Signal()
-        m.d.comb += en.eq(~(o.valid & ~o.ready))
-
-        mem = Memory(shape=unsigned(pix), depth=2 * frame, init=[])
-        m.submodules.buffer = mem
-        wr = mem.write_port()
-        rd = mem.read_port(domain="sync")
-
-        bank_busy = Signal(2)
-        wbank = Signal()
-        waddr = Signal(range(frame))
-        rbank = Signal()
-        set_busy = Signal(2)
-        clr_busy = Signal(2)
-
-        # writer
-        m.d.comb += i_s.ready.eq(~bank_busy.bit_select(wbank, 1))
-        m.d.comb += [wr.addr.eq(Mux(wbank, frame, 0) + waddr), wr.data.eq(i_s.payload),
-                     wr.en.eq(i_s.valid & i_s.ready)]
-        with m.If(i_s.valid & i_s.ready):
-            with m.If(waddr == frame - 1):
-                m.d.sync += [waddr.eq(0), wbank.eq(~wbank)]
-                m.d.comb += set_busy.eq(Mux(wbank, 0b10, 0b01))
-            with m.Else():
-                m.d.sync += waddr.eq(waddr + 1)
-
-        # reader sequencer over (oy, ox, ky, kx)
-        oy = Signal(range(oh))
-        ox = Signal(range(ow))
-        ky = Signal(range(kh))
-        kx = Signal(range(kw))
-        iy = Signal(signed(max(oh * sh, h + ph).bit_length() + 2))
-        ix = Signal(signed(max(ow * sw, w + pw).bit_length() + 2))
-        m.d.comb += [iy.eq(oy * sh - ph + ky), ix.eq(ox * sw - pw + kx)]
-        active = Signal()
-        m.d.comb += active.eq(bank_busy.bit_select(rbank, 1))
-        issue = Signal()
-        m.d.comb += issue.eq(en & active)
-        last_k = Signal()
-        last_win = Signal()
-        m.d.comb += [last_k.eq((ky == kh - 1) & (kx == kw - 1)),
-                     last_win.eq((oy == oh - 1) & (ox == ow - 1))]
-        inside = Signal()
-        m.d.comb += inside.eq((iy >= 0) & (iy < h) & (ix >= 0) & (ix < w))
-        raddr = Signal(range(2 * frame))
-        m.d.comb += raddr.eq(Mux(rbank, frame, 0) + (iy * w + ix)[:len(raddr)])
-        m.d.comb += [rd.addr.eq(raddr), rd.en.eq(en)]
-        with m.If(issue):
-            with m.If(kx == kw - 1):
-                m.d.sync += kx.eq(0)
-                with m.If(ky == kh - 1):
-                    m.d.sync += ky.eq(0)
-                    with m.If(ox == ow - 1):
-                        m.d.sync += ox.eq(0)
-                        with m.If(oy == oh - 1):
-                            m.d.sync += [oy.eq(0), rbank.eq(~rbank)]
-                            m.d.comb += clr_busy.eq(Mux(rbank, 0b10, 0b01))
-                        with m.Else():
-                            m.d.sync += oy.eq(oy + 1)
-                    with m.Else():
-                        m.d.sync += ox.eq(ox + 1)
-                with m.Else():
-                    m.d.sync += ky.eq(ky + 1)
-            with m.Else():
-                m.d.sync += kx.eq(kx + 1)
-        m.d.sync += bank_busy.eq((bank_busy & ~clr_busy) | set_busy)
-
-        # stage 1: read data (or padding) lands in the window
-        v1 = Signal()
-        pad1 = Signal()
-        last1 = Signal()
-        with m.If(en):
-            m.d.sync += [v1.eq(issue), pad1.eq(~inside), last1.eq(last_k)]
-        pad_pixel = Const(int(sum(self.pad_value << (i * b) for i in range(c))), pix)
-        data = Signal(pix)
-        m.d.comb += data.eq(Mux(pad1, pad_pixel, rd.data))
-        steps = self.steps
-        if steps > 1:
-            win = Signal(pix * (steps - 1))
-            with m.If(en & v1):
-                m.d.sync += win.eq(Cat(win[pix:], data) if steps > 2 else data)
-            full = Cat(win, data)
-        else:
-            full = data
-        with m.If(en):
-            m.d.sync += o.valid.eq(v1 & last1)
-            with m.If(v1 & last1):
-                m.d.sync += o.payload.eq(full)
-        return m
-
-
-class MaxPool(wiring.Component):
-    """Binary max-pool: the OR of each window's bits, per channel; no padding.
-
-    Parameters
-    ----------
-    channels, height, width : int
-        Input feature map (C, H, W) of bits.
-    kernel, stride : int or (int, int)
-
-    Ports
-    -----
-    i_stream : In(stream.Signature(C))  — one pixel per transfer, raster order.
-    o_stream : Out(stream.Signature(C)) — one pooled pixel per transfer, output raster order.
-
-    Timing
-    ------
-    Exactly :class:`SlidingWindow`\\ (C, H, W, kernel, stride, padding 0, elem_bits 1): the
-    OR is combinational on that block's output register.
-    """
-
-    @quiet_on_error
-    def __init__(self, channels, height, width, kernel, stride=None):
-        if stride is None:
-            stride = kernel
-        self.window = SlidingWindow(channels, height, width, kernel, stride, 0, 0, 1)
-        self.channels = self.window.channels
-        self.out_height, self.out_width = self.window.out_height, self.window.out_width
-        self.latency = self.window.latency
-        super().__init__({"i_stream": In(stream.Signature(self.channels)),
-                          "o_stream": Out(stream.Signature(self.channels))})
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.window = win = self.window
-        wiring.connect(m, wiring.flipped(self.i_stream), win.i_stream)
-        c = self.channels
-        payload = win.o_stream.payload
-        pooled = Signal(c)
-        acc = payload[0:c]
-        for i in range(1, win.steps):
-            acc = acc | payload[c * i:c * (i + 1)]
-        m.d.comb += [
-            pooled.eq(acc),
-            self.o_stream.payload.eq(pooled),
-            self.o_stream.valid.eq(win.o_stream.valid),
-            win.o_stream.ready.eq(self.o_stream.ready),
-        ]
-        return m
-
-
-class Deserializer(wiring.Component):
-    """Collect ``count`` transfers of ``elem_width`` bits into one transfer.
-
-    Ports
-    -----
-    i_stream : In(stream.Signature(elem_width))
-    o_stream : Out(stream.Signature(count * elem_width)) — the first transfer in the lowest bits.
-
-    Timing
-    ------
-    ``i_stream.ready = not (o_stream.valid and not o_stream.ready)`` (global stall). The
-    ``count``-th element accepted in cycle a makes ``o_stream.valid`` high from cycle a+1
-    (latency 1); II = ``count`` cycles per output.
-    """
-
-    @quiet_on_error
-    def __init__(self, elem_width, count):
-        self.elem_width = _positive_int("elem_width", elem_width)
-        self.count = _positive_int("count", count)
-        self.latency = 1
-        super().__init__({"i_stream": In(stream.Signature(self.elem_width)),
-                          "o_stream": Out(stream.Signature(self.elem_width * self.count))})
-
-    def elaborate(self, platform):
-        m = Module()
-        i_s, o = self.i_stream, self.o_stream
-        ew, count = self.elem_width, self.count
-        en = Signal()
-        m.d.comb += [en.eq(~(o.valid & ~o.ready)), i_s.ready.eq(en)]
-        take = i_s.valid & en
-        if count > 1:
-            buf = Signal(ew * (count - 1))
-            idx = Signal(range(count))
-            full = Cat(buf[ew:], i_s.payload) if count > 2 else i_s.payload
-            with m.If(take):
-                m.d.sync += buf.eq(full)
-                m.d.sync += idx.eq(Mux(idx == count - 1, 0, idx + 1))
-            last = idx == count - 1
-            word = Cat(buf, i_s.payload)
-        else:
-            last = Const(1)
-            word = i_s.payload
-        with m.If(en):
-            m.d.sync += o.valid.eq(take & last)
-            with m.If(take & last):
-                m.d.sync += o.payload.eq(word)
-        return m
-
-
-class Serializer(wiring.Component):
-    """Split each transfer of ``count * elem_width`` bits into ``count`` transfers.
-
-    The width converter in front of a :class:`SlidingWindow` when the accelerator's input
-    carries several pixels per transfer.
-
-    Ports
-    -----
-    i_stream : In(stream.Signature(count * elem_width))
-    o_stream : Out(stream.Signature(elem_width)) — the lowest ``elem_width`` bits first.
-
-    Timing
-    ------
-    Holds one input word. ``o_stream.valid`` is high while elements of it are left;
-    ``i_stream.ready = (none left) or (one left and o_stream.ready)``, so the next word is
-    accepted in the cycle its predecessor's last element is (or any later cycle). A word
-    accepted in cycle a offers its first element from cycle a+1 (latency 1) and element e from
-    the cycle after element e-1's handshake: with a ready consumer, one element per cycle
-    without gaps (II = ``count`` cycles per input word).
-    """
-
-    @quiet_on_error
-    def __init__(self, elem_width, count):
-        self.elem_width = _positive_int("elem_width", elem_width)
-        self.count = _positive_int("count", count)
-        self.latency = 1
-        super().__init__({"i_stream": In(stream.Signature(self.elem_width * self.count)),
-                          "o_stream": Out(stream.Signature(self.elem_width))})
-
-    def elaborate(self, platform):
-        m = Module()
-        i_s, o = self.i_stream, self.o_stream
-        ew, count = self.elem_width, self.count
-        buf = Signal(ew * count)
-        left = Signal(range(count + 1))
-        m.d.comb += [
-            o.valid.eq(left != 0),
-            o.payload.eq(buf[:ew]),
-            i_s.ready.eq((left == 0) | ((left == 1) & o.ready)),
-        ]
-        with m.If(i_s.valid & i_s.ready):
-            m.d.sync += [buf.eq(i_s.payload), left.eq(count)]
-        with m.Elif(o.valid & o.ready):
-            m.d.sync += left.eq(left - 1)
-            if count > 1:
-                m.d.sync += buf.eq(buf[ew:])
-        return m
-
-
-class InputThreshold(wiring.Component):
-    """Binarize 8-bit pixels: bit c = (byte c >= threshold); 128 gives each byte's MSB.
-
-    Parameters
-    ----------
-    channels : int
-    threshold : int
-    pixels : int
-        Pixels per transfer (default 1): byte ``p*channels + c`` becomes bit ``p*channels + c``.
-
-    Ports
-    -----
-    i_stream : In(stream.Signature(8 * channels * pixels)) — pixel p's channel c in bits
-        [8(p*channels + c), 8(p*channels + c) + 8).
-    o_stream : Out(stream.Signature(channels * pixels))
-
-    Timing
-    ------
-    Combinational: latency 0, ``valid``/``ready`` pass straight through.
-    """
-
-    @quiet_on_error
-    def __init__(self, channels, threshold=128, pixels=1):
-        self.channels = _positive_int("channels", channels)
-        self.pixels = _positive_int("pixels", pixels)
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, np.integer)) \
-                or not 0 <= threshold <= 256:
-            raise ValueError(f"threshold must be an integer 0..256, not {threshold!r}")
-        self.threshold = int(threshold)
-        self.latency = 0
-        n = self.channels * self.pixels
-        super().__init__({"i_stream": In(stream.Signature(8 * n)),
-                          "o_stream": Out(stream.Signature(n))})
-
-    def elaborate(self, platform):
-        m = Module()
-        i_s, o = self.i_stream, self.o_stream
-        p = i_s.payload
-        m.d.comb += [
-            o.payload.eq(Cat(*[p[8 * c:8 * c + 8] >= self.threshold
-                               for c in range(self.channels * self.pixels)])),
-            o.valid.eq(i_s.valid),
-            i_s.ready.eq(o.ready),
-        ]
-        return m
-
-
-class InputTable(wiring.Component):
-    """Map 8-bit pixels through a 256-entry table: byte c out = table[byte c in].
-
-    Parameters
-    ----------
-    channels : int
-    table : sequence of 256 ints 0..255
-    pixels : int
-        Pixels per transfer (default 1): byte ``p*channels + c`` maps to byte ``p*channels + c``.
-
-    Ports
-    -----
-    i_stream : In(stream.Signature(8 * channels * pixels)) — pixel p's channel c in bits
-        [8(p*channels + c), 8(p*channels + c) + 8).
-    o_stream : Out(stream.Signature(8 * channels * pixels)) — the mapped bytes, same layout.
-
-    Timing
-    ------
-    Combinational (one 256 x 8 logic ROM per byte lane): latency 0, ``valid``/``ready`` pass
-    straight through, so back-pressure reaches the producer in the same cycle.
-    """
-
-    @quiet_on_error
-    def __init__(self, channels, table, pixels=1):
-        self.channels = _positive_int("channels", channels)
-        self.pixels = _positive_int("pixels", pixels)
-        try:
-            values = [v for v in table]
-        except TypeError:
-            values = None
-        if values is None or len(values) != 256 or not all(
-                not isinstance(v, bool) and isinstance(v, (int, np.integer)) and 0 <= v <= 255
-                for v in values):
-            raise ValueError(f"table must be 256 integers 0..255, not {table!r}")
-        self.table = tuple(int(v) for v in values)
-        self.latency = 0
-        n = 8 * self.channels * self.pixels
-        super().__init__({"i_stream": In(stream.Signature(n)),
-                          "o_stream": Out(stream.Signature(n))})
-
-    def elaborate(self, platform):
-        m = Module()
-        i_s, o = self.i_stream, self.o_stream
-        for lane in range(self.channels * self.pixels):
-            byte = i_s.payload[8 * lane:8 * lane + 8]
-            out = o.payload[8 * lane:8 * lane + 8]
-            with m.Switch(byte):
-                for value in range(256):
-                    with m.Case(value):
-                        m.d.comb += out.eq(self.table[value])
-        m.d.comb += [
-            o.valid.eq(i_s.valid),
-            i_s.ready.eq(o.ready),
-        ]
-        return m
-
-
-class StreamFIFO(wiring.Component):
-    """A stream FIFO of ``depth`` tokens (first-word fall-through, LUT-RAM friendly).
-
-    Ports
-    -----
-    i_stream : In(stream.Signature(width)), o_stream : Out(stream.Signature(width))
-
-    Timing
-    ------
-    ``i_stream.ready`` is high iff fewer than ``depth`` tokens are held at the start of the
-    cycle (a read in the same cycle frees no room for that cycle). ``o_stream.valid`` is high
-    iff at least one token is held at the start of the cycle. A token accepted in cycle a can
-    leave in cycle a+1 at the earliest (latency 1). II = 1.
-    """
-
-    @quiet_on_error
-    def __init__(self, width, depth):
-        self.width = _positive_int("width", width)
-        self.depth = _positive_int("depth", depth)
-        self.latency = 1
-        super().__init__({"i_stream": In(stream.Signature(self.width)),
-                          "o_stream": Out(stream.Signature(self.width))})
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.fifo = f = fifo.SyncFIFO(width=self.width, depth=self.depth)
-        m.d.comb += [
-            f.w_data.eq(self.i_stream.payload),
-            f.w_en.eq(self.i_stream.valid),
-            self.i_stream.ready.eq(f.w_rdy),
-            self.o_stream.payload.eq(f.r_data),
-            self.o_stream.valid.eq(f.r_rdy),
-            f.r_en.eq(self.o_stream.ready),
-        ]
-        return m

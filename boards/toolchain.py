@@ -1,8 +1,4 @@
-"""Build a bitstream for a board: BoardTop on the board's clock and UART pins, Yosys + nextpnr.
-
-The design clock is the profile's ``clock_mhz`` (or ``clock_mhz=`` given to the build), made by
-the FPGA's PLL from the oscillator (:class:`BoardDesign`); nextpnr times the PLL's output
-against it.
+"""Build a bitstream for a board: BoardDesign through Yosys + nextpnr, and the tools' reports.
 
 The open flow runs from PyPI (YoWASP: Yosys, nextpnr-ice40/-ecp5, icepack/ecppack as
 WebAssembly); Amaranth's platform build script reads the tools from the environment variables
@@ -30,36 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-from amaranth.build import ResourceError
-from amaranth.hdl import (
-    ClockDomain,
-    ClockSignal,
-    Elaboratable,
-    Instance,
-    Module,
-    ResetSignal,
-    Signal,
-)
-from amaranth.lib import io
-from amaranth.lib.cdc import FFSynchronizer
+from ..compiler.ir import DataflowGraph
+from .estimate import _suggestion, estimate_design_luts
+from .profiles import BoardProfile, get_board
+from .top import BoardDesign
 
-from ..compiler.folding import (
-    ChooseFolding,
-    FoldingError,
-    estimate_brams,
-    estimate_luts,
-    estimate_mst_luts,
-    matrix_ops,
-    pipeline_cycles,
-    ram_blocks,
-    transfers_per_vector,
-)
-from ..compiler.ir import BinaryConv, DataflowGraph, InputLayer, MaxPool, ScoreLayer
-from ..hw.uart import BoardTop, uart_divisor
-from .profiles import BOARDS, BoardProfile, get_board
-
-__all__ = ["BitstreamError", "BoardDesign", "build_bitstream", "check_timing",
-           "estimate_design_brams", "estimate_design_luts", "tool_environment"]
+__all__ = ["SEEDS", "BitstreamError", "build_bitstream", "check_timing", "tool_environment"]
 
 NAME = "top"
 
@@ -72,14 +44,13 @@ _TOOLS = {
     "ECPPACK": "yowasp-ecppack",
 }
 
-#: UART receiver and transmitter, pixel assembler and control (iCE40 logic cells).
-_UART_LUTS = 150
 #: Reject before place and route when the estimate exceeds the device by this factor (the
 #: estimate is within about 20% of nextpnr's logic-cell count on the designs measured).
 _REFUSE_FACTOR = 1.15
 
 #: nextpnr seeds tried in turn when place and route fails or misses the clock.
 SEEDS = (1, 2, 3)
+
 
 class BitstreamError(ValueError):
     """The design does not fit the board or misses its clock; ``report`` holds what is known."""
@@ -109,193 +80,6 @@ def tool_environment() -> dict:
         env[var] = _tool(exe)
     env["OPENFPGALOADER"] = "true"      # ECP5 boards name a programmer; a build never programs
     return env
-
-
-_TABLE_LUTS_PER_BYTE = 8 * 32     # InputTable, per byte lane (uncalibrated)
-
-
-def estimate_design_luts(graph: DataflowGraph) -> int:
-    """Rough logic-cell (LUT4 + FF) count of the board design.
-
-    The matrix stages (:func:`~bnnforge.compiler.folding.estimate_luts`: datapath, small ROMs,
-    input buffer and held vector), a window generator's counters and pixel registers (its two
-    frame buffers are block RAM), every FIFO
-    ``depth x width`` bits, the score stage's three copies of the scores, the board top's answer
-    shift register and the UART about 150 cells. One register bit is taken as one logic cell.
-    Calibrated on iCE40 builds against nextpnr's ICESTORM_LC count.
-    """
-    total = _UART_LUTS
-    shape = tuple(graph.input_shape)
-    channels = shape[0]
-    width = 8 * channels * graph.pixels_per_transfer()      # bits per token of the stream
-    counts = transfers_per_vector(graph)
-    for name, op in graph:
-        depth = graph.attrs(name).get("fifo_depth", 2) or 0
-        total += depth * width              # the FIFO in front of the stage
-        if isinstance(op, InputLayer):
-            if op.table is not None:
-                # uncalibrated: 8 output bits of an 8-input function per byte lane, ~32 LUT4 each
-                total += _TABLE_LUTS_PER_BYTE * width // 8
-            width = width // 8 if op.bits == 1 else width
-            continue
-        if isinstance(op, MaxPool):
-            c, _, _ = op.in_shape
-            total += _window_cells(op, c)
-            width = c
-            continue
-        if name not in matrix_ops(graph):
-            continue
-        fold = graph.attrs(name).get("fold")
-        if not fold:
-            raise FoldingError(f"stage {name!r} has no folding; run ChooseFolding first")
-        if fold.get("mst"):
-            total += estimate_mst_luts(op, graph.attrs(name).get("mst"))
-        else:
-            total += estimate_luts(op, fold["pe"], fold["simd"], counts[name])
-        if isinstance(op, BinaryConv):
-            total += _window_cells(op, op.in_shape[0] * op.input_bits)
-            width = op.channels
-            continue
-        width = op.channels
-        if isinstance(op, ScoreLayer):
-            # synthesis keeps only the bits a score can reach (about log2(2K) + 1)
-            live = op.channels * min(op.score_bits, (2 * op.k + 1).bit_length() + 1)
-            answer = op.channels * 8 * -(-op.score_bits // 8) + 8
-            total += 3 * live + answer
-    return int(total)
-
-
-def _window_cells(op, pixel_bits: int) -> int:
-    """Logic cells of a window generator (sliding window or max-pool): counters, address
-    arithmetic and the registers of one window (kh x kw pixels)."""
-    kh, kw = op.kernel
-    return 96 + pixel_bits * kh * kw
-
-
-def estimate_design_brams(graph: DataflowGraph) -> int:
-    """Block RAMs (4-kbit iCE40 blocks) of the matrix stages
-    (:func:`~bnnforge.compiler.folding.estimate_brams`) and the window generators' two frame
-    buffers."""
-    counts = transfers_per_vector(graph)
-    total = 0
-    for _, op in graph:
-        if isinstance(op, (MaxPool, BinaryConv)):
-            c, h, w = op.in_shape
-            bits = c * (op.input_bits if isinstance(op, BinaryConv) else 1)
-            total += ram_blocks(bits, 2 * h * w)
-    for name in matrix_ops(graph):
-        fold = graph.attrs(name).get("fold")
-        if not fold:
-            raise FoldingError(f"stage {name!r} has no folding; run ChooseFolding first")
-        total += estimate_brams(graph.op(name), fold["pe"], fold["simd"], counts[name])
-    return total
-
-
-def _suggestion(graph: DataflowGraph, profile: BoardProfile) -> str:
-    """A LUT budget (--luts) whose folding fits the board, and the frames per second it gives."""
-    serial = None
-    for share in (0.6, 0.45, 0.3, 0.2, 0.1, 0.05):
-        budget = int(profile.luts * share)
-        try:
-            folded = ChooseFolding(luts=budget).apply(graph)
-        except FoldingError:
-            continue
-        cells = estimate_design_luts(folded)
-        serial = cells if serial is None else min(serial, cells)
-        if cells <= 0.9 * profile.luts:
-            cycles = max(pipeline_cycles(folded).values())
-            fps = profile.clock_mhz * 1e6 / cycles
-            return (f"recompile for this board with --luts {budget} (about {fps:,.0f} "
-                    f"frames/s at {profile.clock_mhz:g} MHz) or --fps {math.floor(fps)}")
-    need = f" still needs about {serial:,} logic cells" if serial else " does not fit"
-    bigger = sorted((b for b in BOARDS.values() if b.luts > profile.luts), key=lambda b: b.luts)
-    fits = [b for b in bigger if serial and 0.9 * b.luts >= serial]
-    elsewhere = f" (e.g. {(fits or bigger)[0].name})" if (fits or bigger) else ""
-    return (f"even a serial folding{need}, mostly registers holding each layer's input "
-            f"vector: choose a smaller model or a bigger board{elsewhere}")
-
-
-#: Reset held after the PLL locks (and after configuration without a PLL): iCE40 block RAMs
-#: read zeros for ~3 us after configuration; 5x margin, as Amaranth's iCE40 platform does.
-_POR_S = 15e-6
-
-
-class BoardDesign(Elaboratable):
-    """The board's top level: :class:`BoardTop` on the board's design clock and UART.
-
-    When ``profile.clock_mhz`` differs from the oscillator, the ``sync`` domain runs from the
-    family's PLL (``SB_PLL40_PAD`` on the oscillator's pad, ``SB_PLL40_CORE`` behind its input
-    buffer, ``EHXPLLL``) with the dividers of :meth:`BoardProfile.pll_settings`, and stays in
-    reset until the PLL has locked plus 15 us (iCE40 block RAMs read zeros for ~3 us after
-    configuration). Otherwise the platform's default clock domain is used. The PLL output
-    carries a clock constraint at ``clock_mhz``, so nextpnr's Fmax is checked against it.
-
-    LED 0 (where the board has one) lights on a receive overrun or framing error.
-    """
-
-    def __init__(self, graph: DataflowGraph, profile: BoardProfile, baud: int = 115200):
-        self.profile = profile
-        self.divisor = uart_divisor(profile.clock_mhz * 1e6, baud)
-        self.top = BoardTop(graph, self.divisor)
-
-    def _pll_domain(self, m: Module, platform) -> None:
-        profile = self.profile
-        pll = profile.pll_settings()
-        clk, locked = Signal(name="pll_clk"), Signal(name="pll_locked")
-        osc = platform.request(platform.default_clk, dir="-")
-        params = {f"p_{k}": v for k, v in pll.parameters().items()}
-        if profile.pll == "SB_PLL40_PAD":
-            m.submodules.pll = Instance("SB_PLL40_PAD", **params, i_PACKAGEPIN=osc.io,
-                                        i_RESETB=1, i_BYPASS=0, o_PLLOUTGLOBAL=clk,
-                                        o_LOCK=locked)
-        else:
-            m.submodules.osc_buffer = buf = io.Buffer("i", osc)
-            if profile.pll == "SB_PLL40_CORE":
-                m.submodules.pll = Instance("SB_PLL40_CORE", **params, i_REFERENCECLK=buf.i,
-                                            i_RESETB=1, i_BYPASS=0, o_PLLOUTGLOBAL=clk,
-                                            o_LOCK=locked)
-            elif profile.pll == "EHXPLLL":
-                attrs = {"FREQUENCY_PIN_CLKI": f"{pll.f_in:g}",
-                         "FREQUENCY_PIN_CLKOP": f"{pll.f_out:g}", "ICP_CURRENT": "12",
-                         "LPF_RESISTOR": "8", "MFG_ENABLE_FILTEROPAMP": "1",
-                         "MFG_GMCREF_SEL": "2"}
-                m.submodules.pll = Instance(
-                    "EHXPLLL", a_keep=1, **{f"a_{k}": v for k, v in attrs.items()}, **params,
-                    i_CLKI=buf.i, i_CLKFB=clk, o_CLKOP=clk, i_RST=0, i_STDBY=0,
-                    i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1,
-                    i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked)
-            else:
-                raise ValueError(f"unknown PLL primitive {profile.pll!r} on {profile.name}")
-        platform.add_clock_constraint(clk, profile.clock_mhz * 1e6)
-        # reset until locked, plus the power-on delay
-        m.domains.por = ClockDomain("por", reset_less=True, local=True)
-        m.domains.sync = ClockDomain("sync")
-        m.d.comb += [ClockSignal("por").eq(clk), ClockSignal("sync").eq(clk)]
-        lock = Signal()
-        m.submodules.lock_sync = FFSynchronizer(locked, lock, o_domain="por")
-        delay = max(1, int(_POR_S * profile.clock_mhz * 1e6))
-        timer, ready = Signal(range(delay + 1)), Signal()
-        with m.If(~lock):
-            m.d.por += [timer.eq(0), ready.eq(0)]
-        with m.Elif(timer == delay):
-            m.d.por += ready.eq(1)
-        with m.Else():
-            m.d.por += timer.eq(timer + 1)
-        m.d.comb += ResetSignal("sync").eq(~ready)
-
-    def elaborate(self, platform):
-        m = Module()
-        if self.profile.uses_pll:
-            self._pll_domain(m, platform)
-        m.submodules.board = top = self.top
-        uart = platform.request(*self.profile.uart, dir="-")
-        m.submodules.rx_buffer = rx = io.Buffer("i", uart.rx)
-        m.submodules.tx_buffer = tx = io.Buffer("o", uart.tx)
-        m.d.comb += [top.rx.eq(rx.i), tx.o.eq(top.tx)]
-        with contextlib.suppress(ResourceError):
-            m.submodules.led_buffer = led = io.Buffer("o", platform.request("led", 0, dir="-"))
-            m.d.comb += led.o.eq(top.error)
-        return m
 
 
 def _utilization(report: dict, family: str) -> dict:

@@ -1,0 +1,304 @@
+"""Resource cost model: logic cells and block RAMs of a node at a folding, and of a plan block.
+
+Planning figures, not synthesis results: a matrix stage's datapath, ROMs and input buffer
+(:func:`estimate_luts`, :func:`estimate_brams`), an MST-compressed layer
+(:func:`estimate_mst_luts`), the joins of a branching graph (:func:`estimate_join_luts`) and the
+fork of a stream read by several nodes (:func:`estimate_fork_luts`). One register bit counts as
+one logic cell (LUT4 + flip-flop). :class:`~bnnforge.compiler.folding.ChooseFolding` minimises
+:func:`folding_cost`.
+
+:data:`COSTS` prices every block kind of the hardware plan (:mod:`bnnforge.compiler.plan`) with
+those functions, one rule per kind; :func:`block_luts` and :func:`block_brams` look a block up in
+it, and the board estimates (:mod:`bnnforge.boards.estimate`) add them over the plan.
+
+The ROM-style rule the generator follows (:data:`LOGIC_ROM_DEPTH`) lives here, so that ``hw``
+and this model agree on what sits in block RAM.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .cycles import input_buffer_in_ram, input_ram_word
+from .ir import ScoreLayer, _Matrix
+
+__all__ = ["BRAM_CELLS", "COSTS", "LOGIC_ROM_DEPTH", "RAM_BLOCK_BITS", "TABLE_CELLS_PER_BYTE",
+           "block_brams", "block_luts", "emits_popcount", "estimate_brams", "estimate_fork_luts",
+           "estimate_join_luts", "estimate_luts", "estimate_mst_luts", "folding_cost",
+           "mst_eligible", "ram_blocks"]
+
+#: Logic cells of a matrix unit's sequencer, control pipeline and handshakes.
+_CONTROL_CELLS = 48
+
+#: Logic cells a planning estimate charges for one block RAM (about a UP5K's cells per block).
+BRAM_CELLS = 128
+
+#: Bits of the block RAM :func:`ram_blocks` counts in (an iCE40 SB_RAM40_4K).
+RAM_BLOCK_BITS = 4096
+
+
+def ram_blocks(width: int, depth: int) -> int:
+    """4-kbit block RAMs (iCE40 SB_RAM40_4K: 16 x 256, 8 x 512, 4 x 1024 or 2 x 2048 bits) that
+    hold ``depth`` words of ``width`` bits, in the best of those shapes."""
+    return min(-(-width // w) * -(-depth // d) for w, d in ((16, 256), (8, 512), (4, 1024),
+                                                            (2, 2048)))
+
+
+#: ROMs shallower than this are built in logic (the generator marks them ``rom_style =
+#: "logic"``), deeper ones in block RAM. A shallow, wide ROM fills few words of many block RAMs (a
+#: 3,136-bit x 64-word weight ROM took 88 of the ECP5-85F's DP16KD blocks and congested the
+#: router), while in logic it costs ~4 LUT4 per bit on ECP5 (~7 on iCE40, whose Yosys builds
+#: ROMs of up to 64 words in logic by itself).
+LOGIC_ROM_DEPTH = 128
+
+
+def _memory_cells(width: int, depth: int) -> tuple[int, int]:
+    """(logic cells, block RAMs) of a ROM of ``depth`` words of ``width`` bits.
+
+    One word: constants. :data:`LOGIC_ROM_DEPTH` words or more: block RAM (:func:`ram_blocks`);
+    fewer: logic, about 16 bits a LUT4.
+    """
+    if depth <= 1:
+        return 0, 0
+    if depth >= LOGIC_ROM_DEPTH:
+        return 0, ram_blocks(width, depth)
+    return -(-width * depth // 16), 0
+
+
+def _buffer_cells(op, simd: int, count: int) -> tuple[int, int]:
+    """(logic cells, block RAMs) of a matrix unit's input buffer and held vector."""
+    k, b = op.k, op.input_bits
+    if input_buffer_in_ram(k, count, simd, b):
+        ew = k // count
+        word = input_ram_word(k, count, simd)
+        subs = word // simd
+        cells = (word - ew) * b + 2 * word * b + simd * b * ((subs - 1 + 2) // 3)
+        return cells, ram_blocks(word * b, 2 * (k // word))
+    folds = k // simd
+    return 2 * k * b + simd * b + simd * b * ((folds - 1 + 2) // 3), 0
+
+
+def emits_popcount(op) -> bool:
+    """Whether a matrix stage outputs its channels' popcounts (``emit="popcount"``, feeding an
+    ``add`` join) rather than thresholded bits."""
+    return getattr(op, "emit", "bits") == "popcount"
+
+
+def _acc_bits(op) -> int:
+    """Bits of a lane's accumulator (and threshold comparator): log2(K) + 2."""
+    return max(1, math.ceil(math.log2(op.k * (255 if op.in_bits == 8 else 1) + 1))) + 2
+
+
+def estimate_luts(op, pe: int, simd: int, count: int = 1) -> int:
+    """Rough logic-cell (LUT4 + flip-flop) estimate of a matrix stage at a folding.
+
+    Per lane: SIMD XNORs and a SIMD-input popcount tree with its pipeline registers (about 3
+    cells per input bit; 8-bit inputs cost about 10 per element), an accumulator and a threshold
+    comparator of log2(K) + 2 bits; per channel an output bit and the output register; about
+    48 cells of control. The input buffer and held vector (``count`` transfers a vector):
+    2·K·b registers and a word select, or a block RAM with a gather register
+    (:func:`input_buffer_in_ram`). Weights and thresholds: ROMs of 128 words or more sit in
+    block RAM (counted by :func:`estimate_brams`, not here), smaller ones in logic. A planning
+    figure, not a synthesis result; calibrated on the iCEBreaker tfc build (within ~5% of
+    nextpnr's logic cells).
+
+    A stage that emits popcounts (:func:`emits_popcount`) has no threshold comparator and no
+    threshold ROM, and adds an output register of C·bit_length(K) bits.
+    """
+    acc_bits = _acc_bits(op)
+    per_bit = 10 if op.in_bits == 8 else 3
+    popcount = emits_popcount(op)
+    lane = simd * per_bit + (2 if popcount else 3) * acc_bits
+    datapath = pe * lane + 2 * op.channels + _CONTROL_CELLS
+    groups, folds = op.channels // pe, op.k // simd
+    rom = _memory_cells(pe * simd, groups * folds)[0]
+    if popcount:
+        datapath += op.channels * int(op.k).bit_length()
+    else:
+        rom += _memory_cells(pe * acc_bits, groups * getattr(op, "classes", 1))[0]
+    if getattr(op, "classes", 1) > 1:   # pad-class counters and the class register
+        _, oh, ow = op.out_shape
+        datapath += 2 * (int(oh).bit_length() + int(ow).bit_length() + op.classes.bit_length())
+    if isinstance(op, ScoreLayer):
+        datapath += op.channels * 40
+    return int(datapath + rom + _buffer_cells(op, simd, count)[0])
+
+
+def estimate_brams(op, pe: int, simd: int, count: int = 1) -> int:
+    """Block RAMs (4-kbit iCE40 blocks) of a matrix stage at a folding: the weight and threshold
+    ROMs of 128 words or more, and an input buffer in RAM (:func:`estimate_luts`). A stage that
+    emits popcounts has no threshold ROM."""
+    groups, folds = op.channels // pe, op.k // simd
+    thresholds = 0 if emits_popcount(op) else \
+        _memory_cells(pe * _acc_bits(op), groups * getattr(op, "classes", 1))[1]
+    return (_memory_cells(pe * simd, groups * folds)[1] + thresholds
+            + _buffer_cells(op, simd, count)[1])
+
+
+def folding_cost(op, pe: int, simd: int, count: int = 1) -> int:
+    """What :class:`~bnnforge.compiler.folding.ChooseFolding` minimises: :func:`estimate_luts`
+    plus :data:`BRAM_CELLS` per block of :func:`estimate_brams`."""
+    return estimate_luts(op, pe, simd, count) + BRAM_CELLS * estimate_brams(op, pe, simd, count)
+
+
+def mst_eligible(op) -> bool:
+    """Whether a stage can be an MST-compressed layer (a binary-input hidden matrix layer with
+    one threshold per channel: a convolution with pad classes is not, nor a stage that emits
+    popcounts)."""
+    return isinstance(op, _Matrix) and op.input_bits == 1 and op.thresholds is not None \
+        and op.classes == 1 and not emits_popcount(op)
+
+
+def estimate_mst_luts(op, tree=None) -> int:
+    """Rough LUT4 estimate of an MST-compressed layer (PE = C, SIMD = K, one vector a cycle).
+
+    ``tree`` is an :class:`~bnnforge.compiler.mst.MSTResult` or the ``mst`` node attribute
+    (``weight``, ``roots``); ``None`` computes ``layer_tree(op)`` (:mod:`bnnforge.compiler.mst`).
+    Costed like :func:`estimate_luts`: about 2 LUTs per popcount input bit over the tree's
+    ``K * roots + weight`` positions, a threshold comparator per channel and an adder per child
+    of log2(K) + 2 bits; the weights are constants in the logic, so there is no ROM.
+    """
+    from .mst import layer_tree
+
+    if tree is None:
+        tree = layer_tree(op)
+    if isinstance(tree, dict):
+        if "weight" not in tree or "roots" not in tree:
+            raise ValueError(f"an mst attribute needs 'weight' and 'roots', got keys "
+                             f"{sorted(tree)}")
+        weight, roots = int(tree["weight"]), len(tree["roots"])
+    else:
+        weight, roots = int(tree.weight), len(tree.roots)
+    acc_bits = max(1, math.ceil(math.log2(op.k + 1))) + 2
+    xnor = op.k * roots + weight
+    return int(2 * xnor + op.channels * acc_bits + (op.channels - roots) * acc_bits)
+
+
+def _join_selects(op) -> int:
+    """Threshold rows S of an ``add`` join: 2 for a bits shortcut (indexed by the shortcut
+    bit), short_k + 1 for a popcount shortcut (indexed by its popcount)."""
+    if getattr(op, "short", "bits") == "bits":
+        return 2
+    return int(op.short_k) + 1
+
+
+def estimate_join_luts(op) -> int:
+    """Rough logic-cell estimate of a join of a branching graph (kind ``add`` or ``concat``).
+
+    ``add``: per channel, a compare of the main popcount (bit_length(main_k) bits) against its
+    S threshold constants (S = 2, or short_k + 1 for a popcount shortcut; about one cell per bit
+    and constant, as a matrix stage's comparator) and the C-bit output register. ``concat``:
+    wires only, 0.
+    """
+    kind = getattr(op, "kind", None)
+    if kind == "concat":
+        return 0
+    if kind != "add":
+        raise ValueError(f"estimate_join_luts costs 'add' and 'concat' nodes, not {kind!r}")
+    channels = int(op.out_shape[0])
+    bits = int(op.main_k).bit_length()
+    return channels * (_join_selects(op) * bits + 1)
+
+
+def estimate_fork_luts(consumers: int) -> int:
+    """Logic cells of the eager fork of a stream read by ``consumers`` nodes: per output about
+    one LUT (its valid gate and its term of the ready AND) and its ``taken`` flip-flop; 0 for a
+    stream read by one node (no fork)."""
+    return 2 * consumers if consumers >= 2 else 0
+
+
+# -- the hardware plan's blocks -------------------------------------------------------------------
+
+#: Logic cells of an input table per byte lane: 8 output bits of an 8-input function, about 32
+#: LUT4 each (uncalibrated).
+TABLE_CELLS_PER_BYTE = 8 * 32
+
+#: Logic cells of a window generator's counters and address arithmetic.
+_WINDOW_CONTROL_CELLS = 96
+
+
+def _window_cells(pixel_bits: int, steps: int) -> int:
+    """Logic cells of a window generator (sliding window or max-pool): counters, address
+    arithmetic and the registers of one window (``steps`` = kh x kw pixels)."""
+    return _WINDOW_CONTROL_CELLS + pixel_bits * steps
+
+
+def _window_luts(b: dict) -> int:
+    # the block reads one pixel a transfer (a serializer in front splits wider transfers)
+    return _window_cells(b["width"], b["steps"])
+
+
+def _window_brams(b: dict) -> int:
+    """The two whole-frame buffers, one pixel a word."""
+    return ram_blocks(b["width"], 2 * b["pixels"])
+
+
+def _matrix_luts(b: dict) -> int:
+    return estimate_luts(b["op"], b["pe"], b["simd"], b["count"])
+
+
+def _matrix_brams(b: dict) -> int:
+    return estimate_brams(b["op"], b["pe"], b["simd"], b["count"])
+
+
+def _score_luts(b: dict) -> int:
+    """A matrix unit plus three copies of the scores (accumulators, scaled scores, output);
+    synthesis keeps only the bits a score can reach, about bit_length(2K + 1) + 1."""
+    op = b["op"]
+    live = op.channels * min(op.score_bits, (2 * op.k + 1).bit_length() + 1)
+    return _matrix_luts(b) + 3 * live
+
+
+def _none(b: dict) -> int:
+    return 0
+
+
+#: ``{kind: (logic cells, block RAMs)}``: the cost rule of every block kind of the plan
+#: (:data:`bnnforge.compiler.plan.KINDS` has the same keys), each a function of the block dict:
+#:
+#: * ``fifo``: depth x width cells (one register bit a cell); no block RAM.
+#: * ``threshold``, ``serializer``, ``deserializer``: 0 (comparators and transfer registers the
+#:   calibration absorbs).
+#: * ``table``: :data:`TABLE_CELLS_PER_BYTE` per byte lane.
+#: * ``window``, ``maxpool``: 96 cells of control plus one window of pixels (pixel bits x kh x
+#:   kw); two whole-frame buffers in block RAM.
+#: * ``mvtu``: :func:`estimate_luts` and :func:`estimate_brams` at the block's PE, SIMD and
+#:   ``count``; ``score`` adds three copies of the scores' live bits.
+#: * ``mst``: :func:`estimate_mst_luts` of the block's ``tree``; no block RAM (the weights are
+#:   constants in the logic).
+#: * ``fork``: :func:`estimate_fork_luts` of its outputs; ``add``, ``concat``:
+#:   :func:`estimate_join_luts`; no block RAM.
+COSTS: dict[str, tuple] = {
+    "fifo": (lambda b: b["depth"] * b["width"], _none),
+    "threshold": (_none, _none),
+    "table": (lambda b: TABLE_CELLS_PER_BYTE * b["width"] // 8, _none),
+    "serializer": (_none, _none),
+    "deserializer": (_none, _none),
+    "window": (_window_luts, _window_brams),
+    "maxpool": (_window_luts, _window_brams),
+    "mvtu": (_matrix_luts, _matrix_brams),
+    "score": (_score_luts, _matrix_brams),
+    "mst": (lambda b: estimate_mst_luts(b["op"], b["tree"]), _none),
+    "fork": (lambda b: estimate_fork_luts(b["outputs"]), _none),
+    "add": (lambda b: estimate_join_luts(b["op"]), _none),
+    "concat": (lambda b: estimate_join_luts(b["op"]), _none),
+}
+
+
+def _rule(block: dict) -> tuple:
+    kind = block.get("kind") if isinstance(block, dict) else None
+    if kind not in COSTS:
+        raise ValueError(f"no cost rule for block kind {kind!r} (block "
+                         f"{block.get('name') if isinstance(block, dict) else block!r}); "
+                         f"kinds: {', '.join(COSTS)}")
+    return COSTS[kind]
+
+
+def block_luts(block: dict) -> int:
+    """Logic cells of one block of the hardware plan (:data:`COSTS`)."""
+    return int(_rule(block)[0](block))
+
+
+def block_brams(block: dict) -> int:
+    """Block RAMs (4-kbit iCE40 blocks) of one block of the hardware plan (:data:`COSTS`)."""
+    return int(_rule(block)[1](block))

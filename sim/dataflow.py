@@ -1,0 +1,517 @@
+"""The timing model for accelerators that fork and join: one process per block side.
+
+:mod:`bnnforge.sim.timing` evaluates a *chain* of blocks by pulling tokens from the output.
+Once a stream forks, one branch can run ahead of the other, and a pull from one output no
+longer sees every event it depends on in time. This module evaluates any plan (a DAG of
+blocks, :mod:`bnnforge.compiler.plan`) with the same per-block rules (the module docstring of
+:mod:`bnnforge.sim.timing`, docs/design.md §4) written as small sequential processes — Python
+generators — that exchange cycle numbers through lists:
+
+* ``V`` of a block: the cycle from which it offers each output token (written by the block);
+* ``hs[p]`` of a block: the handshake cycle of each token on its input port ``p`` (written by
+  the block, read by the producer, whose next offers and stalls depend on it).
+
+A process that needs a value not yet computed waits for it; the scheduler runs whichever
+process can go on. Every value is the one the rules define, whatever the order they were
+computed in, so chains give exactly the pull model's cycles (a test checks both on every
+chain). When no process can go on before the last output, the hardware deadlocks in the same
+place: the run stops there, with every handshake that does happen, and names the cycle of
+blocks that wait on one another (:class:`Deadlock`).
+
+Blocks with an input side that runs ahead of the output side in hardware (a FIFO accepts while
+its head waits; a window fills one frame bank while it reads the other) have two processes, so
+no waiting is modelled that the hardware does not do.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+__all__ = ["Deadlock", "run_plan"]
+
+_NEG = -(1 << 60)
+
+
+class Deadlock(RuntimeError):
+    """The accelerator stops before the last output: a cycle of blocks waits on one another.
+
+    Attributes: ``blocked`` (the block names in the waiting cycle, in wait order),
+    ``inputs_accepted``, ``outputs`` (handshakes that happen), ``full_fifos`` (names of the
+    FIFOs in the cycle that are full), ``result`` (the partial
+    :class:`~bnnforge.sim.timing.TimingResult`, set by ``simulate_timing``).
+    """
+
+    def __init__(self, message, blocked, inputs_accepted, outputs, full_fifos):
+        super().__init__(message)
+        self.blocked = blocked
+        self.inputs_accepted = inputs_accepted
+        self.outputs = outputs
+        self.full_fifos = full_fifos
+        self.result = None
+
+
+class _Enable:
+    """Disabled intervals [w + 1, b - 1] of a globally stalled block (as in sim.timing)."""
+
+    __slots__ = ("iv", "head")
+
+    def __init__(self):
+        self.iv = []
+        self.head = 0
+
+    def add(self, w, b):
+        if b > w + 1:
+            self.iv.append((w + 1, b - 1))
+
+    def prune(self, x):
+        iv, i = self.iv, self.head
+        while i < len(iv) and iv[i][1] < x:
+            i += 1
+        self.head = i
+
+    def first(self, x):
+        iv = self.iv
+        for i in range(self.head, len(iv)):
+            lo, hi = iv[i]
+            if hi < x:
+                continue
+            return hi + 1 if lo <= x else x
+        return x
+
+    def advance(self, x, n):
+        y = x + n
+        if n == 0:
+            return y
+        iv = self.iv
+        for i in range(self.head, len(iv)):
+            lo, hi = iv[i]
+            if hi <= x:
+                continue
+            if lo > y:
+                break
+            y += hi - (lo if lo > x else x + 1) + 1
+        return y
+
+
+class _Node:
+    """One block of the plan: its lists and processes."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.name = spec["name"]
+        self.kind = spec["kind"]
+        self.V: list[int] = []
+        ports = max(1, len(spec["inputs"]))
+        self.hs: list[list[int]] = [[] for _ in range(ports)]
+        self.up: list[list[int]] = []        # producers' V, per input port
+        self.down: list[list[int]] = []      # consumers' hs, per output port
+        self.L: list[int] = []               # window: last step of each frame
+        self.T: list[int] = []               # matrix unit: cycle each vector leaves the buffer
+
+    # each process: a generator yielding (list, index) while it waits for list[index]
+    def processes(self):
+        k = self.kind
+        if k == "fifo":
+            return [(self._fifo_in(), [self.hs[0]]), (self._fifo_out(), [self.V])]
+        if k in ("window", "maxpool"):
+            return [(self._window_in(), [self.hs[0]]), (self._window_out(), [self.V, self.L])]
+        if k in ("mvtu", "score"):
+            return [(self._matrix_in(), [self.hs[0]]), (self._matrix_out(), [self.V, self.T])]
+        fn = {"deserializer": self._deserializer, "serializer": self._serializer,
+              "mst": self._mst,
+              "add": self._join, "concat": self._concat, "fork": self._fork}[k]
+        return [(fn(), [self.V, *self.hs])]
+
+    def _fifo_in(self):
+        up, hs, out, d = self.up[0], self.hs[0], self.down[0], self.spec["depth"]
+        j = 0
+        while True:
+            while len(up) <= j:
+                yield up, j
+            a = up[j]
+            if j >= d:
+                while len(out) <= j - d:
+                    yield out, j - d
+                if out[j - d] + 1 > a:
+                    a = out[j - d] + 1
+            hs.append(a)
+            j += 1
+
+    def _fifo_out(self):
+        hs, out, V = self.hs[0], self.down[0], self.V
+        j = 0
+        while True:
+            while len(hs) <= j:
+                yield hs, j
+            v = hs[j] + 1
+            if j:
+                while len(out) < j:
+                    yield out, j - 1
+                if out[j - 1] + 1 > v:
+                    v = out[j - 1] + 1
+            V.append(v)
+            j += 1
+
+    def _deserializer(self):
+        up, hs, out, V, count = self.up[0], self.hs[0], self.down[0], self.V, self.spec["count"]
+        v = 0
+        while True:
+            r = _NEG
+            if v:
+                while len(out) < v:
+                    yield out, v - 1
+                r = out[v - 1]
+            base = v * count
+            a = r
+            for e in range(base, base + count):
+                while len(up) <= e:
+                    yield up, e
+                a = up[e] if e > base or up[e] > r else r
+                hs.append(a)
+            V.append(a + 1)
+            v += 1
+
+    def _serializer(self):
+        up, hs, out, V, count = self.up[0], self.hs[0], self.down[0], self.V, self.spec["count"]
+        q = 0
+        while True:
+            j, e = divmod(q, count)
+            if q:
+                while len(out) < q:
+                    yield out, q - 1
+            if e:
+                V.append(out[q - 1] + 1)
+            else:
+                while len(up) <= j:
+                    yield up, j
+                a = up[j]
+                if q and out[q - 1] > a:
+                    a = out[q - 1]
+                hs.append(a)
+                V.append(a + 1)
+            q += 1
+
+    def _matrix_in(self):
+        up, hs, T, count = self.up[0], self.hs[0], self.T, self.spec.get("count", 1)
+        j = 0
+        while True:
+            t = _NEG
+            if j:
+                while len(T) < j:
+                    yield T, j - 1
+                t = T[j - 1]
+            base = j * count
+            for e in range(base, base + count):
+                while len(up) <= e:
+                    yield up, e
+                hs.append(up[e] if e > base or up[e] > t else t)
+            j += 1
+
+    def _matrix_out(self):
+        s = self.spec
+        hs, out, V, T = self.hs[0], self.down[0], self.V, self.T
+        f, lat, count = s["cycles"], s["latency"], s.get("count", 1)
+        en = _Enable()
+        last = w = _NEG
+        j = 0
+        while True:
+            e = (j + 1) * count - 1
+            while len(hs) <= e:
+                yield hs, e
+            x = hs[e] + 1 if hs[e] + 1 > last else last
+            en.prune(last)
+            early = False
+            if j and len(out) < j:
+                # the previous result waits downstream: the cycles up to its write are known
+                t = en.first(x)
+                if t <= w:
+                    T.append(t)          # the vector leaves the buffer before that matters
+                    early = True
+                while len(out) < j:
+                    yield out, j - 1
+            if j:
+                en.add(w, out[j - 1])
+            t = en.first(x)
+            if not early:
+                T.append(t)
+            last = en.advance(t, f)
+            w = en.advance(last, lat)
+            V.append(w + 1)
+            j += 1
+
+    def _window_in(self):
+        s = self.spec
+        up, hs, L, pixels = self.up[0], self.hs[0], self.L, s["pixels"]
+        f = 0
+        while True:
+            r = _NEG
+            if f >= 2:
+                while len(L) <= f - 2:
+                    yield L, f - 2
+                r = L[f - 2] + 1
+            for p in range(f * pixels, (f + 1) * pixels):
+                while len(up) <= p:
+                    yield up, p
+                hs.append(up[p] if up[p] > r else r)
+            f += 1
+
+    def _window_out(self):
+        s = self.spec
+        hs, out, V, L = self.hs[0], self.down[0], self.V, self.L
+        steps, windows, pixels = s["steps"], s["windows"], s["pixels"]
+        en = _Enable()
+        last = w = _NEG
+        q = 0
+        while True:
+            f, lq = divmod(q, windows)
+            if lq == 0:
+                p = (f + 1) * pixels - 1
+                while len(hs) <= p:
+                    yield hs, p
+            early = False
+            if q and len(out) < q:
+                # the previous window waits downstream: steps before its write do not care
+                nxt = self._steps(en, last, lq, f, hs, L, steps, pixels)
+                if nxt <= w and lq == windows - 1:
+                    L.append(nxt)
+                    early = True
+                while len(out) < q:
+                    yield out, q - 1
+            if q:
+                en.add(w, out[q - 1])
+            last = self._steps(en, last, lq, f, hs, L, steps, pixels)
+            if lq == windows - 1 and not early:
+                L.append(last)
+            w = en.advance(last, 1)
+            V.append(w + 1)
+            q += 1
+
+    @staticmethod
+    def _steps(en, last, lq, f, hs, L, steps, pixels):
+        """The last step of the next window (from the frame's last pixel for window 0)."""
+        en.prune(last)
+        if lq:
+            return en.advance(last, steps)
+        x = hs[(f + 1) * pixels - 1] + 1
+        if f and L[f - 1] + 1 > x:
+            x = L[f - 1] + 1
+        return en.advance(en.first(x), steps - 1)
+
+    def _mst(self):
+        up, hs, out, V, lat = self.up[0], self.hs[0], self.down[0], self.V, self.spec["latency"]
+        en = _Enable()
+        a = w = _NEG
+        j = 0
+        while True:
+            while len(up) <= j:
+                yield up, j
+            en.prune(a)
+            early = False
+            if j and len(out) < j:
+                a = en.first(up[j])
+                if a <= w:               # accepted before the previous result's stall matters
+                    hs.append(a)
+                    early = True
+                while len(out) < j:
+                    yield out, j - 1
+            if j:
+                en.add(w, out[j - 1])
+            a = en.first(up[j])
+            if not early:
+                hs.append(a)
+            w = en.advance(a, lat)
+            V.append(w + 1)
+            j += 1
+
+    def _join(self):
+        (u0, u1), (h0, h1), out, V = self.up, self.hs, self.down[0], self.V
+        en = _Enable()
+        a = w = _NEG
+        j = 0
+        while True:
+            if j:
+                while len(out) < j:
+                    yield out, j - 1
+                en.add(w, out[j - 1])
+            while len(u0) <= j:
+                yield u0, j
+            while len(u1) <= j:
+                yield u1, j
+            v = u0[j] if u0[j] > u1[j] else u1[j]
+            en.prune(a)
+            a = en.first(v)
+            h0.append(a)
+            h1.append(a)
+            w = a
+            V.append(w + 1)
+            j += 1
+
+    def _concat(self):
+        ups, hss, out, V = self.up, self.hs, self.down[0], self.V
+        j = 0
+        while True:
+            v = _NEG
+            for u in ups:
+                while len(u) <= j:
+                    yield u, j
+                if u[j] > v:
+                    v = u[j]
+            V.append(v)
+            while len(out) <= j:
+                yield out, j
+            for h in hss:
+                h.append(out[j])
+            j += 1
+
+    def _fork(self):
+        up, hs, outs, V = self.up[0], self.hs[0], self.down, self.V
+        j = 0
+        while True:
+            while len(up) <= j:
+                yield up, j
+            V.append(up[j])
+            a = _NEG
+            for out in outs:
+                while len(out) <= j:
+                    yield out, j
+                if out[j] > a:
+                    a = out[j]
+            hs.append(a)
+            j += 1
+
+
+def run_plan(blocks: list, frames: int, tokens: int, gaps, nxt):
+    """Run the processes of ``blocks`` (plan dicts; wires already removed and rewired) for
+    ``frames`` frames of ``tokens`` input transfers.
+
+    ``gaps``: idle cycles before each input transfer (None: none); ``nxt``: first ready output
+    cycle >= k (None: always ready). Returns ``(nodes by name, input handshakes, outputs)``;
+    raises :class:`Deadlock` when the run stops early (its ``partial`` attribute then holds
+    the same triple).
+    """
+    nodes = {b["name"]: _Node(b) for b in blocks}
+    src_V: list[int] = []
+    out_hs: list[int] = []
+    first = None
+    for b in blocks:
+        node = nodes[b["name"]]
+        for port, (name, k) in enumerate(b["inputs"] or [(None, 0)]):
+            if name is None:
+                node.up.append(src_V)
+                first = node.hs[port]
+            else:
+                prod = nodes[name]
+                node.up.append(prod.V)
+                while len(prod.down) <= k:
+                    prod.down.append(None)
+                prod.down[k] = node.hs[port]
+    last = nodes[blocks[-1]["name"]]
+    last.down = [out_hs]
+    total = frames * tokens
+
+    def source():
+        for n in range(total):
+            g = int(gaps[n]) if gaps is not None and n < len(gaps) else 0
+            if n == 0:
+                src_V.append(g)
+                continue
+            while len(first) < n:
+                yield first, n - 1
+            src_V.append(first[n - 1] + 1 + g)
+
+    def sink():
+        V = last.V
+        for j in range(frames):
+            while len(V) <= j:
+                yield V, j
+            v = V[j]
+            if nxt is not None and v < len(nxt):
+                v = int(nxt[v])
+            out_hs.append(v)
+
+    procs = [(source(), [src_V], "input"), (sink(), [out_hs], "output")]
+    writer: dict[int, int] = {id(src_V): 0, id(out_hs): 1}
+    for name, node in nodes.items():
+        for gen, writes in node.processes():
+            for lst in writes:
+                writer[id(lst)] = len(procs)
+            procs.append((gen, writes, name))
+    waiting: dict[int, list] = {}
+    wait_of: list = [None] * len(procs)
+    done = [False] * len(procs)
+    runnable = deque(range(len(procs)))
+    queued = [True] * len(procs)
+    while runnable:
+        p = runnable.popleft()
+        queued[p] = False
+        gen, writes, _ = procs[p]
+        try:
+            lst, idx = next(gen)
+        except StopIteration:
+            done[p] = True
+            wait_of[p] = None
+            if p == 1:
+                break
+        else:
+            wait_of[p] = (lst, idx)
+            waiting.setdefault(id(lst), []).append((idx, p))
+        for lst in writes:
+            ws = waiting.get(id(lst))
+            if not ws:
+                continue
+            n = len(lst)
+            keep = []
+            for idx, q in ws:
+                if idx < n:
+                    if not queued[q]:
+                        queued[q] = True
+                        runnable.append(q)
+                else:
+                    keep.append((idx, q))
+            waiting[id(lst)] = keep
+    if done[1]:
+        return nodes, first, out_hs
+    # deadlock: follow the waits from the output back to a repeated process
+    seen: list[int] = []
+    p = 1
+    while p not in seen and wait_of[p] is not None:
+        seen.append(p)
+        p = writer.get(id(wait_of[p][0]), p)
+    cycle = seen[seen.index(p):] if p in seen else seen
+    names = []
+    for q in reversed(cycle):
+        name = procs[q][2]
+        if name not in names and name not in ("input", "output"):
+            names.append(name)
+    full = [n for n in names if nodes[n].kind == "fifo"
+            and wait_of[next(i for i, pr in enumerate(procs) if pr[2] == n)] is not None
+            and _fifo_full(nodes[n])]
+    n_in, n_out = len(first), len(out_hs)
+    msg = (f"deadlock: the accelerator stops after {n_in} of {total} input transfers and "
+           f"{n_out} of {frames} frames; blocked in a cycle: {' -> '.join(names)}")
+    if full:
+        msg += ("; full FIFO" + ("s " if len(full) > 1 else " ") + ", ".join(
+            f"{n} (depth {nodes[n].spec['depth']})" for n in full)
+            + ": deepen it (SizeFifos sizes every FIFO from this simulator)")
+    err = Deadlock(msg, names, n_in, n_out, full)
+    err.partial = (nodes, first, out_hs)
+    raise err
+
+
+def _fifo_full(node) -> bool:
+    """A FIFO whose input side waits for room (its j-th input needs output j - depth)."""
+    return len(node.hs[0]) >= node.spec["depth"] and len(node.down[0]) < \
+        len(node.hs[0]) - node.spec["depth"] + 1
+
+
+def max_occupancy(hs_in: list, hs_out: list) -> int:
+    """The most tokens a FIFO held at the end of a cycle: after input j, j + 1 minus the outputs
+    handshaken at or before that cycle."""
+    a = np.asarray(hs_in, dtype=np.int64)
+    b = np.asarray(hs_out, dtype=np.int64)
+    if not a.size:
+        return 0
+    out = np.searchsorted(b, a, side="right")
+    return int((np.arange(1, a.size + 1) - out).max())

@@ -1,0 +1,216 @@
+"""sim.timing on branching accelerators (forks, skip FIFOs, joins) against the RTL, cycle by cycle.
+
+The process engine (sim.dataflow) runs any plan; on chains it must give exactly the pull
+model's cycles, and on DAGs exactly the Amaranth simulation's, handshake by handshake, at every
+block boundary — and when a skip FIFO is too shallow, the simulator's deadlock must be the
+RTL's: the same handshakes happen, then nothing.
+"""
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+from dag_graphs import concat_net, residual_net, side_branch_net
+from test_timing import payloads
+
+import bnnforge
+from bnnforge.compiler.folding import ChooseFolding
+from bnnforge.compiler.plan import build_plan
+from bnnforge.hw.generate import Accelerator
+from bnnforge.sim import SizeFifos, simulate_timing
+from bnnforge.sim.dataflow import Deadlock
+from conftest import random_frames, randomize_model, small_cnn, small_mlp
+
+
+def run_rtl(graph, frames, in_gaps, out_ready, cycles=None, timeout=400_000):
+    """Drive the Amaranth accelerator with sim.timing's stimulus contract; probe every block.
+
+    Returns (input handshakes, output handshakes, output payloads, {block boundary: cycles}).
+    With ``cycles`` the run stops after that many cycles whatever has come out (a deadlock).
+    """
+    dut = Accelerator(graph)
+    data = payloads(graph, frames)
+    n_out = frames.shape[0]
+    res = {"in": [], "out": [], "val": []}
+    probes = []
+    for b in dut.plan.blocks:
+        comp = dut.blocks[b["name"]]
+        ports = getattr(comp, "i_streams", None) or [comp.i_stream]
+        for p, st in enumerate(ports):
+            probes.append((b["name"] if not p else f"{b['name']}#{p}", st))
+    seen = {name: [] for name, _ in probes}
+    sigs = [x for _, st in probes for x in (st.valid, st.ready)]
+    limit = cycles if cycles is not None else timeout
+
+    async def put(ctx):
+        cycle = 0
+        for n, payload in enumerate(data):
+            for _ in range(int(in_gaps[n]) if in_gaps is not None else 0):
+                ctx.set(dut.i_stream.valid, 0)
+                await ctx.tick()
+                cycle += 1
+            ctx.set(dut.i_stream.payload, payload)
+            ctx.set(dut.i_stream.valid, 1)
+            while True:
+                _, _, ready = await ctx.tick().sample(dut.i_stream.ready)
+                cycle += 1
+                if ready:
+                    break
+                if cycle >= limit:
+                    return
+            res["in"].append(cycle - 1)
+        ctx.set(dut.i_stream.valid, 0)
+
+    async def get(ctx):
+        cycle = 0
+        while len(res["out"]) < n_out and cycle < limit:
+            ready = True if out_ready is None or cycle >= len(out_ready) else bool(
+                out_ready[cycle])
+            ctx.set(dut.o_stream.ready, int(ready))
+            _, _, valid, payload, *hs = await ctx.tick().sample(
+                dut.o_stream.valid, dut.o_stream.payload, *sigs)
+            for i, (name, _) in enumerate(probes):
+                if hs[2 * i] and hs[2 * i + 1]:
+                    seen[name].append(cycle)
+            if valid and ready:
+                res["out"].append(cycle)
+                res["val"].append(int(payload))
+            cycle += 1
+        assert cycles is not None or len(res["out"]) == n_out, "timeout"
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(put, background=cycles is not None)
+    sim.add_testbench(get)
+    sim.run()
+    return np.array(res["in"]), np.array(res["out"]), res["val"], seen
+
+
+def check_dag(graph, n_frames, seed=0, idle=0.0, stall=0.0):
+    frames = random_frames(graph.input_shape, n_frames, seed)
+    free = simulate_timing(graph, n_frames)
+    horizon = int(free.total_cycles * (1 + 3 * stall) * (1 + 2 * idle)) + 50
+    rng = np.random.default_rng(seed)
+    total = n_frames * build_plan(graph).transfers_per_frame
+    gaps = rng.geometric(1 - idle, total) - 1 if idle else None
+    ready = rng.random(horizon) >= stall if stall else None
+    model = simulate_timing(graph, n_frames, in_gaps=gaps, out_ready=ready)
+    rtl_in, rtl_out, values, seen = run_rtl(graph, frames, gaps, ready)
+    np.testing.assert_array_equal(model.input_cycles, rtl_in)
+    np.testing.assert_array_equal(model.output_cycles, rtl_out)
+    for name, cycles in seen.items():
+        got = model.boundaries[name]
+        np.testing.assert_array_equal(got[:len(cycles)], cycles, err_msg=name)
+    scores = bnnforge.reference(graph, frames)
+    classes = graph.num_classes
+    got = np.array([[(w >> (32 * c)) & 0xFFFFFFFF for c in range(classes)] for w in values])
+    np.testing.assert_array_equal(np.where(got >= 1 << 31, got - (1 << 32), got), scores)
+    return model
+
+
+DAGS = {
+    "identity": lambda: residual_net(0, "bits"),
+    "projection": lambda: residual_net(1, "popcount"),
+    "side-branch": lambda: side_branch_net(2),
+    "concat": lambda: concat_net(3),
+}
+
+
+def sized(graph):
+    return SizeFifos().apply(ChooseFolding().apply(graph))
+
+
+@pytest.mark.parametrize("name", sorted(DAGS))
+def test_dag_cycle_exact(name):
+    graph = sized(DAGS[name]())
+    assert not build_plan(graph).is_chain()
+    check_dag(graph, 3, seed=1)
+    check_dag(graph, 3, seed=2, idle=0.3, stall=0.4)
+
+
+def test_dag_parallel_folding_and_deep_fifos_cycle_exact():
+    graph = ChooseFolding(target_cycles=576).apply(residual_net(4, "popcount"))
+    for name in graph.order():
+        n = len(graph.inputs(name))
+        graph.attrs(name)["fifo_depth"] = [3, 70][:n] if n > 1 else 3
+    check_dag(graph, 3, seed=5, idle=0.2, stall=0.5)
+
+
+def _chains():
+    mlp = randomize_model(small_mlp(1, hidden=16), 1)
+    cnn = randomize_model(small_cnn(8), 2)
+    yield bnnforge.lower(mlp, (1, 8, 8))
+    yield bnnforge.lower(cnn, (1, 8, 8))
+
+
+@pytest.mark.parametrize("ppt", [1, 4])
+def test_process_engine_equals_pull_engine_on_chains(ppt):
+    rng = np.random.default_rng(ppt)
+    for graph in _chains():
+        graph.attrs("input")["pixels_per_transfer"] = ppt
+        graph = ChooseFolding().apply(graph)
+        for name in graph.order():
+            graph.attrs(name)["fifo_depth"] = int(rng.integers(0, 4))
+        frames = 5
+        gaps = rng.geometric(0.6, frames * 64 // ppt) - 1
+        ready = rng.random(20_000) < 0.6
+        for kw in ({}, {"in_gaps": gaps, "out_ready": ready}):
+            pull = simulate_timing(graph, frames, periodic=False, **kw)
+            proc = simulate_timing(graph, frames, engine="process", **kw)
+            np.testing.assert_array_equal(pull.input_cycles, proc.input_cycles)
+            np.testing.assert_array_equal(pull.output_cycles, proc.output_cycles)
+            assert pull.boundaries.keys() == proc.boundaries.keys()
+            for key in pull.boundaries:
+                np.testing.assert_array_equal(pull.boundaries[key], proc.boundaries[key], key)
+            assert pull.fifo_max_occupancy == proc.fifo_max_occupancy
+
+
+def test_skip_fifo_deadlock_simulator_and_rtl_agree():
+    """A skip FIFO shallower than the main path's window delay: both stall at the same place."""
+    graph = sized(residual_net(0, "bits"))
+    depth = graph.attrs("add0")["fifo_depth"]
+    assert depth[1] > 64            # the main path's window holds a whole 8x8 frame
+    simulate_timing(graph, 3)       # SizeFifos' depth runs clean
+    shallow = graph.copy()
+    shallow.attrs("add0")["fifo_depth"] = [depth[0], 8]
+    with pytest.raises(Deadlock) as info:
+        simulate_timing(shallow, 3)
+    err = info.value
+    assert "add0:fifo1 (depth 8)" in str(err) and "deadlock" in str(err)
+    assert {"add0:fifo1", "conv0:fork", "conv1:window", "add0:add"} <= set(err.blocked)
+    assert err.outputs == 0 and 0 < err.inputs_accepted < 3 * 64
+    part = err.result
+    frames = random_frames(graph.input_shape, 3, 0)
+    rtl_in, rtl_out, _, seen = run_rtl(shallow, frames, None, None,
+                                       cycles=int(part.input_cycles[-1]) + 2000)
+    np.testing.assert_array_equal(rtl_in, part.input_cycles)   # the same transfers, then none
+    assert len(rtl_out) == 0
+    for name, cycles in seen.items():
+        np.testing.assert_array_equal(cycles, part.boundaries[name], err_msg=name)
+
+
+@pytest.mark.rtl
+def test_skip_fifo_deadlock_on_verilator(tmp_path):
+    """The emitted Verilog on Verilator stalls where the simulator says, and the sized one runs."""
+    from bnnforge.hw.generate import emit_verilog
+    from bnnforge.hw.harness import run_rtl
+
+    graph = sized(residual_net(0, "bits"))
+    frames = random_frames(graph.input_shape, 3, 0)
+    depth = graph.attrs("add0")["fifo_depth"]
+    shallow = graph.copy()
+    shallow.attrs("add0")["fifo_depth"] = [depth[0], 8]
+    with pytest.raises(Deadlock) as info:
+        simulate_timing(shallow, 3)
+    part = info.value.result
+    emit_verilog(shallow, tmp_path / "shallow")
+    res = run_rtl(tmp_path / "shallow" / "rtl", frames, "verilator", idle_limit=3000)
+    assert res["stalled"] and len(res["out_cycles"]) == 0
+    np.testing.assert_array_equal(res["in_cycles"], part.input_cycles)
+    assert res["last_progress"] == part.input_cycles[-1]
+    emit_verilog(graph, tmp_path / "sized")
+    res = run_rtl(tmp_path / "sized" / "rtl", frames, "verilator", idle_limit=3000)
+    model = simulate_timing(graph, 3)
+    assert not res["stalled"]
+    np.testing.assert_array_equal(res["in_cycles"], model.input_cycles)
+    np.testing.assert_array_equal(res["out_cycles"], model.output_cycles)
+    np.testing.assert_array_equal(res["scores"], bnnforge.reference(graph, frames))
