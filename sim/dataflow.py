@@ -29,7 +29,7 @@ from collections import deque
 
 import numpy as np
 
-__all__ = ["Deadlock", "run_plan"]
+__all__ = ["Deadlock", "Enable", "max_occupancy", "run_plan"]
 
 _NEG = -(1 << 60)
 
@@ -52,26 +52,36 @@ class Deadlock(RuntimeError):
         self.result = None
 
 
-class _Enable:
-    """Disabled intervals [w + 1, b - 1] of a globally stalled block (as in sim.timing)."""
+class Enable:
+    """Disabled intervals [w + 1, b - 1] of a globally stalled block, and enabled-cycle counting.
+
+    A block with an output register is disabled from the cycle after it writes a result that is
+    not taken until the cycle before the handshake; its pipeline moves in enabled cycles only.
+    Both timing engines (this module and :mod:`bnnforge.sim.timing`) use it.
+    """
 
     __slots__ = ("iv", "head")
 
     def __init__(self):
-        self.iv = []
+        self.iv: list[tuple[int, int]] = []
         self.head = 0
 
-    def add(self, w, b):
+    def add(self, w: int, b: int) -> None:
         if b > w + 1:
             self.iv.append((w + 1, b - 1))
 
-    def prune(self, x):
+    def prune(self, x: int) -> None:
+        """Forget intervals that end before cycle ``x`` (no later query looks before it)."""
         iv, i = self.iv, self.head
         while i < len(iv) and iv[i][1] < x:
             i += 1
+        if i > 256:
+            del iv[:i]
+            i = 0
         self.head = i
 
-    def first(self, x):
+    def first(self, x: int) -> int:
+        """Return the first enabled cycle >= x."""
         iv = self.iv
         for i in range(self.head, len(iv)):
             lo, hi = iv[i]
@@ -80,7 +90,8 @@ class _Enable:
             return hi + 1 if lo <= x else x
         return x
 
-    def advance(self, x, n):
+    def advance(self, x: int, n: int) -> int:
+        """Return the n-th enabled cycle after cycle x (x itself when n = 0)."""
         y = x + n
         if n == 0:
             return y
@@ -93,6 +104,9 @@ class _Enable:
                 break
             y += hi - (lo if lo > x else x + 1) + 1
         return y
+
+    def state(self, ref: int) -> tuple:
+        return tuple((lo - ref, hi - ref) for lo, hi in self.iv[self.head:])
 
 
 class _Node:
@@ -213,7 +227,7 @@ class _Node:
         s = self.spec
         hs, out, V, T = self.hs[0], self.down[0], self.V, self.T
         f, lat, count = s["cycles"], s["latency"], s.get("count", 1)
-        en = _Enable()
+        en = Enable()
         last = w = _NEG
         j = 0
         while True:
@@ -261,7 +275,7 @@ class _Node:
         s = self.spec
         hs, out, V, L = self.hs[0], self.down[0], self.V, self.L
         steps, windows, pixels = s["steps"], s["windows"], s["pixels"]
-        en = _Enable()
+        en = Enable()
         last = w = _NEG
         q = 0
         while True:
@@ -301,7 +315,7 @@ class _Node:
 
     def _mst(self):
         up, hs, out, V, lat = self.up[0], self.hs[0], self.down[0], self.V, self.spec["latency"]
-        en = _Enable()
+        en = Enable()
         a = w = _NEG
         j = 0
         while True:
@@ -327,7 +341,7 @@ class _Node:
 
     def _join(self):
         (u0, u1), (h0, h1), out, V = self.up, self.hs, self.down[0], self.V
-        en = _Enable()
+        en = Enable()
         a = w = _NEG
         j = 0
         while True:

@@ -85,7 +85,7 @@ from ..compiler.pipeline import (
     tree_stages,
 )
 from ..compiler.plan import PlanError, build_plan
-from .dataflow import Deadlock, max_occupancy, run_plan
+from .dataflow import Deadlock, Enable, max_occupancy, run_plan
 
 __all__ = ["TimingResult", "simulate_timing", "chain", "tree_stages", "TREE_LEVELS_PER_STAGE",
            "argmax_stages", "ARGMAX_LEVELS_PER_STAGE"]
@@ -111,58 +111,6 @@ def chain(graph: DataflowGraph) -> list[dict]:
 
 
 # -- per-token block models (pull order) ----------------------------------------------------------
-
-class _Enable:
-    """Disabled intervals [w + 1, b - 1] of a globally stalled block, and enabled-cycle counting."""
-
-    __slots__ = ("iv", "head")
-
-    def __init__(self):
-        self.iv: list[tuple[int, int]] = []
-        self.head = 0
-
-    def add(self, w: int, b: int) -> None:
-        if b > w + 1:
-            self.iv.append((w + 1, b - 1))
-
-    def prune(self, x: int) -> None:
-        """Forget intervals that end before cycle ``x`` (no later query looks before it)."""
-        iv, i = self.iv, self.head
-        while i < len(iv) and iv[i][1] < x:
-            i += 1
-        if i > 256:
-            del iv[:i]
-            i = 0
-        self.head = i
-
-    def first(self, x: int) -> int:
-        """Return the first enabled cycle >= x."""
-        iv = self.iv
-        for i in range(self.head, len(iv)):
-            lo, hi = iv[i]
-            if hi < x:
-                continue
-            return hi + 1 if lo <= x else x
-        return x
-
-    def advance(self, x: int, n: int) -> int:
-        """Return the n-th enabled cycle after cycle x (x itself when n = 0)."""
-        y = x + n
-        if n == 0:
-            return y
-        iv = self.iv
-        for i in range(self.head, len(iv)):
-            lo, hi = iv[i]
-            if hi <= x:
-                continue
-            if lo > y:
-                break
-            y += hi - (lo if lo > x else x + 1) + 1
-        return y
-
-    def state(self, ref: int) -> tuple:
-        return tuple((lo - ref, hi - ref) for lo, hi in self.iv[self.head:])
-
 
 def _rel(v: int, ref: int):
     return None if v <= _NEG // 2 else v - ref
@@ -280,7 +228,7 @@ class _Matrix(_Block):
         self.f = spec["cycles"]
         self.lat = spec["latency"]
         self.count = spec.get("count", 1)
-        self.en = _Enable()
+        self.en = Enable()
         self.t = _NEG
         self.last = _NEG
         self.w = _NEG
@@ -319,7 +267,7 @@ class _Window(_Block):
         self.steps = spec["steps"]
         self.windows = spec["windows"]
         self.pixels = spec["pixels"]
-        self.en = _Enable()
+        self.en = Enable()
         self.frame_last = [_NEG, _NEG]     # L of frames f-2, f-1
         self.last = _NEG
         self.w = _NEG
@@ -370,7 +318,7 @@ class _MSTPipe(_Block):
     def __init__(self, spec):
         super().__init__(spec)
         self.lat = spec["latency"]
-        self.en = _Enable()
+        self.en = Enable()
         self.a = _NEG
         self.w = _NEG
 

@@ -23,20 +23,27 @@ def payloads(graph, frames):
     return [sum(int(v) << (8 * i) for i, v in enumerate(row)) for row in px]
 
 
-def run_rtl(graph, frames, in_gaps, out_ready, timeout=400_000, probe=False):
+def run_rtl(graph, frames, in_gaps, out_ready, timeout=400_000, probe=False, cycles=None):
     """Drive the Amaranth accelerator with the stimulus contract of sim.timing.
 
     Returns (input handshake cycles, output handshake cycles, output payloads, and with
-    ``probe`` the handshake cycles at every block's input as {"node:kind": list}).
+    ``probe`` the handshake cycles at every block's input port as {"node:kind" (port p > 0:
+    "node:kind#p"): list}). With ``cycles`` the run stops after that many cycles whatever has
+    come out (a deadlock).
     """
     dut = Accelerator(graph)
     data = payloads(graph, frames)
     n_out = frames.shape[0]
     res = {"in": [], "out": [], "val": []}
-    probes = [(f"{node}:{kind}", comp.i_stream) for node, kind, comp in dut.stages] \
-        if probe else []
+    probes = []
+    for b in dut.plan.blocks if probe else []:
+        comp = dut.blocks[b["name"]]
+        ports = getattr(comp, "i_streams", None) or [comp.i_stream]
+        for p, st in enumerate(ports):
+            probes.append((b["name"] if not p else f"{b['name']}#{p}", st))
     seen = {name: [] for name, _ in probes}
     sigs = [x for _, st in probes for x in (st.valid, st.ready)]
+    limit = cycles if cycles is not None else timeout
 
     async def put(ctx):
         cycle = 0
@@ -52,13 +59,14 @@ def run_rtl(graph, frames, in_gaps, out_ready, timeout=400_000, probe=False):
                 cycle += 1
                 if ready:
                     break
+                if cycle >= limit:
+                    return
             res["in"].append(cycle - 1)
         ctx.set(dut.i_stream.valid, 0)
 
     async def get(ctx):
         cycle = 0
-        while len(res["out"]) < n_out:
-            assert cycle < timeout, "timeout"
+        while len(res["out"]) < n_out and cycle < limit:
             ready = True if out_ready is None or cycle >= len(out_ready) else bool(
                 out_ready[cycle])
             ctx.set(dut.o_stream.ready, int(ready))
@@ -71,10 +79,11 @@ def run_rtl(graph, frames, in_gaps, out_ready, timeout=400_000, probe=False):
                 res["out"].append(cycle)
                 res["val"].append(int(payload))
             cycle += 1
+        assert cycles is not None or len(res["out"]) == n_out, "timeout"
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
-    sim.add_testbench(put)
+    sim.add_testbench(put, background=cycles is not None)
     sim.add_testbench(get)
     sim.run()
     return np.array(res["in"]), np.array(res["out"]), res["val"], seen

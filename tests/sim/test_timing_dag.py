@@ -8,81 +8,15 @@ RTL's: the same handshakes happen, then nothing.
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 from dag_graphs import concat_net, residual_net, side_branch_net
-from test_timing import payloads
+from test_timing import run_rtl
 
 import bnnforge
 from bnnforge.compiler.folding import ChooseFolding
 from bnnforge.compiler.plan import build_plan
-from bnnforge.hw.generate import Accelerator
 from bnnforge.sim import SizeFifos, simulate_timing
 from bnnforge.sim.dataflow import Deadlock
 from conftest import random_frames, randomize_model, small_cnn, small_mlp
-
-
-def run_rtl(graph, frames, in_gaps, out_ready, cycles=None, timeout=400_000):
-    """Drive the Amaranth accelerator with sim.timing's stimulus contract; probe every block.
-
-    Returns (input handshakes, output handshakes, output payloads, {block boundary: cycles}).
-    With ``cycles`` the run stops after that many cycles whatever has come out (a deadlock).
-    """
-    dut = Accelerator(graph)
-    data = payloads(graph, frames)
-    n_out = frames.shape[0]
-    res = {"in": [], "out": [], "val": []}
-    probes = []
-    for b in dut.plan.blocks:
-        comp = dut.blocks[b["name"]]
-        ports = getattr(comp, "i_streams", None) or [comp.i_stream]
-        for p, st in enumerate(ports):
-            probes.append((b["name"] if not p else f"{b['name']}#{p}", st))
-    seen = {name: [] for name, _ in probes}
-    sigs = [x for _, st in probes for x in (st.valid, st.ready)]
-    limit = cycles if cycles is not None else timeout
-
-    async def put(ctx):
-        cycle = 0
-        for n, payload in enumerate(data):
-            for _ in range(int(in_gaps[n]) if in_gaps is not None else 0):
-                ctx.set(dut.i_stream.valid, 0)
-                await ctx.tick()
-                cycle += 1
-            ctx.set(dut.i_stream.payload, payload)
-            ctx.set(dut.i_stream.valid, 1)
-            while True:
-                _, _, ready = await ctx.tick().sample(dut.i_stream.ready)
-                cycle += 1
-                if ready:
-                    break
-                if cycle >= limit:
-                    return
-            res["in"].append(cycle - 1)
-        ctx.set(dut.i_stream.valid, 0)
-
-    async def get(ctx):
-        cycle = 0
-        while len(res["out"]) < n_out and cycle < limit:
-            ready = True if out_ready is None or cycle >= len(out_ready) else bool(
-                out_ready[cycle])
-            ctx.set(dut.o_stream.ready, int(ready))
-            _, _, valid, payload, *hs = await ctx.tick().sample(
-                dut.o_stream.valid, dut.o_stream.payload, *sigs)
-            for i, (name, _) in enumerate(probes):
-                if hs[2 * i] and hs[2 * i + 1]:
-                    seen[name].append(cycle)
-            if valid and ready:
-                res["out"].append(cycle)
-                res["val"].append(int(payload))
-            cycle += 1
-        assert cycles is not None or len(res["out"]) == n_out, "timeout"
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(put, background=cycles is not None)
-    sim.add_testbench(get)
-    sim.run()
-    return np.array(res["in"]), np.array(res["out"]), res["val"], seen
 
 
 def check_dag(graph, n_frames, seed=0, idle=0.0, stall=0.0):
@@ -94,7 +28,7 @@ def check_dag(graph, n_frames, seed=0, idle=0.0, stall=0.0):
     gaps = rng.geometric(1 - idle, total) - 1 if idle else None
     ready = rng.random(horizon) >= stall if stall else None
     model = simulate_timing(graph, n_frames, in_gaps=gaps, out_ready=ready)
-    rtl_in, rtl_out, values, seen = run_rtl(graph, frames, gaps, ready)
+    rtl_in, rtl_out, values, seen = run_rtl(graph, frames, gaps, ready, probe=True)
     np.testing.assert_array_equal(model.input_cycles, rtl_in)
     np.testing.assert_array_equal(model.output_cycles, rtl_out)
     for name, cycles in seen.items():
@@ -180,7 +114,7 @@ def test_skip_fifo_deadlock_simulator_and_rtl_agree():
     assert err.outputs == 0 and 0 < err.inputs_accepted < 3 * 64
     part = err.result
     frames = random_frames(graph.input_shape, 3, 0)
-    rtl_in, rtl_out, _, seen = run_rtl(shallow, frames, None, None,
+    rtl_in, rtl_out, _, seen = run_rtl(shallow, frames, None, None, probe=True,
                                        cycles=int(part.input_cycles[-1]) + 2000)
     np.testing.assert_array_equal(rtl_in, part.input_cycles)   # the same transfers, then none
     assert len(rtl_out) == 0
