@@ -75,3 +75,33 @@ def test_mixed_residual_model_compiles_simulates_and_verifies(tmp_path):
     with torch.no_grad():
         torch_scores = model(torch.from_numpy(x).float() / 255.0).numpy()
     assert (torch_scores.argmax(1) == np.asarray(bnnforge.reference(graph, x)).argmax(1)).all()
+
+
+def _models():
+    """The hand-written models of tests/compiler/test_residual.py (loaded by path: the folder
+    name ``compiler`` is also bnnforge's)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent / "compiler" / "test_residual.py"
+    spec = importlib.util.spec_from_file_location("residual_models", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return {"identity": mod.Identity, "projection": mod.Projection, "concat": mod.CatNet,
+            "shared-activation": mod.Shared, "dense-residual": mod.DenseResidual}
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("name", ["identity", "projection", "concat", "shared-activation",
+                                  "dense-residual"])
+def test_branching_models_verify_on_icarus(name, tmp_path):
+    """Each branching form of the lowering tests, in hardware: values and every handshake."""
+    model = randomize_model(_models()[name](), 5)
+    vector = name == "dense-residual"            # a (64,) vector input, frames at random
+    bnnforge.save(model, tmp_path / "m.bnn", (64,) if vector else (1, 8, 8),
+                  meta={} if vector else {"dataset": "digits"})
+    report = compile_model(tmp_path / "m.bnn", tmp_path / "build")
+    assert report["model"]["disagreements"] in (0, None)     # None: no dataset to compare on
+    res = verify_build(tmp_path / "build", "icarus", frames=4, input_gap=0.25,
+                       output_stall=0.3, seed=1, progress=False)
+    assert res["value_mismatches"] == 0 and res["cycle_mismatches"] == 0
