@@ -34,25 +34,13 @@ JOIN_KINDS = ("add", "concat")
 
 
 def producers(graph: DataflowGraph, name: str) -> list[str]:
-    """Return the nodes whose outputs feed ``name``, in port order (``[]`` for the input).
-
-    ``graph.inputs(name)`` on a graph that can branch; a chain's one predecessor otherwise.
-    """
-    inputs = getattr(graph, "inputs", None)
-    if callable(inputs):
-        return list(inputs(name))
-    return list(graph.nx.predecessors(name))
+    """Return the nodes whose outputs feed ``name``, in port order (``[]`` for the input)."""
+    return graph.inputs(name)
 
 
 def consumers(graph: DataflowGraph, name: str) -> list[str]:
-    """Return the nodes that read the output of ``name``, in graph order.
-
-    ``graph.consumers(name)`` on a graph that can branch; a chain's one successor otherwise.
-    """
-    found = getattr(graph, "consumers", None)
-    if callable(found):
-        return list(found(name))
-    return list(graph.nx.successors(name))
+    """Return the nodes that read the output of ``name``, in graph order."""
+    return graph.consumers(name)
 
 
 def matrix_ops(graph: DataflowGraph) -> list[str]:

@@ -175,12 +175,15 @@ def _pad_classes(bits: np.ndarray, in_shape: tuple, out_shape: tuple, kernel: tu
     return row_class, col_class, taps
 
 
+def _step_name(value: _Pending | _Sum) -> str:
+    """Name a matrix layer or a sum for a message: ``'conv'``, ``the sum 'add'``."""
+    return f"the sum {value.step.name!r}" if isinstance(value, _Sum) else repr(value.step.name)
+
+
 def _label(value) -> str:
     """Name a value for a message: its layer (or sum) and what it is."""
-    if isinstance(value, _Pending):
-        return f"{value.step.name!r} (before its BinaryActivation)"
-    if isinstance(value, _Sum):
-        return f"the sum {value.step.name!r} (before its BinaryActivation)"
+    if isinstance(value, (_Pending, _Sum)):
+        return f"{_step_name(value)} (before its BinaryActivation)"
     return repr(value.node)
 
 
@@ -252,13 +255,9 @@ class _Lowering:
     # -- layers --------------------------------------------------------------------------------
     def _matrix(self, step: Step, x) -> _Pending:
         m = step.module
-        if isinstance(x, _Pending):
+        if isinstance(x, (_Pending, _Sum)):
             raise UnsupportedModelError(
-                f"{type(m).__name__} {step.name!r} follows {x.step.name!r} without a "
-                "BinaryActivation between them; binary layers take binary inputs")
-        if isinstance(x, _Sum):
-            raise UnsupportedModelError(
-                f"{type(m).__name__} {step.name!r} follows the sum {x.step.name!r} without a "
+                f"{type(m).__name__} {step.name!r} follows {_step_name(x)} without a "
                 "BinaryActivation between them; binary layers take binary inputs")
         shape, ir_shape = tuple(x.shape), self._ir_shape(x.node)
         if step.kind == "linear":
@@ -334,11 +333,10 @@ class _Lowering:
     def _maxpool(self, step: Step, x) -> _Stream:
         m = step.module
         if isinstance(x, (_Pending, _Sum)):
-            what = repr(x.step.name) if isinstance(x, _Pending) else \
-                f"the sum {x.step.name!r}"
             raise UnsupportedModelError(
-                f"MaxPool2d {step.name!r} sits between {what} and its BinaryActivation; move "
-                "it after the activation (binary max-pool is an OR of bits)")
+                f"MaxPool2d {step.name!r} sits between {_step_name(x)} and its "
+                "BinaryActivation; move it after the activation (binary max-pool is an OR of "
+                "bits)")
         if x.bits != 1 or len(x.shape) != 3:
             raise UnsupportedModelError(
                 f"MaxPool2d {step.name!r} must pool a binary (C, H, W) feature map")
@@ -356,10 +354,8 @@ class _Lowering:
 
     def _flatten(self, step: Step, x) -> _Stream:
         if isinstance(x, (_Pending, _Sum)):
-            what = repr(x.step.name) if isinstance(x, _Pending) else \
-                f"the sum {x.step.name!r}"
             raise UnsupportedModelError(
-                f"Flatten {step.name!r} sits between {what} and its BinaryActivation; "
+                f"Flatten {step.name!r} sits between {_step_name(x)} and its BinaryActivation; "
                 "flatten binary feature maps only")
         return _Stream(x.node, x.bits, tuple(step.out_shape))
 
@@ -463,21 +459,9 @@ class _Lowering:
         s = p.step
         k = p.bits.shape[1]
         in_shape = self._ir_shape(p.src.node)
-        inputs = [p.src.node]
+        matrix = dict(k=k, channels=p.bits.shape[0], weights=pack_bits(p.bits))
         if popcount:
-            common = dict(k=k, channels=p.bits.shape[0], weights=pack_bits(p.bits),
-                          input_bits=1, emit="popcount")
-            if p.kind == "linear":
-                node = self._name("fc")
-                op = BinaryDense(in_shape=in_shape, out_shape=tuple(s.out_shape), **common)
-            else:
-                node = self._name("conv")
-                op = BinaryConv(in_shape=in_shape, out_shape=tuple(s.out_shape),
-                                kernel=p.extra["kernel"], stride=p.extra["stride"],
-                                padding=p.extra["padding"], pad_value=p.extra["pad_value"],
-                                **common)
-            self.graph.add(node, op, inputs=inputs, source=s.name)
-            return node
+            return self._add_matrix(p, in_shape, input_bits=1, emit="popcount", **matrix)
         b = p.b
         eight = p.extra["input_bits"] == 8
         level_offset = self.level_min * (2 * p.bits.sum(axis=1) - k) if eight else \
@@ -501,24 +485,28 @@ class _Lowering:
                 b = np.stack(bs)
         affine = np.stack([p.a, b]) if b.ndim == 1 else \
             np.stack([np.stack([p.a, bk]) for bk in b])
-        common = dict(k=k, channels=p.bits.shape[0], weights=pack_bits(p.bits),
-                      input_bits=p.extra["input_bits"], affine=affine)
+        matrix.update(input_bits=p.extra["input_bits"], affine=affine)
         if final:
             if p.kind != "linear":
                 raise UnsupportedModelError(
                     f"the model's last layer {s.name!r} is a convolution; it must end with a "
                     "BinaryLinear that gives the class scores")
-            op = ScoreLayer(in_shape=in_shape, out_shape=(p.bits.shape[0],), **common)
-            self.graph.add("scores", op, inputs=inputs, source=s.name)
+            op = ScoreLayer(in_shape=in_shape, out_shape=(p.bits.shape[0],), **matrix)
+            self.graph.add("scores", op, inputs=[p.src.node], source=s.name)
             return "scores"
+        return self._add_matrix(p, in_shape, **classes, **matrix)
+
+    def _add_matrix(self, p: _Pending, in_shape: tuple, **fields) -> str:
+        """Add ``p`` as a BinaryDense or a BinaryConv stage (its kernel, stride and padding
+        from ``p.extra``) with ``fields``; return its name."""
+        out_shape = tuple(p.step.out_shape)
         if p.kind == "linear":
             node = self._name("fc")
-            op = BinaryDense(in_shape=in_shape, out_shape=tuple(s.out_shape), **common)
+            op = BinaryDense(in_shape=in_shape, out_shape=out_shape, **fields)
         else:
             node = self._name("conv")
-            op = BinaryConv(in_shape=in_shape, out_shape=tuple(s.out_shape),
-                            kernel=p.extra["kernel"], stride=p.extra["stride"],
-                            padding=p.extra["padding"], pad_value=p.extra["pad_value"],
-                            **classes, **common)
-        self.graph.add(node, op, inputs=inputs, source=s.name)
+            op = BinaryConv(in_shape=in_shape, out_shape=out_shape, kernel=p.extra["kernel"],
+                            stride=p.extra["stride"], padding=p.extra["padding"],
+                            pad_value=p.extra["pad_value"], **fields)
+        self.graph.add(node, op, inputs=[p.src.node], source=p.step.name)
         return node

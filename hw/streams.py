@@ -22,7 +22,40 @@ __all__ = [
     "StreamConcat",
     "StreamFIFO",
     "StreamFork",
+    "pass_handshake",
+    "register_output",
+    "shift_in",
 ]
+
+
+def shift_in(data, count: int, name: str) -> tuple:
+    """Collect ``count`` successive elements of ``data``: return ``(word, shift)``.
+
+    ``shift`` is the statements (for ``m.d.sync``, in the cycles an element is taken) that move
+    ``data`` into a register of the ``count - 1`` elements before it (a Signal named ``name``);
+    ``word`` is those elements and ``data``, the oldest in the lowest bits. A ``count`` of 1
+    needs no register: ``(data, [])``.
+    """
+    if count == 1:
+        return data, []
+    width = len(data)
+    held = Signal(width * (count - 1), name=name)
+    return Cat(held, data), [held.eq(Cat(held[width:], data) if count > 2 else data)]
+
+
+def register_output(m: Module, o, enable, put, word) -> None:
+    """The output register under a global stall: in each cycle ``enable`` is high,
+    ``o.valid`` becomes ``put`` and, when ``put``, ``o.payload`` becomes ``word``."""
+    with m.If(enable):
+        m.d.sync += o.valid.eq(put)
+        with m.If(put):
+            m.d.sync += o.payload.eq(word)
+
+
+def pass_handshake(i_s, o) -> list:
+    """The statements that pass ``valid`` and ``ready`` straight through a combinational
+    block from ``i_s`` to ``o``."""
+    return [o.valid.eq(i_s.valid), i_s.ready.eq(o.ready)]
 
 
 class StreamFIFO(wiring.Component):
@@ -88,26 +121,19 @@ class Deserializer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         i_s, o = self.i_stream, self.o_stream
-        ew, count = self.elem_width, self.count
+        count = self.count
         en = Signal()
         m.d.comb += [en.eq(~(o.valid & ~o.ready)), i_s.ready.eq(en)]
         take = i_s.valid & en
+        word, shift = shift_in(i_s.payload, count, "buf")
         if count > 1:
-            buf = Signal(ew * (count - 1))
             idx = Signal(range(count))
-            full = Cat(buf[ew:], i_s.payload) if count > 2 else i_s.payload
             with m.If(take):
-                m.d.sync += buf.eq(full)
-                m.d.sync += idx.eq(Mux(idx == count - 1, 0, idx + 1))
+                m.d.sync += [*shift, idx.eq(Mux(idx == count - 1, 0, idx + 1))]
             last = idx == count - 1
-            word = Cat(buf, i_s.payload)
         else:
             last = Const(1)
-            word = i_s.payload
-        with m.If(en):
-            m.d.sync += o.valid.eq(take & last)
-            with m.If(take & last):
-                m.d.sync += o.payload.eq(word)
+        register_output(m, o, en, take & last, word)
         return m
 
 
@@ -201,8 +227,7 @@ class InputThreshold(wiring.Component):
         m.d.comb += [
             o.payload.eq(Cat(*[p[8 * c:8 * c + 8] >= self.threshold
                                for c in range(self.channels * self.pixels)])),
-            o.valid.eq(i_s.valid),
-            i_s.ready.eq(o.ready),
+            *pass_handshake(i_s, o),
         ]
         return m
 
@@ -257,10 +282,7 @@ class InputTable(wiring.Component):
                 for value in range(256):
                     with m.Case(value):
                         m.d.comb += out.eq(self.table[value])
-        m.d.comb += [
-            o.valid.eq(i_s.valid),
-            i_s.ready.eq(o.ready),
-        ]
+        m.d.comb += pass_handshake(i_s, o)
         return m
 
 

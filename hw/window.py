@@ -6,12 +6,13 @@ Stream and stall conventions: :mod:`bnnforge.hw.matrix` (module docstring).
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .checks import pair, positive_int, quiet_on_error, silence
+from .streams import pass_handshake, register_output, shift_in
 
 __all__ = ["MaxPool", "SlidingWindow"]
 
@@ -174,18 +175,10 @@ class SlidingWindow(wiring.Component):
         pad_pixel = Const(int(sum(self.pad_value << (i * b) for i in range(c))), pix)
         data = Signal(pix)
         m.d.comb += data.eq(Mux(pad1, pad_pixel, rd.data))
-        steps = self.steps
-        if steps > 1:
-            win = Signal(pix * (steps - 1))
-            with m.If(en & v1):
-                m.d.sync += win.eq(Cat(win[pix:], data) if steps > 2 else data)
-            full = Cat(win, data)
-        else:
-            full = data
-        with m.If(en):
-            m.d.sync += o.valid.eq(v1 & last1)
-            with m.If(v1 & last1):
-                m.d.sync += o.payload.eq(full)
+        full, shift = shift_in(data, self.steps, "win")
+        with m.If(en & v1):
+            m.d.sync += shift
+        register_output(m, o, en, v1 & last1, full)
         return m
 
 
@@ -234,7 +227,6 @@ class MaxPool(wiring.Component):
         m.d.comb += [
             pooled.eq(acc),
             self.o_stream.payload.eq(pooled),
-            self.o_stream.valid.eq(win.o_stream.valid),
-            win.o_stream.ready.eq(self.o_stream.ready),
+            *pass_handshake(win.o_stream, self.o_stream),
         ]
         return m

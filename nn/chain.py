@@ -133,6 +133,19 @@ def _classify_call(node: torch.fx.Node, in_shape: tuple, out_shape: tuple) -> st
         f"compiles chains of layers ({SUPPORTED_LAYERS}) and flattening reshapes")
 
 
+def _layer(node: torch.fx.Node, modules: dict, in_shape: tuple,
+           out_shape: tuple) -> tuple[str, str, nn.Module | None]:
+    """Return the ``(name, kind, module)`` of a one-tensor layer node (``module`` is None for a
+    function or method call); refuse any other operation."""
+    if node.op == "call_module":
+        module = modules[node.target]
+        return node.target, _classify_module(node.target, module), module
+    if node.op in ("call_function", "call_method"):
+        return node.name, _classify_call(node, in_shape, out_shape), None
+    raise UnsupportedModelError(
+        f"unsupported operation {node.name!r} ({node.op}) in the model's forward")
+
+
 def _trace(model: nn.Module, input_shape: tuple) -> tuple[torch.fx.GraphModule, tuple]:
     """Trace ``model`` with fx and record every tensor's shape for one frame."""
     if not isinstance(model, nn.Module):
@@ -204,17 +217,7 @@ def trace_chain(model: nn.Module, input_shape: tuple) -> list[Step]:
                 "compiles chains of layers")
         in_shape = previous.meta["shape"][1:] if previous.op != "placeholder" else input_shape
         out_shape = node.meta["shape"][1:]
-        if node.op == "call_module":
-            module = modules[node.target]
-            kind = _classify_module(node.target, module)
-            name = node.target
-        elif node.op in ("call_function", "call_method"):
-            module = None
-            kind = _classify_call(node, in_shape, out_shape)
-            name = node.name
-        else:
-            raise UnsupportedModelError(
-                f"unsupported operation {node.name!r} ({node.op}) in the model's forward")
+        name, kind, module = _layer(node, modules, in_shape, out_shape)
         data_nodes.add(node)
         previous = node
         if kind != "identity":
@@ -324,18 +327,7 @@ def trace_graph(model: nn.Module, input_shape: tuple) -> list[Step]:
                 raise UnsupportedModelError(
                     f"operation {_where(node)} combines several tensors; bnnforge combines "
                     "tensors only by sums (x + y) and channel concatenation (torch.cat)")
-            in_shape = shapes[alias[operands[0]]]
-            if node.op == "call_module":
-                module = modules[node.target]
-                kind = _classify_module(node.target, module)
-                name = node.target
-            elif node.op in ("call_function", "call_method"):
-                module = None
-                kind = _classify_call(node, in_shape, out_shape)
-                name = node.name
-            else:
-                raise UnsupportedModelError(
-                    f"unsupported operation {node.name!r} ({node.op}) in the model's forward")
+            name, kind, module = _layer(node, modules, shapes[alias[operands[0]]], out_shape)
         data.add(node)
         if kind == "identity":
             alias[node] = alias[operands[0]]
