@@ -21,6 +21,10 @@ blocks that wait on one another (:class:`Deadlock`).
 Blocks with an input side that runs ahead of the output side in hardware (a FIFO accepts while
 its head waits; a window fills one frame bank while it reads the other) have two processes, so
 no waiting is modelled that the hardware does not do.
+
+Once the stimulus is constant the state after each output is keyed relative to that output's
+cycle; when a key repeats, the rest of the run is its exact periodic continuation
+(:func:`extend`), as in the pull engine.
 """
 
 from __future__ import annotations
@@ -123,6 +127,8 @@ class _Node:
         self.down: list[list[int]] = []      # consumers' hs, per output port
         self.L: list[int] = []               # window: last step of each frame
         self.T: list[int] = []               # matrix unit: cycle each vector leaves the buffer
+        self.en = Enable()                   # the global stall of a block with an output register
+        self.st: tuple = ()                  # scalars a process carries from token to token
 
     # each process: a generator yielding (list, index) while it waits for list[index]
     def processes(self):
@@ -227,7 +233,7 @@ class _Node:
         s = self.spec
         hs, out, V, T = self.hs[0], self.down[0], self.V, self.T
         f, lat, count = s["cycles"], s["latency"], s.get("count", 1)
-        en = Enable()
+        en = self.en
         last = w = _NEG
         j = 0
         while True:
@@ -253,6 +259,7 @@ class _Node:
             last = en.advance(t, f)
             w = en.advance(last, lat)
             V.append(w + 1)
+            self.st = (last, w)
             j += 1
 
     def _window_in(self):
@@ -275,7 +282,7 @@ class _Node:
         s = self.spec
         hs, out, V, L = self.hs[0], self.down[0], self.V, self.L
         steps, windows, pixels = s["steps"], s["windows"], s["pixels"]
-        en = Enable()
+        en = self.en
         last = w = _NEG
         q = 0
         while True:
@@ -300,6 +307,7 @@ class _Node:
                 L.append(last)
             w = en.advance(last, 1)
             V.append(w + 1)
+            self.st = (last, w)
             q += 1
 
     @staticmethod
@@ -315,7 +323,7 @@ class _Node:
 
     def _mst(self):
         up, hs, out, V, lat = self.up[0], self.hs[0], self.down[0], self.V, self.spec["latency"]
-        en = Enable()
+        en = self.en
         a = w = _NEG
         j = 0
         while True:
@@ -337,11 +345,12 @@ class _Node:
                 hs.append(a)
             w = en.advance(a, lat)
             V.append(w + 1)
+            self.st = (a, w)
             j += 1
 
     def _join(self):
         (u0, u1), (h0, h1), out, V = self.up, self.hs, self.down[0], self.V
-        en = Enable()
+        en = self.en
         a = w = _NEG
         j = 0
         while True:
@@ -360,6 +369,7 @@ class _Node:
             h1.append(a)
             w = a
             V.append(w + 1)
+            self.st = (a,)
             j += 1
 
     def _concat(self):
@@ -396,14 +406,23 @@ class _Node:
             j += 1
 
 
-def run_plan(blocks: list, frames: int, tokens: int, gaps, nxt):
+def run_plan(blocks: list, frames: int, tokens: int, gaps, nxt, periodic: bool = False,
+             last_gap: int = -1, ready_end: int = 0):
     """Run the processes of ``blocks`` (plan dicts; wires already removed and rewired) for
     ``frames`` frames of ``tokens`` input transfers.
 
     ``gaps``: idle cycles before each input transfer (None: none); ``nxt``: first ready output
-    cycle >= k (None: always ready). Returns ``(nodes by name, input handshakes, outputs)``;
-    raises :class:`Deadlock` when the run stops early (its ``partial`` attribute then holds
-    the same triple).
+    cycle >= k (None: always ready). Returns ``(nodes by name, input handshakes, outputs,
+    periodic)``; raises :class:`Deadlock` when the run stops early (its ``partial`` attribute
+    then holds the first three).
+
+    With ``periodic``, once the stimulus is constant (no input gap after transfer
+    ``last_gap``, the output ready from cycle ``ready_end`` on) the state after each output is
+    keyed relative to that output's cycle: every list's length against the frames done and its
+    last values (as far back as any process reads: the deepest FIFO), every block's carried
+    scalars and stall intervals. When a key repeats the run stops, and ``periodic`` is
+    ``(frame, period in frames, shift in cycles)``: from there on every list repeats with that
+    period, shifted by that many cycles (:func:`extend` fills it in); else ``None``.
     """
     nodes = {b["name"]: _Node(b) for b in blocks}
     src_V: list[int] = []
@@ -435,6 +454,35 @@ def run_plan(blocks: list, frames: int, tokens: int, gaps, nxt):
                 yield first, n - 1
             src_V.append(first[n - 1] + 1 + g)
 
+    lists = [(src_V, tokens), (out_hs, 1)]
+    for node in nodes.values():
+        b = node.spec
+        lists.append((node.V, b["out_tokens"]))
+        lists += [(h, b["tokens"]) for h in node.hs]
+        if b["kind"] in ("mvtu", "score"):
+            lists.append((node.T, b["out_tokens"]))
+        if b["kind"] in ("window", "maxpool"):
+            lists.append((node.L, 1))
+    # how far back a process reads a list, beyond the values not read yet: a FIFO reads its
+    # consumer's handshakes ``depth`` tokens back; everything else the last one or two
+    back = {id(lst): 4 for lst, _ in lists}
+    for node in nodes.values():
+        if node.kind == "fifo":
+            out = node.down[0]
+            back[id(out)] = max(back[id(out)], node.spec["depth"] + 2)
+    seen: dict = {}
+    found: list = []
+
+    def key(j, ref):
+        parts = []
+        for lst, per in lists:
+            n = len(lst)
+            parts.append((n - (j + 1) * per,
+                          tuple(_rel(x, ref) for x in lst[max(0, n - back[id(lst)]):])))
+        for node in nodes.values():
+            parts.append((tuple(_rel(x, ref) for x in node.st), node.en.state(ref)))
+        return tuple(parts)
+
     def sink():
         V = last.V
         for j in range(frames):
@@ -444,6 +492,13 @@ def run_plan(blocks: list, frames: int, tokens: int, gaps, nxt):
             if nxt is not None and v < len(nxt):
                 v = int(nxt[v])
             out_hs.append(v)
+            if not periodic or j + 1 >= frames or len(src_V) <= last_gap or v + 1 < ready_end:
+                continue
+            k = key(j, v)
+            if k in seen:
+                found.append((j, j - seen[k], v - out_hs[seen[k]]))
+                return
+            seen[k] = j
 
     procs = [(source(), [src_V], "input"), (sink(), [out_hs], "output")]
     writer: dict[int, int] = {id(src_V): 0, id(out_hs): 1}
@@ -486,7 +541,7 @@ def run_plan(blocks: list, frames: int, tokens: int, gaps, nxt):
                     keep.append((idx, q))
             waiting[id(lst)] = keep
     if done[1]:
-        return nodes, first, out_hs
+        return nodes, first, out_hs, (found[0] if found else None)
     # deadlock: follow the waits from the output back to a repeated process
     seen: list[int] = []
     p = 1
@@ -512,6 +567,30 @@ def run_plan(blocks: list, frames: int, tokens: int, gaps, nxt):
     err = Deadlock(msg, names, n_in, n_out, full)
     err.partial = (nodes, first, out_hs)
     raise err
+
+
+def _rel(v: int, ref: int):
+    return None if v <= _NEG // 2 else v - ref
+
+
+def extend(values: list, per_frame: int, frames: int, periodic) -> np.ndarray:
+    """``values`` (a list of cycles, ``per_frame`` a frame) as an int64 array for ``frames``
+    frames: as computed, or with ``periodic = (frame, period, shift)`` the values computed until
+    the repeat and their periodic continuation."""
+    if periodic is None:
+        return np.asarray(values, dtype=np.int64)
+    _, period, shift = periodic
+    out = np.empty(frames * per_frame, dtype=np.int64)
+    # at the repeat every list is as far ahead of the frames done as one period earlier, so
+    # each value not computed yet is the one a period before it, shifted
+    pos = min(len(values), out.size)
+    out[:pos] = values[:pos]
+    span = period * per_frame
+    while pos < out.size and span:
+        n = min(span, out.size - pos)
+        out[pos:pos + n] = out[pos - span:pos - span + n] + shift
+        pos += n
+    return out
 
 
 def _fifo_full(node) -> bool:

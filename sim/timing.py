@@ -85,7 +85,7 @@ from ..compiler.pipeline import (
     tree_stages,
 )
 from ..compiler.plan import PlanError, build_plan
-from .dataflow import Deadlock, Enable, max_occupancy, run_plan
+from .dataflow import Deadlock, Enable, extend, max_occupancy, run_plan
 
 __all__ = ["TimingResult", "simulate_timing", "chain", "tree_stages", "TREE_LEVELS_PER_STAGE",
            "argmax_stages", "ARGMAX_LEVELS_PER_STAGE"]
@@ -488,11 +488,12 @@ def simulate_timing(graph: DataflowGraph, frames: int, *, in_gaps=None, out_read
     gaps, nxt = _check_stimulus(in_gaps, out_ready, total_px)
     if engine not in ("auto", "process"):
         raise ValueError(f"engine must be 'auto' or 'process', not {engine!r}")
-    if engine == "process" or not plan.is_chain():
-        return _simulate_processes(graph, plan, frames, gaps, nxt, record)
     last_gap = int(np.flatnonzero(gaps)[-1]) if gaps is not None else -1
     ready_end = int(np.flatnonzero(~np.asarray(out_ready, dtype=bool))[-1]) + 1 \
         if nxt is not None else 0
+    if engine == "process" or not plan.is_chain():
+        return _simulate_processes(graph, plan, frames, gaps, nxt, record, periodic, last_gap,
+                                   ready_end)
 
     source = _Source(gaps)
     blocks: list[_Block] = []
@@ -604,7 +605,8 @@ def _fifo_key(spec: dict) -> str:
     return spec["node"] if not suffix else f"{spec['node']}[{suffix}]"
 
 
-def _simulate_processes(graph, plan, frames, gaps, nxt, record) -> TimingResult:
+def _simulate_processes(graph, plan, frames, gaps, nxt, record, periodic, last_gap,
+                        ready_end) -> TimingResult:
     """Run the plan as processes (:mod:`bnnforge.sim.dataflow`); wires are skipped (their
     boundary is their consumer's)."""
     alias: dict[str, list] = {}            # wire -> its inputs ([] = the accelerator's input)
@@ -622,27 +624,32 @@ def _simulate_processes(graph, plan, frames, gaps, nxt, record) -> TimingResult:
             alias[b["name"]] = ins
             continue
         blocks.append({**b, "inputs": ins})
+    per = None
     try:
-        nodes, first, out_hs = run_plan(blocks, frames, plan.transfers_per_frame, gaps, nxt)
+        nodes, first, out_hs, per = run_plan(blocks, frames, plan.transfers_per_frame, gaps,
+                                             nxt, periodic, last_gap, ready_end)
         err = None
     except Deadlock as exc:
         (nodes, first, out_hs), err = exc.partial, exc
 
-    def arr(x):
-        return np.asarray(x, dtype=np.int64)
+    def arr(x, tokens):
+        return extend(x, tokens, frames, per) if per is not None and err is None \
+            else np.asarray(x, dtype=np.int64)
 
-    inputs, outputs = arr(first), arr(out_hs)
+    inputs = arr(first, plan.transfers_per_frame)
+    outputs = arr(out_hs, 1)
     boundaries = {}
     if record:
         for b in blocks:
             for p, h in enumerate(nodes[b["name"]].hs):
-                boundaries[b["name"] if not p else f"{b['name']}#{p}"] = arr(h)
+                boundaries[b["name"] if not p else f"{b['name']}#{p}"] = arr(h, b["tokens"])
         for cons, wire in wire_of.items():     # a wire's handshakes are its consumer's
             boundaries[wire] = boundaries[cons]
         boundaries["output"] = outputs
     fifo_occ = {_fifo_key(b): max_occupancy(nodes[b["name"]].hs[0], nodes[b["name"]].down[0])
                 for b in blocks if b["kind"] == "fifo"}
-    res = _finish(graph, plan, frames, inputs, outputs, boundaries, fifo_occ)
+    res = _finish(graph, plan, frames, inputs, outputs, boundaries, fifo_occ,
+                  *(per if per is not None and err is None else ()))
     if err is not None:
         err.result = res
         raise err

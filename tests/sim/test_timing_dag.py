@@ -148,3 +148,36 @@ def test_skip_fifo_deadlock_on_verilator(tmp_path):
     np.testing.assert_array_equal(res["in_cycles"], model.input_cycles)
     np.testing.assert_array_equal(res["out_cycles"], model.output_cycles)
     np.testing.assert_array_equal(res["scores"], bnnforge.reference(graph, frames))
+
+
+@pytest.mark.parametrize("name", sorted(DAGS))
+def test_process_engine_periodic_continuation_is_exact(name):
+    """Once the stimulus is constant the process engine repeats the state and fills in the rest:
+    every boundary equals the token-by-token run, free and after random gaps and stalls."""
+    graph = sized(DAGS[name]())
+    tokens = build_plan(graph).transfers_per_frame
+    rng = np.random.default_rng(7)
+    gaps = np.concatenate([rng.geometric(0.6, tokens * 3) - 1, np.zeros(tokens * 27, int)])
+    ready = rng.random(3000) > 0.5
+    for kw in ({}, {"in_gaps": gaps, "out_ready": ready}):
+        fast = simulate_timing(graph, 30, **kw)
+        slow = simulate_timing(graph, 30, periodic=False, **kw)
+        assert fast.periodic_from is not None and fast.periodic_from < 25
+        assert slow.periodic_from is None
+        assert fast.boundaries.keys() == slow.boundaries.keys()
+        for key in slow.boundaries:
+            np.testing.assert_array_equal(fast.boundaries[key], slow.boundaries[key], key)
+        assert fast.fifo_max_occupancy == slow.fifo_max_occupancy
+        assert fast.cycles_per_frame == fast.period_cycles / fast.period
+
+
+def test_process_engine_periodic_on_chains():
+    for graph in _chains():
+        graph = ChooseFolding().apply(graph)
+        for kw in ({}, {"periodic": False}):
+            proc = simulate_timing(graph, 40, engine="process", **kw)
+            pull = simulate_timing(graph, 40, periodic=False)
+            np.testing.assert_array_equal(proc.output_cycles, pull.output_cycles)
+            for key in pull.boundaries:
+                np.testing.assert_array_equal(proc.boundaries[key], pull.boundaries[key], key)
+        assert simulate_timing(graph, 40, engine="process").periodic_from is not None
