@@ -6,13 +6,14 @@ forks and joins — with their stream widths, tokens per frame, folds, FIFO dept
 parameters. Every backend reads this list instead of walking the graph again:
 
 * ``bnnforge.hw.generate`` builds one component per block (its factory table, by kind);
-* ``bnnforge.sim.timing`` builds one cycle model per block (its own table, by kind);
+* ``bnnforge.sim.timing`` (chains) and ``bnnforge.sim.dataflow`` (any plan) build one cycle
+  model per block (their own tables, by kind);
 * ``bnnforge.sim.energy`` multiplies :data:`KINDS`' per-frame operation counts;
-* the board estimates add :data:`KINDS`' resource costs.
+* the board estimates add ``bnnforge.compiler.costs.COSTS``' resource rules.
 
 ``hw`` and ``sim`` still never import each other: the plan says *what* each block is; the timing
-contract of a kind (docs/design.md §4) is written in its hw docstring and implemented twice, in
-the RTL and in ``sim.timing``, and ``bnnforge verify`` compares the two.
+contract of a kind (docs/design.md §4) is written in its hw docstring and implemented again in
+``sim``, and ``bnnforge verify`` compares the two.
 
 A block is a plain dict (JSON-able apart from ``op``):
 
