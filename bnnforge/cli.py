@@ -116,6 +116,20 @@ def _parser() -> _Parser:
                    help="energy coefficients (default: the board's family, else ice40up)")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+    e = sub.add_parser("energy", help="energy per frame two ways: op counts and RTL switching "
+                       "activity (Verilator toggle counts), side by side per layer")
+    e.add_argument("build", help="build folder written by 'bnnforge compile'")
+    e.add_argument("--frames", type=_positive_int, default=20,
+                   help="frames streamed through the RTL (default 20)")
+    e.add_argument("--data", choices=("dataset", "random", "zero"), default="dataset",
+                   help="frames: the model's held-out frames (default), random or all-zero")
+    e.add_argument("--clock-mhz", type=float, default=None,
+                   help="clock (default: the compile clock)")
+    e.add_argument("--family", choices=("ice40up", "ice40hx", "ecp5"), default=None,
+                   help="energy coefficients (default: the board's family, else ice40up)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
     b = sub.add_parser("build", help="build a bitstream for a board (Yosys/nextpnr via YoWASP)")
     b.add_argument("build", help="build folder written by 'bnnforge compile'")
     b.add_argument("--board", required=True, help="board profile, e.g. icebreaker, ulx3s-85f")
@@ -222,6 +236,8 @@ def _run(args) -> int:
               f"{sec['clock_mhz']} MHz, {sec['energy_nj_per_frame']:.2f} nJ/frame "
               f"(simulated in {sec['wall_s']:.2f} s)")
         return 0
+    if args.command == "energy":
+        return _energy(args)
     if args.command == "sweep":
         return _sweep(args)
     if args.command == "demo":
@@ -272,6 +288,32 @@ def _run(args) -> int:
               + f" in {section['wall_s']:.1f} s — {'PASS' if ok else 'FAIL'}")
         return 0 if ok else 1
     raise _UsageError(f"bnnforge: error: unknown command {args.command!r}")
+
+
+def _energy(args) -> int:
+    from .energy import energy_build
+
+    sec = energy_build(args.build, frames=args.frames, family=args.family,
+                       clock_mhz=args.clock_mhz, data=args.data, seed=args.seed,
+                       progress=not args.no_progress)
+    print(f"{'stage':<10} {'op nJ':>9} {'activity nJ':>12} {'op/act':>7}")
+    for row in sec["layers"]:
+        mark = "" if row["gated"] else "  (small: not gated)"
+        print(f"{row['name']:<10} {row['op_nj']:>9.2f} {row['activity_nj']:>12.2f} "
+              f"{row['ratio']:>7.2f}{mark}")
+    fixed = sec["fixed"]
+    print(f"{'fixed':<10} {fixed['op_nj']:>9.2f} {fixed['activity_nj']:>12.2f}   "
+          "(clock tree, PLL, static)")
+    print(f"{'total':<10} {sec['op_nj_per_frame']:>9.2f} {sec['activity_nj_per_frame']:>12.2f}")
+    terms = sec["activity_breakdown"]
+    print("activity terms (nJ/frame): " + ", ".join(
+        f"{k} {v:.2f} [{sec['basis'].get(k, 'estimate')}]" for k, v in terms.items()))
+    print(f"{sec['frames']} frames ({sec['source']}) on {sec['family']} at {sec['clock_mhz']} "
+          f"MHz{' with the PLL' if sec['pll'] else ''}; glitch factor {sec['glitch_factor']} "
+          f"(range {sec['glitch_range'][0]}-{sec['glitch_range'][1]}); worst layer ratio "
+          f"{sec['worst_ratio']:.2f} ({'within' if sec['within_2x'] else 'outside'} 2x); "
+          f"{sec['value_mismatches']} value mismatches, in {sec['wall_s']:.1f} s")
+    return 0 if sec["value_mismatches"] == 0 else 1
 
 
 def _sweep(args) -> int:

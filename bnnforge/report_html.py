@@ -267,12 +267,45 @@ def _energy(report: dict) -> str:
     if not breakdown:
         return _missing(f"{NOT_RUN} (bnnforge sim)" if not s else "-")
     total = sum(breakdown.values())
-    rows = [([k, _num(v, 2), _pct(v / total, 1) if total else "-"], "")
+    basis = _dict(s.get("energy_basis"))
+    rows = [([k, _num(v, 2), _pct(v / total, 1) if total else "-", basis.get(k, "-")], "")
             for k, v in sorted(breakdown.items(), key=lambda kv: (-kv[1], kv[0]))]
-    rows.append((["total", _num(total, 2), "100.0%" if total else "-"], "total"))
-    return ('<p class="note">Estimate per frame from activity counts and the family\'s '
-            'energy coefficients.</p>\n'
-            + _table(["component", "nJ/frame", "share"], rows, numeric={1, 2}))
+    rows.append((["total", _num(total, 2), "100.0%" if total else "-", ""], "total"))
+    return ('<p class="note">Op-count model: operation counts, clock tree, PLL and static '
+            'power with the family\'s energy coefficients; each term measured-derived or an '
+            'estimate.</p>\n'
+            + _table(["component", "nJ/frame", "share", "basis"], rows, numeric={1, 2}))
+
+
+def _energy_models(report: dict) -> str:
+    e = _dict(report.get("energy"))
+    layers = [r for r in _list(e.get("layers")) if isinstance(r, dict)]
+    if not layers:
+        return _missing(f"{NOT_RUN} (bnnforge energy)")
+    rows = [([r.get("name"), _num(r.get("op_nj"), 2), _num(r.get("activity_nj"), 2),
+              _num(r.get("ratio"), 2), _num(r.get("net_toggles"), 0),
+              _num(r.get("ff_toggles"), 0)], "" if r.get("gated", True) else "small")
+            for r in layers]
+    fixed = _dict(e.get("fixed"))
+    rows.append((["fixed (clock tree, PLL, static)", _num(fixed.get("op_nj"), 2),
+                  _num(fixed.get("activity_nj"), 2), "", "", ""], ""))
+    rows.append((["total", _num(e.get("op_nj_per_frame"), 2),
+                  _num(e.get("activity_nj_per_frame"), 2), "", "", ""], "total"))
+    basis = _dict(e.get("basis"))
+    terms = [([k, _num(v, 2), basis.get(k, "-")], "")
+             for k, v in _dict(e.get("activity_breakdown")).items() if _is_num(v)]
+    glitch = _list(e.get("glitch_range"))
+    note = (f"{_num(e.get('frames'))} frames ({e.get('source', '-')}) through the RTL on "
+            f"Verilator with toggle counting, {e.get('family', '-')} at "
+            f"{_num(e.get('clock_mhz'))} MHz{' with the PLL' if e.get('pll') else ''}; "
+            f"glitch factor {_num(e.get('glitch_factor'))}"
+            + (f" (range {_num(glitch[0])}-{_num(glitch[1])})" if len(glitch) == 2 else "")
+            + f"; worst layer ratio {_num(e.get('worst_ratio'), 2)} (within 2x: "
+            f"{_yes_no(e.get('within_2x'))}). Both models estimate the FPGA core rail only.")
+    return (f'<p class="note">{_esc(note)}</p>\n'
+            + _table(["stage", "op model nJ", "activity nJ", "op/activity", "net toggles",
+                      "FF toggles"], rows, numeric={1, 2, 3, 4, 5})
+            + "\n" + _table(["activity term", "nJ/frame", "basis"], terms, numeric={1}))
 
 
 def _fifos(report: dict) -> str:
@@ -359,6 +392,7 @@ def render_report_html(report: dict, files: set[str] | None = None) -> str:
     for title, body in (("Summary", _summary(report)), ("Layers", _layers(report)),
                         ("Resources", _resources(report)),
                         ("Energy breakdown", _energy(report)),
+                        ("Energy: op model vs RTL activity", _energy_models(report)),
                         ("FIFO depths", _fifos(report)), ("MST statistics", _mst(report)),
                         ("Plots", _plots(files))):
         parts += [f"<h2>{_esc(title)}</h2>", body]

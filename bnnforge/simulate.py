@@ -18,7 +18,7 @@ from .buildfolder import read_report, require_build, update_report
 from .compiler import load_graph
 from .compiler.plan import fifo_depth_table
 
-__all__ = ["simulate_build", "simulation_frames"]
+__all__ = ["board_uses_pll", "simulate_build", "simulation_frames"]
 
 
 def simulation_frames(graph, frames: int, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -77,10 +77,23 @@ def _plot_energy(path: Path, breakdown: dict, family: str) -> None:
     plt.close(fig)
 
 
+def board_uses_pll(folder, clock_mhz: float) -> bool:
+    """Whether the report's compile board makes ``clock_mhz`` with its PLL."""
+    board = read_report(folder).get("compile", {}).get("board")
+    if not board:
+        return False
+    from .boards import get_board
+
+    try:
+        return get_board(board).with_clock(clock_mhz).uses_pll
+    except ValueError:
+        return True
+
+
 def simulate_build(folder: str | os.PathLike, frames: int = 1000,
                    clock_mhz: float | None = None, family: str = "ice40up",
                    progress: bool = True, coefficients: dict | None = None,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, pll: bool | None = None) -> dict:
     """Simulate ``frames`` frames of a build folder's accelerator; write report.json ``sim``.
 
     Parameters
@@ -97,12 +110,16 @@ def simulate_build(folder: str | os.PathLike, frames: int = 1000,
         ``coefficients`` are given (a board profile's).
     progress
         Show a progress bar over the steps.
+    pll
+        Whether the PLL makes the clock (its fixed power counts); default: when the report's
+        compile board makes ``clock_mhz`` with its PLL.
 
     Returns
     -------
     dict
         The ``sim`` section: ``frames``, ``cycles_per_frame``, ``latency_cycles``,
-        ``clock_mhz``, ``fps``, ``energy_nj_per_frame``, ``energy_breakdown``, ``bottleneck``,
+        ``clock_mhz``, ``fps``, ``energy_nj_per_frame``, ``energy_breakdown``,
+        ``energy_basis`` (each breakdown term: measured-derived or estimate), ``bottleneck``,
         ``fifo_depths``, ``wall_s``, ``layers`` (per stage: ``name``, ``cycles_per_frame``,
         ``busy``, ``bottleneck``).
     """
@@ -116,6 +133,8 @@ def simulate_build(folder: str | os.PathLike, frames: int = 1000,
         clock_mhz = read_report(folder).get("compile", {}).get("clock_mhz") or 100.0
     if not isinstance(clock_mhz, (int, float)) or clock_mhz <= 0:
         raise ValueError(f"clock_mhz must be positive, not {clock_mhz!r}")
+    if pll is None:
+        pll = board_uses_pll(folder, float(clock_mhz))
     graph = load_graph(folder)
     bar = None
     if progress:
@@ -135,7 +154,7 @@ def simulate_build(folder: str | os.PathLike, frames: int = 1000,
         timing = simulate_timing(graph, int(frames), record=False)
         step("cycles")
         energy = estimate_energy(graph, timing, coefficients=coefficients, family=family,
-                                 clock_mhz=float(clock_mhz))
+                                 clock_mhz=float(clock_mhz), pll=bool(pll))
         step("energy")
         cpf = float(timing.cycles_per_frame)
         layers = []
@@ -152,6 +171,7 @@ def simulate_build(folder: str | os.PathLike, frames: int = 1000,
             "fps": round(float(clock_mhz) * 1e6 / cpf, 3) if cpf else 0.0,
             "energy_nj_per_frame": round(energy["energy_nj_per_frame"], 6),
             "energy_breakdown": {k: round(v, 6) for k, v in energy["breakdown"].items()},
+            "energy_basis": energy["basis"],
             "bottleneck": timing.bottleneck,
             "fifo_depths": fifo_depth_table(graph),
             "layers": layers,

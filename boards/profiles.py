@@ -2,8 +2,8 @@
 
 Every number here is a property of a board or of its FPGA and says where it comes from. The
 resource budgets are the device data sheets' totals (and what nextpnr reports as available for the
-device). The energy coefficients are *estimates* for planning, not measurements: see
-:data:`ENERGY_METHOD`.
+device). The energy coefficients are one set per family (:data:`FAMILY_ENERGY`), each marked
+measured-derived or estimate with its source: see :data:`ENERGY_METHOD`.
 """
 
 from __future__ import annotations
@@ -12,55 +12,119 @@ import dataclasses
 import importlib
 from types import MappingProxyType
 
-__all__ = ["BOARDS", "DEFAULT_CLOCKS_MHZ", "ENERGY_KEYS", "ENERGY_METHOD", "BoardProfile",
-           "get_board"]
+__all__ = ["BOARDS", "DEFAULT_CLOCKS_MHZ", "ENERGY_KEYS", "ENERGY_METHOD", "FAMILY_ENERGY",
+           "BoardProfile", "get_board"]
 
-#: The energy coefficients every profile defines (each ``{"value", "unit", "source"}``).
-ENERGY_KEYS = ("xnor_pj_per_bit", "popcount_pj_per_adder_bit", "register_pj_per_bit_write",
-               "rom_pj_per_bit_read", "static_mw")
+#: The energy coefficients every profile defines (each ``{"value", "unit", "basis", "range",
+#: "source"}``; ``basis`` is ``"measured"`` when derived from a public measurement of the device,
+#: ``"estimate"`` otherwise). One set per FPGA family (:data:`FAMILY_ENERGY`), shared by every
+#: board of the family and by ``bnnforge.sim.energy.DEFAULT_COEFFICIENTS``.
+ENERGY_KEYS = ("static_mw", "clock_tree_pj_per_cycle", "clock_pj_per_cell_cycle", "pll_mw",
+               "toggle_pj", "glitch_factor", "bram_pj_per_bit_read")
 
 ENERGY_METHOD = (
-    "Dynamic coefficients start from Horowitz, 'Computing's energy problem', ISSCC 2014 (45 nm, "
-    "0.9 V ASIC): int32 add 0.1 pJ, i.e. ~0.0031 pJ per full-adder bit; 64-bit read of an 8 KB "
-    "SRAM 10 pJ, i.e. ~0.16 pJ per bit. Lattice iCE40 and ECP5 are 40 nm parts, so no node "
-    "scaling is applied; energy is scaled by (V_core / 0.9 V)^2 and logic by the FPGA/ASIC "
-    "dynamic-power gap of ~14x (Kuon & Rose, 'Measuring the gap between FPGAs and ASICs', IEEE "
-    "TCAD 2007, 90 nm: 7.1-14x; the upper end since LUT4 fabrics with no carry-chain-friendly "
-    "popcount pay more routing). Hard block RAM reads get only the voltage factor. An XNOR bit "
-    "is taken as half a full-adder bit (one XOR of the two), a register bit write as one "
-    "full-adder bit. Static power is the data sheet's typical core standby current times the "
-    "core voltage. All are estimates to compare designs, not measurements: calibrate against "
-    "Lattice's power calculator or a measured board before quoting absolute energy.")
+    "Energy model v2 (docs/design.md section 5). iCE40 UltraPlus terms are derived from public "
+    "measurements of an iCE40UP5K (tinyvision-ai-inc/ice40_power, Lattice UltraPlus breakout "
+    "board, core rail 1.219 V): blank design 85.6 uA (static); PLL output at 16/32/48 MHz "
+    "1.42/2.03/2.57 mA, a line of 0.84 mA + 36 uA/MHz (PLL fixed power, clock tree per cycle; "
+    "an external 12 MHz clock into one 32-cell counter, (613.5 - 85.6) uA / 12 MHz = 44 uA/MHz, "
+    "agrees within 20%); seven more 32-cell counters +28 uA at 12 MHz (clock load per used "
+    "logic cell); an 8x8 LUT multiply every cycle +351 uA at 12 MHz = 35.7 pJ (energy per "
+    "logic-cell output toggle, assuming ~100 real toggles per multiply). Block-RAM reads and "
+    "every ECP5 and iCE40 HX term are estimates (Horowitz ISSCC 2014 SRAM figure scaled by "
+    "(V_core / 0.9 V)^2; ECP5 clock tree and PLL scaled from the iCE40 measurements by die size; "
+    "data-sheet standby currents). Calibrate with the recipe in docs/design.md section 5.")
 
-_HOROWITZ_ADD_BIT_PJ = 0.1 / 32        # int32 add, 45 nm, 0.9 V
-_HOROWITZ_SRAM_BIT_PJ = 10.0 / 64      # 64-bit read from an 8 KB SRAM
-_FPGA_LOGIC_GAP = 14.0                 # Kuon & Rose 2007, dynamic power
+_RAIL_V = 1.219                        # the measured iCE40UP5K core rail
+_HOROWITZ_SRAM_BIT_PJ = 10.0 / 64      # 64-bit read from an 8 KB SRAM, 45 nm, 0.9 V
+_ICE40_POWER = ("tinyvision-ai-inc/ice40_power (iCE40UP5K on the UltraPlus breakout, core rail "
+                "1.219 V)")
 
 
-def _energy(vcore: float, static_mw: float, static_source: str) -> MappingProxyType:
-    v = (vcore / 0.9) ** 2
-    add = _HOROWITZ_ADD_BIT_PJ * _FPGA_LOGIC_GAP * v
-    base = (f"estimate: Horowitz ISSCC 2014 45 nm figure x (V_core {vcore} V / 0.9 V)^2 = "
-            f"x{v:.2f}")
+def _entry(value: float, unit: str, basis: str, rng: tuple, source: str) -> MappingProxyType:
+    return MappingProxyType({"value": round(float(value), 6), "unit": unit, "basis": basis,
+                             "range": [round(float(r), 6) for r in rng], "source": source})
+
+
+def _ice40up() -> MappingProxyType:
+    tree = 36e-6 * _RAIL_V * 1e6            # 36 uA/MHz -> pJ per cycle
+    cell = 28e-6 / (7 * 32) * _RAIL_V / 12e6 * 1e12
+    toggle = 351e-6 * _RAIL_V / 12e6 * 1e12 / 100
     return MappingProxyType({
-        "xnor_pj_per_bit": {
-            "value": round(add / 2, 5), "unit": "pJ per XNOR bit",
-            "source": f"{base}, x{_FPGA_LOGIC_GAP:g} FPGA/ASIC gap (Kuon & Rose 2007); half of "
-                      "an int32-add bit (0.1 pJ / 32)"},
-        "popcount_pj_per_adder_bit": {
-            "value": round(add, 5), "unit": "pJ per adder bit",
-            "source": f"{base}, x{_FPGA_LOGIC_GAP:g} FPGA/ASIC gap (Kuon & Rose 2007); one "
-                      "int32-add bit (0.1 pJ / 32)"},
-        "register_pj_per_bit_write": {
-            "value": round(add, 5), "unit": "pJ per register bit written",
-            "source": f"{base}, x{_FPGA_LOGIC_GAP:g} FPGA/ASIC gap (Kuon & Rose 2007); taken "
-                      "equal to one int32-add bit"},
-        "rom_pj_per_bit_read": {
-            "value": round(_HOROWITZ_SRAM_BIT_PJ * v, 5), "unit": "pJ per ROM bit read",
-            "source": f"{base}; 8 KB SRAM 64-bit read 10 pJ / 64 bits (hard block RAM: no "
-                      "fabric gap)"},
-        "static_mw": {"value": static_mw, "unit": "mW", "source": static_source},
+        "static_mw": _entry(85.6e-3 * _RAIL_V, "mW", "measured", (0.09, 0.12),
+                            f"measured: blank design 85.6 uA x 1.219 V, {_ICE40_POWER}"),
+        "clock_tree_pj_per_cycle": _entry(
+            tree, "pJ per clock cycle", "measured", (tree, 44e-6 * _RAIL_V * 1e6),
+            f"measured: slope of the PLL runs, (2.57 - 1.42) mA / (48 - 16) MHz = 36 uA/MHz x "
+            f"1.219 V; the external 12 MHz clock run gives 44 uA/MHz (upper end); {_ICE40_POWER}"),
+        "clock_pj_per_cell_cycle": _entry(
+            cell, "pJ per used logic cell per cycle", "measured", (0.5 * cell, cell),
+            f"measured: seven more 32-cell counters +28 uA at 12 MHz = 28 uA / 224 cells / "
+            f"12 MHz x 1.219 V; an upper bound (it includes the counters' own toggles); "
+            f"{_ICE40_POWER}"),
+        "pll_mw": _entry(0.84e-3 * _RAIL_V * 1e3, "mW while the PLL runs", "measured",
+                         (0.8, 1.1),
+                         f"measured: intercept of the PLL runs at 16/32/48 MHz, 1.42 - 16 x "
+                         f"0.036 = 0.84 mA x 1.219 V; {_ICE40_POWER}"),
+        "toggle_pj": _entry(
+            toggle, "pJ per logic-cell output toggle", "measured", (toggle / 2, toggle * 2),
+            f"measured-derived: an 8x8 LUT multiply every cycle +351 uA at 12 MHz x 1.219 V = "
+            f"35.7 pJ, over ~100 real output toggles (estimate: ~100 cells at a zero-delay "
+            f"toggle rate of 0.5, x2 glitches of an array multiplier); {_ICE40_POWER}"),
+        "glitch_factor": _entry(
+            1.3, "real toggles per zero-delay toggle of a logic net", "estimate", (1.0, 2.0),
+            "estimate: zero-delay simulation misses glitches; the adder trees are re-registered "
+            "every 3 levels (compiler/pipeline.py), so fewer than an array multiplier's ~2x; "
+            "flip-flop outputs do not glitch (factor 1)"),
+        "bram_pj_per_bit_read": _entry(
+            _HOROWITZ_SRAM_BIT_PJ * (1.2 / 0.9) ** 2, "pJ per block-RAM bit read", "estimate",
+            (0.1, 0.6),
+            "estimate: Horowitz ISSCC 2014 8 KB SRAM 64-bit read 10 pJ / 64 x (1.2 V / 0.9 V)^2 "
+            "(no public iCE40 EBR measurement)"),
     })
+
+
+def _scaled(base: MappingProxyType, vcore: float, static: tuple, tree_x: float, pll: tuple,
+            family: str) -> MappingProxyType:
+    """An estimate for another family: iCE40UP5K terms x (vcore / 1.219 V)^2, the clock tree
+    x ``tree_x`` (die size), ``static`` = (mW, range, source), ``pll`` = (mW, range, source)."""
+    v = (vcore / _RAIL_V) ** 2
+    out = {}
+    for key, e in base.items():
+        if key in ("static_mw", "pll_mw", "glitch_factor"):
+            continue
+        scale = v * (tree_x if key == "clock_tree_pj_per_cycle" else 1.0)
+        if key == "bram_pj_per_bit_read":
+            scale = (vcore / 1.2) ** 2
+        out[key] = _entry(e["value"] * scale, e["unit"], "estimate",
+                          [r * scale for r in e["range"]],
+                          f"estimate for {family}: the iCE40UP5K figure x (V_core {vcore} V / "
+                          f"{_RAIL_V} V)^2" + (f" x {tree_x:g} (a larger clock network)"
+                                               if key == "clock_tree_pj_per_cycle" else "")
+                          + f" [{e['source']}]")
+    out["static_mw"] = _entry(static[0], "mW", "estimate", static[1], static[2])
+    out["pll_mw"] = _entry(pll[0], "mW while the PLL runs", "estimate", pll[1], pll[2])
+    out["glitch_factor"] = base["glitch_factor"]
+    return MappingProxyType({k: out[k] for k in ENERGY_KEYS})
+
+
+_UP = _ice40up()
+#: ``{family: {key: entry}}``: the energy coefficients of each FPGA family, defined once.
+FAMILY_ENERGY: dict[str, MappingProxyType] = {
+    "ice40up": _UP,
+    "ice40hx": _scaled(_UP, 1.2, (1.37, (1.0, 2.0), "estimate: iCE40 LP/HX data sheet (DS1040) "
+                                  "typical core standby current of the HX8K ~1,140 uA at 1.2 V"),
+                       1.5, (1.0, (0.8, 1.5), "estimate: the iCE40UP5K PLL measurement"),
+                       "ice40hx"),
+    "ecp5": _scaled(_UP, 1.1, (85.0, (40.0, 120.0),
+                               "estimate: ECP5 data sheet (FPGA-DS-02012) order of magnitude for "
+                               "the LFE5U-85F typical core standby current (~75 mA at 1.1 V); "
+                               "the former 40 mW fallback was the low end"),
+                    4.0, (5.0, (2.0, 15.0), "estimate: one EHXPLLL, order of magnitude from "
+                          "Lattice's power calculator class of figures (no public measurement "
+                          "found); check on a board"),
+                    "ecp5"),
+}
 
 
 def _pll_source(primitive: str, pll) -> str:
@@ -112,7 +176,8 @@ class BoardProfile:
     resources_source : str
         Where the resource figures come from.
     energy : Mapping
-        ``{key: {"value", "unit", "source"}}`` for every key in :data:`ENERGY_KEYS`.
+        ``{key: {"value", "unit", "basis", "range", "source"}}`` for every key in
+        :data:`ENERGY_KEYS`: its family's :data:`FAMILY_ENERGY`.
     """
 
     name: str
@@ -198,7 +263,7 @@ class BoardProfile:
         """Return the profile as JSON-able data."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["uart"] = list(self.uart)
-        d["energy"] = {k: dict(v) for k, v in self.energy.items()}
+        d["energy"] = {k: {**v, "range": list(v["range"])} for k, v in self.energy.items()}
         return d
 
 
@@ -213,9 +278,7 @@ _OSCILLATOR_PROFILES: dict[str, BoardProfile] = {
         resources_source="Lattice iCE40 UltraPlus data sheet (FPGA-DS-02008): 5,280 LUT4 + FF "
                          "logic cells, 30 EBR of 4 kbit, 8 SB_MAC16 DSPs (and 4 SPRAM of 256 "
                          "kbit, unused)",
-        energy=_energy(1.2, 0.09,
-                       "estimate: iCE40 UltraPlus data sheet typical core standby current "
-                       "~75 uA at V_core 1.2 V (0.09 mW)")),
+        energy=FAMILY_ENERGY["ice40up"]),
     "ulx3s-85f": BoardProfile(
         name="ulx3s-85f", title="Radiona ULX3S (ECP5 LFE5U-85F-6BG381)",
         platform="amaranth_boards.ulx3s:ULX3S_85F_Platform", family="ecp5",
@@ -226,10 +289,7 @@ _OSCILLATOR_PROFILES: dict[str, BoardProfile] = {
         resources_source="Lattice ECP5 family data sheet (FPGA-DS-02012): LFE5U-85 has 41,820 "
                          "slices = 83,640 LUT4 and 83,640 FFs, 208 sysMEM EBR of 18 kbit, 156 "
                          "18x18 multipliers",
-        energy=_energy(1.1, 85.0,
-                       "estimate: ECP5 data sheet order of magnitude for the LFE5U-85 typical "
-                       "core standby current (~75 mA at V_core 1.1 V, 85 mW); check Lattice's "
-                       "power calculator for the exact figure")),
+        energy=FAMILY_ENERGY["ecp5"]),
     "ice40-hx8k": BoardProfile(
         name="ice40-hx8k", title="Lattice iCE40-HX8K breakout board (iCE40HX8K-CT256)",
         platform="amaranth_boards.ice40_hx8k_b_evn:ICE40HX8KBEVNPlatform", family="ice40hx",
@@ -239,9 +299,7 @@ _OSCILLATOR_PROFILES: dict[str, BoardProfile] = {
         uart=("uart", 0), luts=7680, ffs=7680, bram_blocks=32, bram_bits=4096, dsps=0,
         resources_source="Lattice iCE40 LP/HX family data sheet (DS1040): HX8K has 7,680 LUT4 + "
                          "FF logic cells, 32 RAM4K blocks of 4 kbit, no DSP",
-        energy=_energy(1.2, 1.37,
-                       "estimate: iCE40 LP/HX data sheet typical core standby current of the "
-                       "HX8K ~1,140 uA at V_core 1.2 V (1.37 mW)")),
+        energy=FAMILY_ENERGY["ice40hx"]),
 }
 
 

@@ -75,22 +75,28 @@ def _acc_bits(k: int, input_bits: int) -> int:
 def _ops_matrix(b: dict) -> dict:
     k, ch, pe, simd, ib = b["k"], b["channels"], b["pe"], b["simd"], b["input_bits"]
     vectors = b["tokens"] // b.get("count", 1)
-    lane_steps = (ch // pe) * (k // simd) * pe
+    groups = ch // pe
+    lane_steps = groups * (k // simd) * pe
     c = _ops(xnor=k * ch * vectors if ib == 1 else 0,
              popcount_bits=lane_steps * _tree_bits(simd, 1 if ib == 1 else 10) * vectors,
              acc_adds=lane_steps * vectors, weight_rom_bits=k * ch * vectors)
     acc = _acc_bits(k, ib)
+    # input buffer and held vector (2·K·b), the step operand register (SIMD·b bits every step:
+    # groups · K · b a vector); an MVTU gathers its C/PE output groups in a shift register of
+    # (groups − 1) · PE lanes, shifted once a group (hw/matrix.py ``_output``)
+    base = 2 * k * ib + groups * k * ib
     if b["kind"] == "score":
         c["score_ops"] = ch * vectors
         c["compares"] = (ch - 1) * vectors
-        c["register_bits"] = (2 * k * ib + ch * (acc + 2 * 32)) * vectors
-    elif b.get("emit") == "popcount":
-        c["register_bits"] = (2 * k * ib + ch * int(k).bit_length()) * vectors
-    else:
+        c["register_bits"] = (base + ch * (acc + 2 * 32)) * vectors
+        return c
+    lane_bits = int(k).bit_length() if b.get("emit") == "popcount" else 1
+    shift = groups * (groups - 1) * pe * lane_bits
+    c["register_bits"] = (base + shift + ch * lane_bits) * vectors
+    if lane_bits == 1:
         c["compares"] = ch * vectors
-        if ch // pe > 1:
+        if groups > 1:
             c["threshold_rom_bits"] = ch * acc * vectors
-        c["register_bits"] = (2 * k * ib + ch) * vectors
     return c
 
 

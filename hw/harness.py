@@ -85,12 +85,12 @@ def _sources(rtl_dir: Path) -> list[Path]:
     return sources
 
 
-def _build_key(simulator: str, top: dict, sources: list[Path]) -> str:
+def _build_key(simulator: str, top: dict, sources: list[Path], extra: tuple = ()) -> str:
     import cocotb
 
     h = hashlib.sha256()
     h.update(json.dumps([simulator, cocotb.__version__, top["top"], _VERILATOR_ARGS,
-                         _TIMESCALE]).encode())
+                         _TIMESCALE, *([list(extra)] if extra else [])]).encode())
     for src in sources:
         h.update(src.name.encode() + b"\0" + src.read_bytes() + b"\0")
     return h.hexdigest()
@@ -212,11 +212,13 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def build_rtl(rtl_dir: str | os.PathLike, simulator: str = "icarus",
-              build_dir: str | os.PathLike | None = None) -> Path:
+              build_dir: str | os.PathLike | None = None, extra_args: tuple = ()) -> Path:
     """Build the design in ``rtl_dir`` for ``simulator`` unless an identical build exists.
 
     The build lives in ``build_dir`` (default ``rtl_dir/../sim_build/<simulator>``) and is reused
     while the Verilog files, the simulator and the build options are unchanged.
+    ``extra_args`` are added to the simulator's build arguments (e.g. Verilator's
+    ``--coverage-toggle``); give such a build its own ``build_dir``.
 
     Returns
     -------
@@ -230,7 +232,8 @@ def build_rtl(rtl_dir: str | os.PathLike, simulator: str = "icarus",
     build_dir = Path(build_dir) if build_dir is not None else \
         rtl_dir.parent / "sim_build" / simulator
     build_dir = build_dir.resolve()
-    key = _build_key(simulator, top, sources)
+    extra_args = tuple(extra_args)
+    key = _build_key(simulator, top, sources, extra_args)
     stamp = build_dir / _BUILD_STAMP
     with _locked(build_dir):
         with contextlib.suppress(OSError, ValueError):
@@ -244,12 +247,13 @@ def build_rtl(rtl_dir: str | os.PathLike, simulator: str = "icarus",
         first = simulator == "verilator" and not (_runtime_cache() / "complete").is_file()
         with _locked(_runtime_cache().parent, optional=True) if first else \
                 contextlib.nullcontext():
-            _build(runner, simulator, sources, top, build_dir, rtl_dir, log, env)
+            _build(runner, simulator, sources, top, build_dir, rtl_dir, log, env, extra_args)
         stamp.write_text(json.dumps({"key": key, "simulator": simulator}) + "\n")
     return build_dir
 
 
-def _build(runner, simulator, sources, top, build_dir, rtl_dir, log, env) -> None:
+def _build(runner, simulator, sources, top, build_dir, rtl_dir, log, env,
+           extra_args: tuple = ()) -> None:
     if simulator == "verilator":
         with contextlib.suppress(OSError):
             _restore_runtime(build_dir)
@@ -258,12 +262,13 @@ def _build(runner, simulator, sources, top, build_dir, rtl_dir, log, env) -> Non
             runner.build(
                 sources=sources, hdl_toplevel=top["top"], build_dir=build_dir,
                 always=True, timescale=_TIMESCALE, log_file=log,
-                build_args=_VERILATOR_ARGS if simulator == "verilator" else [],
+                build_args=[*(_VERILATOR_ARGS if simulator == "verilator" else []),
+                            *extra_args],
             )
         except (RuntimeError, SystemExit) as exc:
             raise RuntimeError(f"{simulator} could not build {rtl_dir} ({exc}); the end of "
                                f"{log}:\n{_tail(log)}") from None
-    if simulator == "verilator":
+    if simulator == "verilator" and not extra_args:
         _save_runtime(build_dir)
 
 
@@ -338,7 +343,8 @@ def run_rtl(rtl_dir: str | os.PathLike, frames: np.ndarray, simulator: str = "ic
             input_gap: float = 0.0, output_stall: float = 0.0, seed: int = 0,
             build_dir: str | os.PathLike | None = None, timeout_cycles: int | None = None,
             progress=None, in_gaps: np.ndarray | None = None,
-            out_ready: np.ndarray | None = None, idle_limit: int | None = None) -> dict:
+            out_ready: np.ndarray | None = None, idle_limit: int | None = None,
+            extra_args: tuple = (), plusargs: tuple = ()) -> dict:
     """Stream ``frames`` through the design in ``rtl_dir`` and return what came out, and when.
 
     Parameters
@@ -417,7 +423,7 @@ def run_rtl(rtl_dir: str | os.PathLike, frames: np.ndarray, simulator: str = "ic
     pixels = _as_pixels(frames, top)
     n_frames = pixels.shape[0] // int(top["pixels_per_frame"])
     start = time.perf_counter()
-    build = build_rtl(rtl_dir, simulator, build_dir)
+    build = build_rtl(rtl_dir, simulator, build_dir, extra_args)
     sim_start = time.perf_counter()
 
     from .cocotb_tests import stream
@@ -448,7 +454,7 @@ def run_rtl(rtl_dir: str | os.PathLike, frames: np.ndarray, simulator: str = "ic
                 runner.test(test_module=_TEST_MODULE, hdl_toplevel=top["top"],
                             hdl_toplevel_lang="verilog", build_dir=build, test_dir=run_dir,
                             results_xml=str(xml), extra_env=env, log_file=log,
-                            timescale=_TIMESCALE)
+                            timescale=_TIMESCALE, plusargs=list(plusargs))
 
         if progress is None:
             simulate()

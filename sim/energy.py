@@ -1,101 +1,78 @@
-"""Energy per frame from the operations and memory accesses of a simulated run.
+"""Energy per frame: an operation-count model and an activity model from the RTL (v2).
 
-Method
-------
-Every block of the accelerator (the hardware plan, :mod:`bnnforge.compiler.plan`) does a fixed
-amount of work per token — its kind's ``ops`` in :data:`bnnforge.compiler.plan.KINDS` — so the
-counts of a run are per-token counts times the tokens the timing simulation moved through each
-block:
+Terms (per family, defined once in :data:`bnnforge.boards.profiles.FAMILY_ENERGY`, each with
+its source and marked measured-derived or estimate; docs/design.md §5):
 
-* ``xnor`` — XNOR gates evaluated: K·C per vector of a binary-input matrix stage.
-* ``popcount_bits`` — full-adder bits of the popcount / signed-sum adder trees: per lane and
-  step, the tree over SIMD terms (level ``l`` has ``ceil(SIMD / 2^l)`` adders of ``l + w``
-  bits, ``w`` = 1 for bits, 10 for signed bytes).
-* ``acc_adds`` — accumulator additions: one per lane and step (C·K/SIMD per vector).
-* ``compares`` — threshold comparisons (C per vector), and the score unit's argmax compares.
-* ``score_ops`` — the score unit's integer multiply-adds (``mul·s + add``, C per vector).
-* ``weight_rom_bits`` / ``threshold_rom_bits`` — bits read from the weight ROM (K·C per vector)
-  and the threshold ROM (C · threshold width per vector, when thresholds live in a ROM).
-* ``register_bits`` — bits written into activation registers and FIFOs: FIFO and window-buffer
-  writes, window, serializer and deserializer registers, the MVTU's input buffer (which
-  collects a feature map's transfers in place), its current-vector register (once per vector;
-  steps read it through a word select) and output registers.
+* **static** — ``static_mw`` × frame time.
+* **clock tree** — ``clock_tree_pj_per_cycle`` × cycles per frame: the global clock network,
+  whatever the design (iCE40UP5K: 36 µA/MHz measured).
+* **clock load** — ``clock_pj_per_cell_cycle`` × used logic cells (flip-flops) × cycles.
+* **PLL** — ``pll_mw`` × frame time when the PLL makes the clock.
+* **logic** — logic-cell output toggles × ``toggle_pj`` (× ``glitch_factor`` for combinational
+  nets: zero-delay toggles miss glitches; flip-flop outputs do not glitch).
+* **block RAM** — bits read × ``bram_pj_per_bit_read``.
 
-Energy = Σ count × coefficient (picojoules) + static power × run time at ``clock_mhz``; reported
-per frame, with a breakdown whose entries (static included) sum to the total.
+The **operation-count model** (:func:`estimate_energy`, used by ``bnnforge sim``) takes the
+operations of every block of the hardware plan (:data:`bnnforge.compiler.plan.KINDS`) times the
+tokens the timing simulation moved, and turns each operation into zero-delay toggles with
+:data:`OP_TOGGLES` (an assumed activity: random data); ROM bits read are block-RAM bits; the
+clock load counts the plan's cost-table logic cells (:func:`bnnforge.compiler.costs.block_luts`).
 
-Coefficients
-------------
-Per FPGA family, a dict of ``xnor_pj``, ``adder_bit_pj``, ``acc_add_pj``, ``compare_pj``,
-``score_op_pj``, ``rom_bit_pj``, ``reg_bit_pj``, ``static_mw`` and a ``source`` string. Board
-profiles hold their own; :data:`DEFAULT_COEFFICIENTS` are documented fallbacks derived as
-follows (the sources are cited inline; docs/design.md §5):
+The **activity model** (:func:`activity_energy`, used by ``bnnforge energy``) takes the toggles
+a Verilator run of the emitted Verilog counted per block (:mod:`bnnforge.hw.activity`):
+flip-flop and net toggles, flip-flop bits for the clock load, and one read of every block-RAM
+memory (a ROM of at least ``LOGIC_ROM_DEPTH`` words) per cycle (the RTL enables its read port
+in every enabled cycle). Smaller ROMs are logic: their reads show up as toggles.
 
-* ASIC base (Horowitz, ISSCC 2014, 45 nm, 0.9 V): int32 add 0.1 pJ, so an adder bit is
-  0.1/32 ≈ 0.0031 pJ and an XNOR about half of one (0.0016 pJ); a 16-bit accumulator add or
-  compare 0.05 pJ; a score multiply-add ≈ int32 mult + add = 3.2 pJ; a ROM bit ≈ 10 pJ per
-  64-bit read of an 8 KB SRAM = 0.156 pJ; a flip-flop write 0.01 pJ per bit (our assumption:
-  Horowitz lists no register figure).
-* FPGA overhead ×14: the dynamic-power gap between FPGA fabric and standard cells measured by
-  Kuon & Rose ("Measuring the gap between FPGAs and ASICs", IEEE TCAD 26(2), 2007: 7–14×; we
-  take the logic-only upper end and apply it to memories too).
-* Supply: energy scales with V²; iCE40 UltraPlus core 1.2 V → ×(1.2/0.9)² = 1.78; ECP5 core
-  1.1 V → ×(1.1/0.9)² = 1.49. Both are 40 nm; the 45→40 nm difference is ignored.
-* Static power (assumption from the vendor data sheets' standby core currents): iCE40UP5K
-  ≈ 100 µW (~75–100 µA at 1.2 V, DS1056); ECP5-85F ≈ 40 mW (tens of mA standby at 1.1 V plus
-  auxiliary rails, FPGA-DS-02012).
-
-Limits
-------
-A first-order activity model: no switching activity (every counted operation costs its full
-coefficient whatever the data), no clock tree or routing energy beyond the overhead factor, no
-I/O, and the weight ROM's idle reads are not counted (the RTL enables its read port in every
-enabled cycle, not only when a step is issued). Calibrate against a vendor power calculator or a
-measured board before trusting absolute numbers; ratios between foldings are more reliable.
+Both are estimates of the FPGA core rail only (no I/O, no board). Their ratio per layer says
+how far the op model's assumed activity is from the data's.
 """
 
 from __future__ import annotations
 
+from ..boards.profiles import ENERGY_KEYS, FAMILY_ENERGY
+from ..compiler.costs import LOGIC_ROM_DEPTH, block_luts
 from ..compiler.ir import DataflowGraph
 from ..compiler.plan import build_plan
 from .timing import TimingResult, simulate_timing
 
-__all__ = ["DEFAULT_COEFFICIENTS", "COUNT_NAMES", "PROFILE_KEYS", "estimate_energy",
-           "count_operations"]
+__all__ = ["COUNT_NAMES", "DEFAULT_COEFFICIENTS", "OP_TOGGLES", "TERM_BASIS", "activity_energy",
+           "compare_models", "count_operations", "estimate_energy"]
 
-_HOROWITZ = {"xnor_pj": 0.1 / 64, "adder_bit_pj": 0.1 / 32, "acc_add_pj": 0.05,
-             "compare_pj": 0.05, "score_op_pj": 3.2, "rom_bit_pj": 10.0 / 64,
-             "reg_bit_pj": 0.01}
-_FPGA_FACTOR = 14.0
+#: Zero-delay logic-cell output toggles per counted operation (op model; random data):
+#: an XNOR output or an adder sum bit toggles with probability 1/2; an accumulator add moves
+#: about 8 of its bits, a threshold compare about 2 (its borrow chain); a score multiply-add is
+#: priced as the measured 8x8 multiply (~100 cells at 1/2); a register bit written toggles with
+#: probability 1/2 (a flip-flop: no glitch factor). ROM bits are block-RAM bits (no toggles).
+OP_TOGGLES = {"xnor": 0.5, "popcount_bits": 0.5, "acc_adds": 8.0, "compares": 2.0,
+              "score_ops": 50.0, "register_bits": 0.5}
+
+#: count name -> how the op model prices it
+COUNT_NAMES = {"xnor": "toggle_pj", "popcount_bits": "toggle_pj", "acc_adds": "toggle_pj",
+               "compares": "toggle_pj", "score_ops": "toggle_pj",
+               "weight_rom_bits": "bram_pj_per_bit_read",
+               "threshold_rom_bits": "bram_pj_per_bit_read", "register_bits": "toggle_pj"}
+
+#: breakdown terms that are not operation counts
+_FIXED_TERMS = ("clock_tree", "clock_cells", "pll", "static")
 
 
-def _family(vdd: float, static_mw: float, source: str) -> dict:
-    scale = _FPGA_FACTOR * (vdd / 0.9) ** 2
-    out = {k: v * scale for k, v in _HOROWITZ.items()}
-    out["static_mw"] = static_mw
-    out["source"] = source
+def _flat(entries) -> dict:
+    out = {k: float(v["value"]) for k, v in entries.items()}
+    out["source"] = "; ".join(f"{k}: {v['source']}" for k, v in entries.items())
+    out["basis"] = {k: v["basis"] for k, v in entries.items()}
     return out
 
 
-#: Fallback coefficients per FPGA family (pJ per operation or bit; static power in mW).
-DEFAULT_COEFFICIENTS = {
-    "ice40up": _family(1.2, 0.1, (
-        "Horowitz ISSCC 2014 45 nm/0.9 V ASIC figures x14 FPGA dynamic-power gap (Kuon & Rose, "
-        "IEEE TCAD 2007) x(1.2/0.9)^2 for the 1.2 V iCE40 UltraPlus core; flip-flop write "
-        "0.01 pJ/bit assumed; static 100 uW assumed from the iCE40 UltraPlus data sheet "
-        "(DS1056) standby core current")),
-    "ecp5": _family(1.1, 40.0, (
-        "Horowitz ISSCC 2014 45 nm/0.9 V ASIC figures x14 FPGA dynamic-power gap (Kuon & Rose, "
-        "IEEE TCAD 2007) x(1.1/0.9)^2 for the 1.1 V ECP5 core; flip-flop write 0.01 pJ/bit "
-        "assumed; static 40 mW assumed for an ECP5-85F from the ECP5 data sheet "
-        "(FPGA-DS-02012) standby currents")),
-}
+#: Coefficients per FPGA family (flat: ``{key: value, "source": str, "basis": {key: basis}}``),
+#: the same numbers as the board profiles (:data:`bnnforge.boards.profiles.FAMILY_ENERGY`).
+DEFAULT_COEFFICIENTS = {family: _flat(entries) for family, entries in FAMILY_ENERGY.items()}
 
-#: count name -> coefficient that prices it
-COUNT_NAMES = {"xnor": "xnor_pj", "popcount_bits": "adder_bit_pj", "acc_adds": "acc_add_pj",
-               "compares": "compare_pj", "score_ops": "score_op_pj",
-               "weight_rom_bits": "rom_bit_pj", "threshold_rom_bits": "rom_bit_pj",
-               "register_bits": "reg_bit_pj"}
+#: which coefficient decides each breakdown term (for its basis)
+TERM_BASIS = {"clock_tree": "clock_tree_pj_per_cycle", "clock_cells": "clock_pj_per_cell_cycle",
+              "pll": "pll_mw", "static": "static_mw", "logic": "toggle_pj",
+              "bram": "bram_pj_per_bit_read",
+              **{k: v for k, v in COUNT_NAMES.items()}}
 
 
 def count_operations(graph: DataflowGraph, frames: int) -> dict:
@@ -113,52 +90,50 @@ def count_operations(graph: DataflowGraph, frames: int) -> dict:
     return {"total": total, "stages": stages}
 
 
-#: board-profile coefficient names (``bnnforge.boards`` ENERGY_KEYS) -> ours
-PROFILE_KEYS = {"xnor_pj_per_bit": "xnor_pj", "popcount_pj_per_adder_bit": "adder_bit_pj",
-                "register_pj_per_bit_write": "reg_bit_pj", "rom_pj_per_bit_read": "rom_bit_pj",
-                "static_mw": "static_mw"}
-#: coefficients a profile may leave out, in adder bits: a 16-bit add or compare; an int32
-#: multiply-add (Horowitz: 3.1 + 0.1 pJ = 32 int32 adds of 32 bits)
-_DERIVED = {"acc_add_pj": 16, "compare_pj": 16, "score_op_pj": 1024}
-
-
 def _check_coefficients(coefficients, family: str) -> dict:
-    """Return our coefficient dict from ours, a board profile's ``energy`` mapping, or family.
-
-    A board profile's entries are ``{"value", "unit", "source"}`` under the names of
-    :data:`PROFILE_KEYS`; the accumulator, compare and score coefficients it lacks are derived
-    from its adder-bit energy (:data:`_DERIVED`).
-    """
+    """Return flat coefficients from ours, a board profile's ``energy`` mapping, or ``family``."""
     if coefficients is None:
         if family not in DEFAULT_COEFFICIENTS:
             raise ValueError(f"no energy coefficients for family {family!r}; known: "
                              f"{', '.join(sorted(DEFAULT_COEFFICIENTS))} (or pass "
                              "coefficients=)")
         return DEFAULT_COEFFICIENTS[family]
-    coef, sources = {}, []
+    coef, sources, basis = {}, [], {}
     for key, value in dict(coefficients).items():
+        if key in ("source", "basis"):
+            continue
         if isinstance(value, dict) or hasattr(value, "keys"):
             if value.get("source"):
                 sources.append(f"{key}: {value['source']}")
+            basis[key] = value.get("basis", "estimate")
             value = value["value"]
-        if key == "source":
-            sources.insert(0, str(value))
-            continue
-        coef[PROFILE_KEYS.get(key, key)] = value
-    if "adder_bit_pj" in coef:
-        for key, bits in _DERIVED.items():
-            coef.setdefault(key, bits * float(coef["adder_bit_pj"]))
-    missing = [k for k in (*set(COUNT_NAMES.values()), "static_mw") if k not in coef]
+        coef[key] = float(value)
+    missing = [k for k in ENERGY_KEYS if k not in coef]
     if missing:
-        raise ValueError(f"energy coefficients lack {', '.join(sorted(missing))}")
-    coef["source"] = "; ".join(sources)
+        raise ValueError(f"energy coefficients lack {', '.join(missing)}")
+    coef["source"] = "; ".join(sources) or str(dict(coefficients).get("source", ""))
+    coef["basis"] = {k: basis.get(k, dict(coefficients).get("basis", {}).get(k, "estimate"))
+                     for k in ENERGY_KEYS}
     return coef
+
+
+def _fixed(coef: dict, cpf: float, clock_mhz: float, pll: bool) -> dict:
+    frame_s = cpf / (clock_mhz * 1e6)
+    return {"clock_tree": coef["clock_tree_pj_per_cycle"] * cpf / 1000.0,
+            "pll": coef["pll_mw"] * 1e-3 * frame_s * 1e9 if pll else 0.0,
+            "static": coef["static_mw"] * 1e-3 * frame_s * 1e9}
+
+
+def _check_clock(clock_mhz) -> None:
+    if not clock_mhz or clock_mhz <= 0:
+        raise ValueError(f"clock_mhz must be positive, not {clock_mhz!r}")
 
 
 def estimate_energy(graph: DataflowGraph, timing: TimingResult | None = None, *,
                     frames: int | None = None, coefficients: dict | None = None,
-                    family: str = "ice40up", clock_mhz: float = 100.0) -> dict:
-    """Return the energy per frame of a simulated run.
+                    family: str = "ice40up", clock_mhz: float = 100.0,
+                    pll: bool = False) -> dict:
+    """Return the op-count model's energy per frame of a simulated run.
 
     Parameters
     ----------
@@ -168,33 +143,137 @@ def estimate_energy(graph: DataflowGraph, timing: TimingResult | None = None, *,
         The run (:func:`~bnnforge.sim.timing.simulate_timing`); simulated back-to-back for
         ``frames`` frames (default 100) when not given.
     coefficients
-        Per-operation energies (see the module docstring), or a board profile's ``energy``
-        mapping; default ``DEFAULT_COEFFICIENTS`` of ``family``.
+        A board profile's ``energy`` mapping or flat coefficients (:data:`ENERGY_KEYS`);
+        default ``DEFAULT_COEFFICIENTS`` of ``family``.
     clock_mhz
-        The clock, for static energy = static power × cycles per frame / clock.
+        The clock, for static and PLL energy = power × cycles per frame / clock.
+    pll
+        Whether the PLL makes the clock (adds its fixed power).
 
     Returns
     -------
     dict
-        ``energy_nj_per_frame``, ``breakdown`` ({name: nJ per frame}, static included, summing
-        to the total), ``static_nj``, ``dynamic_nj`` (per frame), ``counts`` (totals over the
-        run), ``frames``, ``cycles_per_frame``, ``clock_mhz``, ``source``.
+        ``energy_nj_per_frame``, ``breakdown`` ({term: nJ per frame}: every count, then
+        ``clock_tree``, ``clock_cells``, ``pll``, ``static``; summing to the total),
+        ``static_nj``, ``dynamic_nj`` (the rest), ``layers`` ({stage: {"logic", "bram",
+        "clock_cells", "total"} nJ per frame}), ``basis`` ({term: "measured" or "estimate"}),
+        ``counts`` (totals over the run), ``frames``, ``cycles_per_frame``, ``clock_mhz``,
+        ``source``.
     """
-    if not clock_mhz or clock_mhz <= 0:
-        raise ValueError(f"clock_mhz must be positive, not {clock_mhz!r}")
+    _check_clock(clock_mhz)
     coef = _check_coefficients(coefficients, family)
     if timing is None:
         timing = simulate_timing(graph, frames or 100, record=False)
     n = timing.frames
-    counts = count_operations(graph, n)["total"]
-    breakdown = {}
-    for name, value in counts.items():
-        breakdown[name] = value * coef[COUNT_NAMES[name]] / n / 1000.0     # pJ -> nJ
-    dynamic = sum(breakdown.values())
     cpf = float(timing.cycles_per_frame)
-    static = coef["static_mw"] * 1e-3 * cpf / (clock_mhz * 1e6) * 1e9     # W * s -> nJ
-    breakdown["static"] = static
-    return {"energy_nj_per_frame": dynamic + static, "breakdown": breakdown,
-            "static_nj": static, "dynamic_nj": dynamic, "counts": counts, "frames": n,
+    g = coef["glitch_factor"]
+    breakdown = dict.fromkeys(COUNT_NAMES, 0.0)
+    breakdown["clock_cells"] = 0.0
+    layers: dict[str, dict] = {}
+    for spec, per in build_plan(graph).ops():
+        lay = layers.setdefault(spec["node"], {"logic": 0.0, "bram": 0.0, "clock_cells": 0.0})
+        for name, v in per.items():
+            if COUNT_NAMES[name] == "bram_pj_per_bit_read":
+                nj = v * coef["bram_pj_per_bit_read"] / 1000.0
+                lay["bram"] += nj
+            else:
+                glitch = 1.0 if name == "register_bits" else g
+                nj = v * OP_TOGGLES[name] * glitch * coef["toggle_pj"] / 1000.0
+                lay["logic"] += nj
+            breakdown[name] += nj
+        clk = block_luts(spec) * coef["clock_pj_per_cell_cycle"] * cpf / 1000.0
+        lay["clock_cells"] += clk
+        breakdown["clock_cells"] += clk
+    for lay in layers.values():
+        lay["total"] = lay["logic"] + lay["bram"] + lay["clock_cells"]
+    breakdown.update(_fixed(coef, cpf, float(clock_mhz), pll))
+    total = sum(breakdown.values())
+    counts = count_operations(graph, n)["total"]
+    return {"energy_nj_per_frame": total, "breakdown": breakdown,
+            "static_nj": breakdown["static"], "dynamic_nj": total - breakdown["static"],
+            "layers": layers, "basis": _basis(coef, breakdown), "counts": counts, "frames": n,
             "cycles_per_frame": cpf, "clock_mhz": float(clock_mhz),
             "source": coef.get("source", "")}
+
+
+def _basis(coef: dict, terms) -> dict:
+    """{term: "measured" | "estimate"}; a logic term also rests on the glitch estimate."""
+    out = {}
+    for term in terms:
+        key = TERM_BASIS.get(term, "toggle_pj")
+        b = coef["basis"].get(key, "estimate")
+        if key == "toggle_pj" and term != "register_bits" and term != "ff":
+            b = "measured x estimated glitch factor" if b == "measured" else b
+        out[term] = b
+    return out
+
+
+def activity_energy(activity: dict, *, coefficients: dict | None = None,
+                    family: str = "ice40up", clock_mhz: float = 100.0,
+                    pll: bool = False) -> dict:
+    """Return the activity model's energy per frame from a toggle-counting RTL run.
+
+    Parameters
+    ----------
+    activity
+        :func:`bnnforge.hw.activity.run_activity`'s result.
+    coefficients, family, clock_mhz, pll
+        As for :func:`estimate_energy`.
+
+    Returns
+    -------
+    dict
+        ``energy_nj_per_frame``, ``breakdown`` ({"logic", "ff", "bram", "clock_cells",
+        "clock_tree", "pll", "static"} nJ per frame), ``layers`` ({stage: {"logic", "ff",
+        "bram", "clock_cells", "total", "net_toggles", "ff_toggles", "ff_bits"}}, toggles per
+        frame), ``basis``, ``glitch_factor`` with its ``glitch_range``, ``frames``,
+        ``cycles_per_frame``, ``clock_mhz``.
+    """
+    _check_clock(clock_mhz)
+    coef = _check_coefficients(coefficients, family)
+    n = int(activity["frames"])
+    cpf = float(activity["cycles_per_frame"])
+    g = coef["glitch_factor"]
+    layers: dict[str, dict] = {}
+    for block in activity["blocks"].values():
+        lay = layers.setdefault(block["node"] or "?", dict.fromkeys(
+            ("logic", "ff", "bram", "clock_cells", "net_toggles", "ff_toggles", "ff_bits"), 0.0))
+        lay["net_toggles"] += block["net_toggles"] / n
+        lay["ff_toggles"] += block["ff_toggles"] / n
+        lay["ff_bits"] += block["ff_bits"]
+        lay["logic"] += block["net_toggles"] / n * g * coef["toggle_pj"] / 1000.0
+        lay["ff"] += block["ff_toggles"] / n * coef["toggle_pj"] / 1000.0
+        lay["clock_cells"] += block["ff_bits"] * coef["clock_pj_per_cell_cycle"] * cpf / 1000.0
+        for _name, width, depth in block["memories"]:
+            if depth >= LOGIC_ROM_DEPTH:
+                lay["bram"] += width * cpf * coef["bram_pj_per_bit_read"] / 1000.0
+    breakdown = {k: sum(lay[k] for lay in layers.values())
+                 for k in ("logic", "ff", "bram", "clock_cells")}
+    for lay in layers.values():
+        lay["total"] = lay["logic"] + lay["ff"] + lay["bram"] + lay["clock_cells"]
+    breakdown.update(_fixed(coef, cpf, float(clock_mhz), pll))
+    entry = FAMILY_ENERGY.get(family, {}).get("glitch_factor", {})
+    return {"energy_nj_per_frame": sum(breakdown.values()), "breakdown": breakdown,
+            "layers": layers, "basis": _basis(coef, breakdown), "glitch_factor": g,
+            "glitch_range": list(entry.get("range", [1.0, 2.0])), "frames": n,
+            "cycles_per_frame": cpf, "clock_mhz": float(clock_mhz)}
+
+
+def compare_models(op: dict, act: dict) -> list[dict]:
+    """Return per-stage rows ``{name, op_nj, activity_nj, ratio}`` (ratio = op / activity;
+    dynamic per-layer energy: logic, flip-flops, block RAM and clock load), then a ``fixed``
+    row (clock tree, PLL, static) and a ``total`` row."""
+    rows = []
+    for name in sorted(set(op["layers"]) | set(act["layers"]),
+                       key=lambda s: list(op["layers"]).index(s) if s in op["layers"] else 1e9):
+        o = op["layers"].get(name, {}).get("total", 0.0)
+        a = act["layers"].get(name, {}).get("total", 0.0)
+        rows.append({"name": name, "op_nj": o, "activity_nj": a,
+                     "ratio": o / a if a else float("inf")})
+    fo = sum(op["breakdown"][k] for k in ("clock_tree", "pll", "static"))
+    fa = sum(act["breakdown"][k] for k in ("clock_tree", "pll", "static"))
+    rows.append({"name": "fixed", "op_nj": fo, "activity_nj": fa,
+                 "ratio": fo / fa if fa else float("inf")})
+    to, ta = op["energy_nj_per_frame"], act["energy_nj_per_frame"]
+    rows.append({"name": "total", "op_nj": to, "activity_nj": ta, "ratio": to / ta})
+    return rows

@@ -77,11 +77,30 @@ def _error(capsys, argv, match):
      r"bnnforge sweep: error: spec missing.toml does not exist"),
     (["import", "missing.onnx", "-o", "m.bnn"],
      r"bnnforge import: error: ONNX file missing.onnx not found"),
+    (["energy", "out", "--no-progress"],
+     r"bnnforge energy: error: .*out is not a bnnforge build folder"),
+    (["energy", "out", "--frames", "0"],
+     r"bnnforge energy: error: argument --frames: expected a positive integer, not '0'"),
+    (["energy", "out", "--data", "ones"],
+     r"bnnforge energy: error: argument --data: invalid choice: 'ones'"),
+    (["energy", "out", "--family", "xc7"],
+     r"bnnforge energy: error: argument --family: invalid choice: 'xc7'"),
 ])
 def test_user_errors_are_one_line(capsys, tmp_path, monkeypatch, argv, match):
     monkeypatch.chdir(tmp_path)
     _error(capsys, argv, match)
     assert not (tmp_path / "m.bnn").exists() and not (tmp_path / "out").exists()
+
+
+def test_energy_needs_the_rtl(capsys, tmp_path, trained):
+    out = tmp_path / "build"
+    assert main(["compile", str(trained), "-o", str(out), "--no-rtl"]) == 0
+    capsys.readouterr()
+    _error(capsys, ["energy", str(out), "--no-progress"],
+           r"bnnforge energy: error: .*build has no RTL \(rtl/top.json\); compile it without "
+           r"--no-rtl")
+    _error(capsys, ["energy", str(out), "--clock-mhz", "0", "--no-progress"],
+           r"bnnforge energy: error: clock_mhz must be positive, not 0.0")
 
 
 def test_corrupt_and_truncated_model_files(capsys, tmp_path, trained):
