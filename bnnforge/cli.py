@@ -114,6 +114,9 @@ def _parser() -> _Parser:
                    help="clock (default: the compile or build clock)")
     s.add_argument("--family", choices=("ice40up", "ecp5"), default=None,
                    help="energy coefficients (default: the board's family, else ice40up)")
+    s.add_argument("--calibration", metavar="FILE", default=None,
+                   help="JSON of measured energy coefficients that replace the family's "
+                        "(docs/design.md section 5)")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     e = sub.add_parser("energy", help="energy per frame two ways: op counts and RTL switching "
@@ -128,6 +131,9 @@ def _parser() -> _Parser:
     e.add_argument("--family", choices=("ice40up", "ice40hx", "ecp5"), default=None,
                    help="energy coefficients (default: the board's family, else ice40up)")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--calibration", metavar="FILE", default=None,
+                   help="JSON of measured energy coefficients that replace the family's "
+                        "(docs/design.md section 5)")
     e.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     b = sub.add_parser("build", help="build a bitstream for a board (Yosys/nextpnr via YoWASP)")
@@ -222,7 +228,7 @@ def _run(args) -> int:
     if args.command == "sim":
         from .simulate import simulate_build
 
-        family, coefficients = flow.energy_profile(args.build, args.family)
+        family, coefficients = flow.energy_profile(args.build, args.family, args.calibration)
         sec = simulate_build(args.build, frames=args.frames, clock_mhz=args.clock_mhz,
                              family=family, coefficients=coefficients,
                              progress=not args.no_progress)
@@ -295,7 +301,7 @@ def _energy(args) -> int:
 
     sec = energy_build(args.build, frames=args.frames, family=args.family,
                        clock_mhz=args.clock_mhz, data=args.data, seed=args.seed,
-                       progress=not args.no_progress)
+                       calibration=args.calibration, progress=not args.no_progress)
     print(f"{'stage':<10} {'op nJ':>9} {'activity nJ':>12} {'op/act':>7}")
     for row in sec["layers"]:
         mark = "" if row["gated"] else "  (small: not gated)"

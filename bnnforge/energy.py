@@ -43,7 +43,7 @@ def _frames(graph, frames: int, data: str, seed: int) -> tuple[np.ndarray, str]:
 
 def energy_build(folder: str | os.PathLike, frames: int = 20, *, family: str | None = None,
                  clock_mhz: float | None = None, data: str = "dataset", seed: int = 0,
-                 progress: bool = True) -> dict:
+                 calibration: str | os.PathLike | None = None, progress: bool = True) -> dict:
     """Estimate a build's energy per frame with both models; write report.json ``energy``.
 
     Parameters
@@ -55,6 +55,9 @@ def energy_build(folder: str | os.PathLike, frames: int = 20, *, family: str | N
     family
         Energy coefficients of this FPGA family (``ice40up``, ``ice40hx``, ``ecp5``); default the
         compile board's family, else ``ice40up``.
+    calibration
+        A JSON file of measured coefficients that replace the family's
+        (:func:`bnnforge.flow.read_calibration`).
     clock_mhz
         The clock (default the report's ``compile.clock_mhz``, else 100). The PLL term applies
         when the compile board makes this clock with its PLL.
@@ -95,7 +98,7 @@ def energy_build(folder: str | os.PathLike, frames: int = 20, *, family: str | N
         raise ValueError(f"clock_mhz must be positive, not {clock_mhz!r}")
     if not (folder / "rtl" / "top.json").is_file():
         raise ValueError(f"{folder} has no RTL (rtl/top.json); compile it without --no-rtl")
-    fam, coefficients = energy_profile(folder, family)
+    fam, coefficients = energy_profile(folder, family, calibration)
     board = read_report(folder).get("compile", {}).get("board")
     pll = board_uses_pll(folder, float(clock_mhz))
     graph = load_graph(folder)

@@ -220,8 +220,11 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
     return report
 
 
-def energy_profile(folder, family: str | None = None) -> tuple[str, dict | None]:
-    """The energy family and coefficients for a build: the compile board's, else ``family``."""
+def energy_profile(folder, family: str | None = None,
+                   calibration: str | os.PathLike | None = None) -> tuple[str, dict | None]:
+    """The energy family and coefficients for a build: the compile board's, else ``family``;
+    with ``calibration`` (a JSON file, see :func:`read_calibration`) its values replace the
+    family's."""
     from .buildfolder import read_report
 
     board = read_report(folder).get("compile", {}).get("board")
@@ -229,8 +232,54 @@ def energy_profile(folder, family: str | None = None) -> tuple[str, dict | None]
         from .boards import get_board
 
         profile = get_board(board)
-        return profile.family, dict(profile.energy)
-    return family or "ice40up", None
+        family, coefficients = profile.family, dict(profile.energy)
+    else:
+        family, coefficients = family or "ice40up", None
+    if calibration is not None:
+        from .boards.profiles import FAMILY_ENERGY
+
+        base = dict(coefficients if coefficients is not None else FAMILY_ENERGY[family])
+        base.update(read_calibration(calibration))
+        coefficients = base
+    return family, coefficients
+
+
+def read_calibration(path: str | os.PathLike) -> dict:
+    """Read measured energy coefficients: a JSON object ``{"coefficients": {name: value}}``
+    (names of :data:`bnnforge.boards.profiles.ENERGY_KEYS`, positive numbers in their units;
+    any subset) with an optional ``"source"`` (how they were measured). Returns them as
+    coefficient entries marked ``measured``. Raises ``ValueError`` naming the problem."""
+    import json
+
+    from .boards.profiles import ENERGY_KEYS, FAMILY_ENERGY
+
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"calibration file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"calibration file {path} is not valid JSON ({exc}); write "
+                         '{"coefficients": {"static_mw": 0.1, ...}, "source": "..."}') from None
+    values = doc.get("coefficients") if isinstance(doc, dict) else None
+    if not isinstance(values, dict) or not values:
+        raise ValueError(f"calibration file {path} has no \"coefficients\" object; write "
+                         '{"coefficients": {"static_mw": 0.1, ...}, "source": "..."}')
+    unknown = sorted(k for k in values if k not in ENERGY_KEYS)
+    if unknown:
+        raise ValueError(f"calibration file {path}: unknown coefficient(s) "
+                         f"{', '.join(unknown)}; known: {', '.join(ENERGY_KEYS)}")
+    source = f"calibration {path.name}" + (f": {doc['source']}" if doc.get("source") else "")
+    units = {k: v["unit"] for k, v in FAMILY_ENERGY["ice40up"].items()}
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+                or not math.isfinite(value):
+            raise ValueError(f"calibration file {path}: {key} must be a positive number, "
+                             f"not {value!r}")
+        out[key] = {"value": float(value), "unit": units[key], "basis": "measured",
+                    "range": [float(value), float(value)], "source": source}
+    return out
 
 
 def run_demo(output: str | os.PathLike = "demo-build", *, board: str = "icebreaker",

@@ -152,3 +152,39 @@ def test_console_entry_point_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("bnnforge compile: error: model file nope.bnn not found; "
                                    "train one with 'bnnforge train'")
+
+
+def test_sim_with_a_calibration_file(capsys, tmp_path, trained):
+    """Measured coefficients replace the family's: the static term follows the file, the
+    breakdown marks it measured, and a bad file is one line naming the problem."""
+    out = tmp_path / "build"
+    assert main(["compile", str(trained), "-o", str(out), "--no-rtl"]) == 0
+    assert main(["sim", str(out), "--frames", "50", "--no-progress"]) == 0
+    base = json.loads((out / "report.json").read_text())["sim"]
+    calib = tmp_path / "calib.json"
+    calib.write_text(json.dumps({"coefficients": {"static_mw": 100.0},
+                                 "source": "bench supply, blank design"}))
+    assert main(["sim", str(out), "--frames", "50", "--no-progress",
+                 "--calibration", str(calib)]) == 0
+    sim = json.loads((out / "report.json").read_text())["sim"]
+    frame_s = sim["cycles_per_frame"] / (sim["clock_mhz"] * 1e6)
+    assert sim["energy_breakdown"]["static"] == pytest.approx(100e-3 * frame_s * 1e9, rel=1e-4)
+    assert sim["energy_breakdown"]["static"] > 100 * base["energy_breakdown"]["static"]
+    assert sim["energy_basis"]["static"] == "measured"
+    for key in set(base["energy_breakdown"]) - {"static"}:
+        assert sim["energy_breakdown"][key] == base["energy_breakdown"][key], key
+    capsys.readouterr()
+    for text, match in (
+            (None, r"calibration file .*nope.json does not exist"),
+            ("{oops", r"calibration file .*nope.json is not valid JSON"),
+            ('{"static_mw": 1}', r'calibration file .*nope.json has no "coefficients" object'),
+            ('{"coefficients": {"leakage": 1}}', r"calibration file .*nope.json: unknown "
+                                                 r"coefficient\(s\) leakage; known: static_mw"),
+            ('{"coefficients": {"pll_mw": -1}}', r"calibration file .*nope.json: pll_mw must be "
+                                                 r"a positive number, not -1")):
+        path = tmp_path / "nope.json"
+        path.unlink(missing_ok=True)
+        if text is not None:
+            path.write_text(text)
+        _error(capsys, ["sim", str(out), "--no-progress", "--calibration", str(path)],
+               r"bnnforge sim: error: " + match)
