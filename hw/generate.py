@@ -202,12 +202,8 @@ def _stage_info(graph: DataflowGraph, plan, comps: dict) -> list[dict]:
         op = graph.op(node)
         e = info.setdefault(node, {"name": node, "kind": op.kind, "fifo_depth": 0})
         comp = comps[b["name"]]
-        if kind == "fifo":
-            port = b["name"].rsplit(":fifo", 1)[-1]
-            if port:
-                e.setdefault("fifo_depths", [e["fifo_depth"]]).append(b["depth"])
-            else:
-                e["fifo_depth"] = b["depth"]
+        if kind == "fifo" and b["name"].endswith(":fifo"):
+            e["fifo_depth"] = b["depth"]                       # port 0 (a join: fifo_depths)
         elif kind in ("mvtu", "score", "mst"):
             e.update(pe=b["pe"], simd=b["simd"], cycles_per_vector=comp.cycles)
             e.setdefault("vectors_per_frame", 1)
@@ -216,7 +212,7 @@ def _stage_info(graph: DataflowGraph, plan, comps: dict) -> list[dict]:
         elif kind == "maxpool":
             e.update(vectors_per_frame=b["windows"], cycles_per_vector=b["steps"])
         elif kind in ("add", "concat"):
-            e.update(vectors_per_frame=b["tokens"])
+            e.update(vectors_per_frame=b["tokens"], fifo_depths=graph.fifo_depths(node))
     return list(info.values())
 
 

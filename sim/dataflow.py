@@ -463,13 +463,24 @@ def run_plan(blocks: list, frames: int, tokens: int, gaps, nxt, periodic: bool =
             lists.append((node.T, b["out_tokens"]))
         if b["kind"] in ("window", "maxpool"):
             lists.append((node.L, 1))
-    # how far back a process reads a list, beyond the values not read yet: a FIFO reads its
-    # consumer's handshakes ``depth`` tokens back; everything else the last one or two
+    # how far back from its end a process may read a list (values written ahead of their
+    # reader included); everything not listed below reads the last one or two
     back = {id(lst): 4 for lst, _ in lists}
+
+    def reach(lst, n):
+        back[id(lst)] = max(back[id(lst)], n + 2)
+
     for node in nodes.values():
+        b = node.spec
         if node.kind == "fifo":
-            out = node.down[0]
-            back[id(out)] = max(back[id(out)], node.spec["depth"] + 2)
+            # the input side reads the consumer's handshakes ``depth`` back; the output side
+            # reads its own input handshakes, which run up to ``depth`` ahead of it
+            reach(node.down[0], b["depth"])
+            reach(node.hs[0], b["depth"])
+        elif node.kind in ("window", "maxpool"):
+            reach(node.hs[0], b["pixels"])       # a frame's last pixel; the next frame may fill
+        elif node.kind in ("mvtu", "score"):
+            reach(node.hs[0], b.get("count", 1))  # a vector's last transfer; the next may fill
     seen: dict = {}
     found: list = []
 

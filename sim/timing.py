@@ -646,7 +646,10 @@ def _simulate_processes(graph, plan, frames, gaps, nxt, record, periodic, last_g
         for cons, wire in wire_of.items():     # a wire's handshakes are its consumer's
             boundaries[wire] = boundaries[cons]
         boundaries["output"] = outputs
-    fifo_occ = {_fifo_key(b): max_occupancy(nodes[b["name"]].hs[0], nodes[b["name"]].down[0])
+    # occupancy over the whole run: on the extended arrays (a list cut at the repeat holds
+    # inputs whose outputs are not computed yet)
+    fifo_occ = {_fifo_key(b): max_occupancy(arr(nodes[b["name"]].hs[0], b["tokens"]),
+                                            arr(nodes[b["name"]].down[0], b["tokens"]))
                 for b in blocks if b["kind"] == "fifo"}
     res = _finish(graph, plan, frames, inputs, outputs, boundaries, fifo_occ,
                   *(per if per is not None and err is None else ()))

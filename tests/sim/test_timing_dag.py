@@ -181,3 +181,44 @@ def test_process_engine_periodic_on_chains():
             for key in pull.boundaries:
                 np.testing.assert_array_equal(proc.boundaries[key], pull.boundaries[key], key)
         assert simulate_timing(graph, 40, engine="process").periodic_from is not None
+
+
+def test_periodic_occupancy_with_deep_join_fifos():
+    """FIFOs deeper than they need: the repeat cuts lists whose inputs ran ahead of their
+    outputs; the occupancy still equals the token-by-token run's."""
+    graph = ChooseFolding().apply(concat_net(3))
+    for name in graph.order():
+        graph.attrs(name)["fifo_depth"] = [17, 17] if name == "cat0" else 2
+    fast = simulate_timing(graph, 20)
+    slow = simulate_timing(graph, 20, periodic=False)
+    assert fast.periodic_from is not None
+    assert fast.fifo_max_occupancy == slow.fifo_max_occupancy
+
+
+def test_skip_fifo_around_two_convolutions_keeps_the_throughput():
+    """An identity shortcut around two convolutions holds two frames back: SizeFifos must start
+    deep enough to see that (found in review: 2·H·W + 2 tokens, more than two frames' default)."""
+    from dag_graphs import conv, dense, input_layer, scores
+
+    from bnnforge.compiler.ir import DataflowGraph, MaxPool, ResidualAdd
+
+    rng = np.random.default_rng(0)
+    g = DataflowGraph("res2")
+    g.add("input", input_layer((1, 8, 8)), inputs=[])
+    g.add("conv0", conv(rng, (1, 8, 8), 8), inputs=["input"])
+    g.add("conv1", conv(rng, (8, 8, 8), 8), inputs=["conv0"])
+    g.add("conv2", conv(rng, (8, 8, 8), 8, emit="popcount"), inputs=["conv1"])
+    g.add("add0", ResidualAdd(in_shape=(8, 8, 8), out_shape=(8, 8, 8), main_k=72,
+                              thresholds=rng.integers(0, 73, (2, 8))), inputs=["conv2", "conv0"])
+    g.add("pool0", MaxPool(in_shape=(8, 8, 8), out_shape=(8, 4, 4)), inputs=["add0"])
+    g.add("fc0", dense(rng, (8, 4, 4), 16), inputs=["pool0"])
+    g.add("scores", scores(rng, (16,)), inputs=["fc0"])
+    for target in (None, 576):
+        graph = ChooseFolding(target_cycles=target).apply(g)
+        deep = graph.copy()
+        for name in deep.order():
+            deep.attrs(name)["fifo_depth"] = [2, 1000] if name == "add0" else 2
+        best = simulate_timing(deep, 30).cycles_per_frame
+        sized = SizeFifos().apply(graph)
+        assert sized.attrs("add0")["fifo_depth"][1] > 2 * 64
+        assert simulate_timing(sized, 30).cycles_per_frame == best
