@@ -20,7 +20,7 @@ def build_board(build_folder: str | os.PathLike, board: str, progress: bool = Tr
     ``clock_mhz`` overrides the board's design clock (``None``: the profile's, made by the PLL
     from the oscillator; the oscillator's own frequency needs no PLL). On a design that does
     not fit or misses the clock, report.json ``build`` records what is known and the error,
-    and :class:`~bnnforge.boards.build.BitstreamError` is raised.
+    and :class:`~bnnforge.boards.toolchain.BitstreamError` is raised.
     """
     folder = require_build(build_folder)
     profile = get_board(board).with_clock(clock_mhz)

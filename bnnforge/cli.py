@@ -112,7 +112,7 @@ def _parser() -> _Parser:
     s.add_argument("--frames", type=_positive_int, default=1000)
     s.add_argument("--clock-mhz", type=float, default=None,
                    help="clock (default: the compile or build clock)")
-    s.add_argument("--family", choices=("ice40up", "ecp5"), default=None,
+    s.add_argument("--family", choices=("ice40up", "ice40hx", "ecp5"), default=None,
                    help="energy coefficients (default: the board's family, else ice40up)")
     s.add_argument("--calibration", metavar="FILE", default=None,
                    help="JSON of measured energy coefficients that replace the family's "
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:    # RuntimeError: an RTL build or run
         command = (argv if argv is not None else sys.argv[1:])[:1]
         prog = f"bnnforge {command[0]}" if command else "bnnforge"
         print(f"{prog}: error: {exc}", file=sys.stderr)

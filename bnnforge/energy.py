@@ -118,7 +118,8 @@ def energy_build(folder: str | os.PathLike, frames: int = 20, *, family: str | N
         if bar is not None:
             bar.update(1)
         expected = np.asarray(reference(graph, x)).reshape(len(x), -1)
-        mismatches = int(np.any(np.asarray(act_raw["scores"]) != expected, axis=1).sum())
+        mismatches = int((np.any(np.asarray(act_raw["scores"]) != expected, axis=1)
+                          | (np.asarray(act_raw["classes"]) != expected.argmax(axis=1))).sum())
         act = activity_energy(act_raw, coefficients=coefficients, family=fam,
                               clock_mhz=float(clock_mhz), pll=pll)
         rows = compare_models(op, act)
@@ -153,7 +154,7 @@ def energy_build(folder: str | os.PathLike, frames: int = 20, *, family: str | N
         "op_breakdown": {k: round(v, 4) for k, v in op["breakdown"].items()},
         "activity_breakdown": {k: round(v, 4) for k, v in act["breakdown"].items()},
         "basis": {**op["basis"], **act["basis"]},
-        "glitch_factor": act["glitch_factor"], "glitch_range": act["glitch_range"],
+        "glitch_factor": act["glitch_factor"], "glitch_range": coef_table["glitch_factor"]["range"],
         "layers": layers,
         "fixed": {k: round(rows[-2][k], 4) for k in ("op_nj", "activity_nj")},
         "worst_ratio": round(worst, 3), "within_2x": bool(worst <= MAX_RATIO),

@@ -250,6 +250,7 @@ def read_calibration(path: str | os.PathLike) -> dict:
     any subset) with an optional ``"source"`` (how they were measured). Returns them as
     coefficient entries marked ``measured``. Raises ``ValueError`` naming the problem."""
     import json
+    import sys
 
     from .boards.profiles import ENERGY_KEYS, FAMILY_ENERGY
 
@@ -273,8 +274,8 @@ def read_calibration(path: str | os.PathLike) -> dict:
     units = {k: v["unit"] for k, v in FAMILY_ENERGY["ice40up"].items()}
     out = {}
     for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
-                or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not 0 < value <= sys.float_info.max:
             raise ValueError(f"calibration file {path}: {key} must be a positive number, "
                              f"not {value!r}")
         out[key] = {"value": float(value), "unit": units[key], "basis": "measured",

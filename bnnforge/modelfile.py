@@ -193,10 +193,15 @@ def _graph_module(manifest: dict, modules: list[nn.Module]) -> torch.fx.GraphMod
         args = [env[i] for i in node["inputs"]]
         op = node["op"]
         if op == "module":
-            spec = manifest["layers"][node["layer"]]
+            layer = node["layer"]
+            if isinstance(layer, bool) or not isinstance(layer, int) \
+                    or not 0 <= layer < len(modules):
+                raise ValueError(f"node {node['node']!r} names layer {layer!r}, not one of the "
+                                 f"{len(modules)} layers")
+            spec = manifest["layers"][layer]
             if not isinstance(spec["name"], str) or len(args) != 1:
                 raise ValueError(f"node {node['node']!r} is not a one-input layer")
-            root[spec["name"]] = modules[node["layer"]]
+            root[spec["name"]] = modules[layer]
             value = graph.call_module(spec["name"], tuple(args))
         elif op == "add" and len(args) == 2:
             value = graph.call_function(operator.add, tuple(args))

@@ -169,7 +169,7 @@ def estimate_mst_luts(op, tree=None) -> int:
         weight, roots = int(tree["weight"]), len(tree["roots"])
     else:
         weight, roots = int(tree.weight), len(tree.roots)
-    acc_bits = max(1, math.ceil(math.log2(op.k + 1))) + 2
+    acc_bits = _acc_bits(op)                # an MST layer's inputs are binary
     xnor = op.k * roots + weight
     return int(2 * xnor + op.channels * acc_bits + (op.channels - roots) * acc_bits)
 

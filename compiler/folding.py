@@ -7,8 +7,7 @@ the bottleneck is the slowest node anywhere in it.
 
 It asks two models and derives nothing itself: the cycle model (:mod:`.cycles`: cycles per
 frame of every node, transfers per vector) and the cost model (:mod:`.costs`: logic cells and
-block RAMs at a folding). Import their names from those modules; :func:`mst_eligible` is still
-re-exported here for an older import.
+block RAMs at a folding). Import their names from those modules.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from .cycles import (
 from .ir import BinaryConv, DataflowGraph, ScoreLayer, _Matrix, check_pixels_per_transfer
 
 __all__ = ["ChooseFolding", "FoldingError", "MAX_PIXELS_PER_TRANSFER", "divisors",
-           "mst_eligible", "parse_fold_overrides"]
+           "parse_fold_overrides"]
 
 
 #: The most pixels per input transfer :class:`ChooseFolding` picks by itself.

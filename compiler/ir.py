@@ -343,7 +343,7 @@ class ScoreLayer(Op):
     accumulator_range = _Matrix.accumulator_range
 
 
-SHORTCUTS = ("bits", "popcount")
+SHORTCUTS = EMITS              # what a residual add reads on its shortcut port
 
 
 @dataclass(frozen=True, eq=False)

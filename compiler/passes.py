@@ -126,8 +126,7 @@ def fold_residual(op: ResidualAdd) -> tuple[ResidualAdd, np.ndarray]:
             if a == 0.0:
                 thresholds[j, c] = 0 if rest >= 0 else k + 1
                 continue
-            t = -rest / Fraction(abs(a))            # s >= t
-            thresholds[j, c] = min(max(math.ceil((k + t) / 2), 0), k + 1)
+            thresholds[j, c] = min(max(_threshold(abs(a), rest, k, 1), 0), k + 1)
     folded = dataclasses.replace(op, thresholds=thresholds, affine=None, short_affine=None)
     return folded, invert
 

@@ -121,7 +121,6 @@ class BlockKind:
 
     ``busy(block)``: cycles per frame the block does work (its bottleneck share);
     ``ops(block)``: operation counts per frame (:data:`OP_COUNTS`) for the energy model;
-    ``registered``: whether the block has an output register (a wire-like block has none).
     The cycle model lives in ``sim.timing`` and the component in ``hw`` (their tables are keyed
     by the same kinds); the resource cost in ``compiler.costs`` (``block_luts``, ``block_brams``).
     """
@@ -130,7 +129,6 @@ class BlockKind:
     summary: str
     busy: object
     ops: object
-    registered: bool = True
 
 
 def _busy_tokens(b):
@@ -141,9 +139,9 @@ KINDS: dict[str, BlockKind] = {k.name: k for k in (
     BlockKind("fifo", "StreamFIFO of `depth` tokens in front of a stage's input port",
               _busy_tokens, lambda b: _ops(register_bits=b["tokens"] * b["width"])),
     BlockKind("threshold", "input bytes to bits (byte >= threshold), combinational",
-              _busy_tokens, lambda b: _ops(), registered=False),
+              _busy_tokens, lambda b: _ops()),
     BlockKind("table", "input bytes through a 256-entry table, combinational",
-              _busy_tokens, lambda b: _ops(), registered=False),
+              _busy_tokens, lambda b: _ops()),
     BlockKind("serializer", "one transfer of `count` pixels to `count` transfers",
               lambda b: b["out_tokens"], lambda b: _ops(register_bits=b["tokens"] * b["width"])),
     BlockKind("deserializer", "`count` transfers to one vector",
@@ -158,12 +156,12 @@ KINDS: dict[str, BlockKind] = {k.name: k for k in (
               lambda b: max(b["cycles"] * b["out_tokens"], b["tokens"]), _ops_matrix),
     BlockKind("mst", "MST-compressed fully parallel layer", _busy_tokens, _ops_mst),
     BlockKind("fork", "eager stream fork, one output per consumer, combinational",
-              _busy_tokens, lambda b: _ops(), registered=False),
+              _busy_tokens, lambda b: _ops()),
     BlockKind("add", "residual join: popcount >= threshold selected by the shortcut",
               _busy_tokens, lambda b: _ops(compares=b["channels"] * b["tokens"],
                                            register_bits=b["channels"] * b["tokens"])),
     BlockKind("concat", "channel concatenation of pixel-aligned streams, combinational",
-              _busy_tokens, lambda b: _ops(), registered=False),
+              _busy_tokens, lambda b: _ops()),
 )}
 
 
@@ -212,14 +210,6 @@ class Plan:
         """The name of the block whose output is the accelerator's."""
         return self.blocks[-1]["name"]
 
-    def consumers(self) -> dict:
-        """``{(block, port): [(consumer block, input port), ...]}`` for every output."""
-        out: dict = {}
-        for b in self.blocks:
-            for p, src in enumerate(b["inputs"]):
-                out.setdefault(tuple(src), []).append((b["name"], p))
-        return out
-
     def is_chain(self) -> bool:
         return all(len(b["inputs"]) <= 1 and b["kind"] != "fork" for b in self.blocks)
 
@@ -233,20 +223,6 @@ class Plan:
     def ops(self) -> list[tuple[dict, dict]]:
         """``[(block, its operation counts per frame), ...]``."""
         return [(b, KINDS[b["kind"]].ops(b)) for b in self.blocks]
-
-
-def _inputs_of(graph: DataflowGraph, name: str, prev: str | None) -> list[str]:
-    getter = getattr(graph, "inputs", None)
-    if getter is not None:
-        return list(getter(name))
-    return [] if prev is None else [prev]
-
-
-def _consumers_of(graph: DataflowGraph, name: str, nxt: str | None) -> list[str]:
-    getter = getattr(graph, "consumers", None)
-    if getter is not None:
-        return list(getter(name))
-    return [] if nxt is None else [nxt]
 
 
 def _check_depth(name: str, v) -> int:
@@ -379,12 +355,9 @@ def build_plan(graph: DataflowGraph) -> Plan:
         taken[producer] = k + 1
         return _Stream(s.src[k], s.fmap, s.bits, s.per, s.tokens, s.width)
 
-    for i, name in enumerate(order):
+    for name in order:
         op = graph.op(name)
-        prev = order[i - 1] if i else None
-        nxt = order[i + 1] if i + 1 < len(order) else None
-        producers = _inputs_of(graph, name, prev)
-        ins = [source_of(p) for p in producers]
+        ins = [source_of(p) for p in graph.inputs(name)]
         depths = _fifo_depths(graph, name, max(1, len(ins)))
         kind = op.kind
         if isinstance(op, InputLayer):
@@ -505,7 +478,7 @@ def build_plan(graph: DataflowGraph) -> Plan:
         else:
             raise PlanError(f"stage {name!r}: no hardware for {type(op).__name__}")
         # a stream several stages read goes through a fork, one output each
-        cons = _consumers_of(graph, name, nxt)
+        cons = graph.consumers(name)
         if len(cons) > 1:
             s = streams[name]
             if s.per != 1:

@@ -29,7 +29,7 @@ __all__ = [
 
 def rom_attrs(depth: int) -> dict:
     """Memory attributes of a ROM of ``depth`` words: ``rom_style = "logic"`` below
-    :data:`~bnnforge.compiler.folding.LOGIC_ROM_DEPTH` words, else none (Yosys picks block RAM).
+    :data:`~bnnforge.compiler.costs.LOGIC_ROM_DEPTH` words, else none (Yosys picks block RAM).
     """
     return {"rom_style": "logic"} if depth < LOGIC_ROM_DEPTH else {}
 

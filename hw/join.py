@@ -11,11 +11,12 @@ from amaranth.hdl import Cat, Module, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..compiler.ir import SHORTCUTS
 from .checks import const_lookup, positive_int, quiet_on_error
+from .streams import register_output
 
 __all__ = ["ResidualJoin"]
 
-SHORTCUTS = ("bits", "popcount")
 
 
 class ResidualJoin(wiring.Component):
@@ -121,8 +122,5 @@ class ResidualJoin(wiring.Component):
                          thr.eq(const_lookup(sel, column, tshape)),
                          bit.eq(p >= thr)]
             bits.append(bit)
-        with m.If(en):
-            m.d.sync += o.valid.eq(both)
-            with m.If(take):
-                m.d.sync += o.payload.eq(Cat(*bits))
+        register_output(m, o, en, both, Cat(*bits))
         return m

@@ -43,6 +43,7 @@ from .checks import (
     rom_attrs,
     weight_matrix,
 )
+from .streams import register_output, shift_in
 
 __all__ = ["MVTU", "ScoreUnit", "adder_tree"]
 
@@ -261,7 +262,7 @@ class _MatrixBase(wiring.Component):
 
     def _ram_buffer(self, m, en, ibuf_full, take, issue, last_s):
         """Input buffer and held vector as two banks of a block RAM (see
-        :func:`~bnnforge.compiler.folding.input_ram_words`): transfers are gathered into words
+        :func:`~bnnforge.compiler.cycles.input_ram_word`): transfers are gathered into words
         of L = lcm(K/count, SIMD) elements, one write per word, into the bank being filled;
         step s reads word s·SIMD // L of the held bank (a synchronous read, so the operand is
         valid the enabled cycle after the step is issued, as in the register buffer) and selects
@@ -519,21 +520,14 @@ class MVTU(_MatrixBase):
     def _output(self, m, en, lanes, valid, n, last_s):
         """Collect the C/PE groups' lanes (PE · lane_bits each) into the output register."""
         o = self.o_stream
-        groups, width = self.groups, len(lanes)
+        groups = self.groups
         done = Signal()
         m.d.comb += done.eq(valid & last_s & (n == groups - 1))
-        if groups > 1:
-            # groups 0..G-2 shift in (one clock enable for all: iCE40 tiles share one)
-            obits = Signal((groups - 1) * width, reset_less=True)
-            with m.If(en & valid & last_s):
-                m.d.sync += obits.eq(Cat(obits[width:], lanes))
-            full = Cat(obits, lanes)
-        else:
-            full = lanes
-        with m.If(en):
-            m.d.sync += o.valid.eq(done)
-            with m.If(done):
-                m.d.sync += o.payload.eq(full)
+        # groups 0..G-2 shift in (one clock enable for all: iCE40 tiles share one)
+        full, shift = shift_in(lanes, groups, "obits", reset_less=True)
+        with m.If(en & valid & last_s):
+            m.d.sync += shift
+        register_output(m, o, en, done, full)
 
     def _class_counters(self, m, tag):
         """Count taken vectors per frame (output row oy, column ox; a frame is

@@ -37,6 +37,7 @@ from amaranth.lib.wiring import In, Out
 from ..compiler.pipeline import tree_stages
 from .checks import check_input_bits, int_list, positive_int, quiet_on_error, weight_matrix
 from .matrix import adder_tree
+from .streams import register_output
 
 __all__ = ["MSTLayer", "tree_levels"]
 
@@ -252,8 +253,5 @@ class MSTLayer(wiring.Component):
                 bit = Signal(name=f"bit{c}")
                 m.d.comb += bit.eq(acc[c] >= thr + offset[c])
             out_bits.append(self._delay(m, en, bit, depth - int(self.level[c]), f"bit{c}"))
-        with m.If(en):
-            m.d.sync += o.valid.eq(valid[-1])
-            with m.If(valid[-1]):
-                m.d.sync += o.payload.eq(Cat(*out_bits))
+        register_output(m, o, en, valid[-1], Cat(*out_bits))
         return m

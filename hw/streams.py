@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 
-def shift_in(data, count: int, name: str) -> tuple:
+def shift_in(data, count: int, name: str, reset_less: bool = False) -> tuple:
     """Collect ``count`` successive elements of ``data``: return ``(word, shift)``.
 
     ``shift`` is the statements (for ``m.d.sync``, in the cycles an element is taken) that move
@@ -39,7 +39,7 @@ def shift_in(data, count: int, name: str) -> tuple:
     if count == 1:
         return data, []
     width = len(data)
-    held = Signal(width * (count - 1), name=name)
+    held = Signal(width * (count - 1), name=name, reset_less=reset_less)
     return Cat(held, data), [held.eq(Cat(held[width:], data) if count > 2 else data)]
 
 

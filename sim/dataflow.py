@@ -113,6 +113,15 @@ class Enable:
         return tuple((lo - ref, hi - ref) for lo, hi in self.iv[self.head:])
 
 
+def _gather(up: list, hs: list, base: int, count: int, ready: int):
+    """Accept input tokens ``base .. base + count - 1`` of a unit that collects a vector: the
+    first from cycle ``ready`` on, the others whenever offered."""
+    for e in range(base, base + count):
+        while len(up) <= e:
+            yield up, e
+        hs.append(up[e] if e > base or up[e] > ready else ready)
+
+
 class _Node:
     """One block of the plan: its lists and processes."""
 
@@ -183,14 +192,8 @@ class _Node:
                 while len(out) < v:
                     yield out, v - 1
                 r = out[v - 1]
-            base = v * count
-            a = r
-            for e in range(base, base + count):
-                while len(up) <= e:
-                    yield up, e
-                a = up[e] if e > base or up[e] > r else r
-                hs.append(a)
-            V.append(a + 1)
+            yield from _gather(up, hs, v * count, count, r)
+            V.append(hs[-1] + 1)
             v += 1
 
     def _serializer(self):
@@ -222,11 +225,7 @@ class _Node:
                 while len(T) < j:
                     yield T, j - 1
                 t = T[j - 1]
-            base = j * count
-            for e in range(base, base + count):
-                while len(up) <= e:
-                    yield up, e
-                hs.append(up[e] if e > base or up[e] > t else t)
+            yield from _gather(up, hs, j * count, count, t)
             j += 1
 
     def _matrix_out(self):

@@ -54,7 +54,6 @@ COUNT_NAMES = {"xnor": "toggle_pj", "popcount_bits": "toggle_pj", "acc_adds": "t
                "threshold_rom_bits": "bram_pj_per_bit_read", "register_bits": "toggle_pj"}
 
 #: breakdown terms that are not operation counts
-_FIXED_TERMS = ("clock_tree", "clock_cells", "pll", "static")
 
 
 def _flat(entries) -> dict:
@@ -170,9 +169,11 @@ def estimate_energy(graph: DataflowGraph, timing: TimingResult | None = None, *,
     breakdown = dict.fromkeys(COUNT_NAMES, 0.0)
     breakdown["clock_cells"] = 0.0
     layers: dict[str, dict] = {}
+    counts = dict.fromkeys(COUNT_NAMES, 0)
     for spec, per in build_plan(graph).ops():
         lay = layers.setdefault(spec["node"], {"logic": 0.0, "bram": 0.0, "clock_cells": 0.0})
         for name, v in per.items():
+            counts[name] += v * n
             if COUNT_NAMES[name] == "bram_pj_per_bit_read":
                 nj = v * coef["bram_pj_per_bit_read"] / 1000.0
                 lay["bram"] += nj
@@ -188,7 +189,6 @@ def estimate_energy(graph: DataflowGraph, timing: TimingResult | None = None, *,
         lay["total"] = lay["logic"] + lay["bram"] + lay["clock_cells"]
     breakdown.update(_fixed(coef, cpf, float(clock_mhz), pll))
     total = sum(breakdown.values())
-    counts = count_operations(graph, n)["total"]
     return {"energy_nj_per_frame": total, "breakdown": breakdown,
             "static_nj": breakdown["static"], "dynamic_nj": total - breakdown["static"],
             "layers": layers, "basis": _basis(coef, breakdown), "counts": counts, "frames": n,

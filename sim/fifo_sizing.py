@@ -60,11 +60,6 @@ def _steady(res) -> Fraction:
     return Fraction(int(out[-1] - out[half]), len(out) - 1 - half)
 
 
-def _get(graph: DataflowGraph, node: str, port: int, ports: int) -> int:
-    d = graph.attrs(node).get("fifo_depth", 2)
-    return d[port] if isinstance(d, list) else d
-
-
 def _set(graph: DataflowGraph, node: str, port: int, ports: int, depth: int) -> None:
     if ports == 1:
         graph.attrs(node)["fifo_depth"] = int(depth)
@@ -129,7 +124,7 @@ class SizeFifos:
         windows = sum(b["kind"] in ("window", "maxpool") for b in plan.blocks)
         sites: list[tuple[str, int, int]] = []
         for name in out.order():
-            n = max(1, len(out.inputs(name))) if hasattr(out, "inputs") else 1
+            n = max(1, len(out.inputs(name)))
             frames_held = 2 * (1 + windows) if n > 1 else 2
             for p in range(n):
                 sites.append((name, p, n))
@@ -145,7 +140,7 @@ class SizeFifos:
         for name, p, n in sites:
             key = name if p == 0 else f"{name}[{p}]"
             # that run never held more than occ tokens here: occ + 1 slots replay it exactly
-            hi = max(min(_get(out, name, p, n), occ.get(key, 0) + 1), max(1, self.min_depth))
+            hi = max(min(out.fifo_depths(name)[p], occ.get(key, 0) + 1), max(1, self.min_depth))
             _set(out, name, p, n, hi)
             if self.min_depth == 0:
                 _set(out, name, p, n, 0)

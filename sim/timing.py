@@ -84,7 +84,7 @@ from ..compiler.pipeline import (
     argmax_stages,
     tree_stages,
 )
-from ..compiler.plan import PlanError, build_plan
+from ..compiler.plan import build_plan
 from .dataflow import Deadlock, Enable, extend, max_occupancy, run_plan
 
 __all__ = ["TimingResult", "simulate_timing", "chain", "tree_stages", "TREE_LEVELS_PER_STAGE",
@@ -104,10 +104,7 @@ def chain(graph: DataflowGraph) -> list[dict]:
     ``score``, ``fork``, ``add``, ``concat``), ``inputs``, ``tokens`` (input transfers per
     frame), ``out_tokens``, ``width`` and the kind's parameters.
     """
-    try:
-        return build_plan(graph).blocks
-    except PlanError as exc:
-        raise ValueError(str(exc)) from None
+    return build_plan(graph).blocks
 
 
 # -- per-token block models (pull order) ----------------------------------------------------------
@@ -118,8 +115,6 @@ def _rel(v: int, ref: int):
 
 class _Block:
     """Base: ``hs`` holds the handshake cycle of every input token (this block's input)."""
-
-    busy_per_token = 0
 
     def __init__(self, spec: dict):
         self.spec = spec

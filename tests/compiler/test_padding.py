@@ -9,7 +9,8 @@ from torch import nn
 
 import bnnforge
 from bnnforge.compiler import UnsupportedModelError
-from bnnforge.compiler.folding import ChooseFolding, mst_eligible
+from bnnforge.compiler.costs import mst_eligible
+from bnnforge.compiler.folding import ChooseFolding
 from bnnforge.compiler.ir import BinaryConv
 from bnnforge.compiler.serialize import graph_bytes, load_graph, save_graph
 from bnnforge.nn import BinaryActivation, BinaryConv2d, BinaryLinear, InputQuant, predict_scores
