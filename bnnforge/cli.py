@@ -220,6 +220,14 @@ def _run(args) -> int:
             print(f"{row['name']:<8} {row['op']:<12} {'x'.join(map(str, row['in_shape'])):>12} "
                   f"{'x'.join(map(str, row['out_shape'])):>10} {row['pe'] or '-':>5} "
                   f"{row['simd'] or '-':>5} {row['cycles_per_frame']:>13}{mark}")
+        cycles, clock = comp["cycles_per_frame"], comp["clock_mhz"]
+        how = comp.get("timing") or {}
+        why = {"fmax model": f" (timing-aware: predicted Fmax {how.get('predicted_fmax_mhz')} "
+                             f"MHz x {how.get('margin')}, pipeline {comp.get('pipeline')})",
+               "given": " (given)", "oscillator": " (the board's oscillator)"}.get(
+            how.get("clock_from"), "")
+        print(f"{cycles} cycles/frame at {clock:g} MHz{why}: {clock * 1e6 / cycles:,.0f} "
+              "frames/s")
         if m.get("frames"):
             print(f"held-out accuracy: torch {100 * m['accuracy_torch']:.2f}%, reference "
                   f"{100 * m['accuracy_reference']:.2f}%, disagreements {m['disagreements']} "

@@ -172,18 +172,19 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
     name = str(meta.get("name") or Path(model_path).stem)
     graph = lower(model, model.input_shape, name=name,
                   meta={"dataset": meta.get("dataset"), "source": Path(model_path).name})
+    timing = None
     if board is not None:
         from .boards import get_board
-        from .boards.fit import fit_to_board
+        from .boards.fit import fit_board
 
         profile = get_board(board)
         if luts is not None or fold:
             raise ValueError("--board chooses the folding itself; drop --luts/--fold, or "
                              "drop --board and fold by hand")
-        if clock_mhz is not None and clock_mhz != profile.clock_mhz:
-            profile = profile.with_clock(clock_mhz)
+        # the folding, the family's pipeline and the clock the placed design should meet
+        graph, profile, timing = fit_board(graph, profile, fps=fps, clock_mhz=clock_mhz,
+                                           mst=mst, mst_max_depth=mst_max_depth)
         clock_mhz = float(profile.clock_mhz)
-        graph = fit_to_board(graph, profile, fps=fps, mst=mst, mst_max_depth=mst_max_depth)
     else:
         clock_mhz = 100.0 if clock_mhz is None else float(clock_mhz)
         graph = fold_graph(graph, fps=fps, clock_mhz=clock_mhz, luts=luts, fold=fold, mst=mst,
@@ -206,6 +207,8 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
         report = update_report(tmp, "compile", {
             "board": board,
             "clock_mhz": clock_mhz,
+            "timing": timing,
+            "pipeline": reloaded.meta.get("pipeline", "generic"),
             "target_fps": fps,
             "lut_budget": luts,
             "layers": layer_table(reloaded),
@@ -214,7 +217,8 @@ def compile_model(model_path: str | os.PathLike, output: str | os.PathLike, *,
             "fifo_depths": fifo_depth_table(reloaded),
             "mst": analyse_graph(reloaded),
             "mst_max_depth": mst_max_depth,
-            "resources_estimate": {"luts": estimate_design_luts(reloaded),
+            "resources_estimate": {"luts": estimate_design_luts(reloaded,
+                                                                reloaded.meta.get("family")),
                                    "brams": estimate_design_brams(reloaded)},
             "wall_s": round(time.perf_counter() - start, 3)})
     return report

@@ -19,10 +19,19 @@ from ..compiler.ir import DataflowGraph
 from ..compiler.plan import Plan, build_plan
 from .profiles import BOARDS, BoardProfile
 
-__all__ = ["estimate_design_brams", "estimate_design_luts"]
+__all__ = ["LUT_CALIBRATION", "estimate_design_brams", "estimate_design_luts"]
 
 #: UART receiver and transmitter, pixel assembler and control (iCE40 logic cells).
 _UART_LUTS = 150
+
+#: What nextpnr counts per estimated logic cell, by family (``luts_used``: ICESTORM_LC on
+#: iCE40, TRELLIS_COMB on ECP5), from our builds with the family's pipeline: iCEBreaker tfc at
+#: 30k-100k frames/s 1.06-1.08; ULX3S-85F 0.61 (tfc at 200k frames/s), 0.66 (sfc at 535k
+#: and 684k, weights in block RAM) and 1.52 (tfc at 1M, weights in LUT ROMs). The estimate
+#: counts a register bit as a cell, which an ECP5 slice packs beside any LUT, and a LUT ROM at
+#: 16 bits a LUT4: one factor cannot fit both kinds of design, so ECP5 takes 0.8 (every build
+#: above within -20%..+32%; the 20% routing headroom covers the underestimate).
+LUT_CALIBRATION = {"ice40up": 1.08, "ice40hx": 1.08, "ecp5": 0.8}
 
 
 def _plan(graph: DataflowGraph) -> Plan:
@@ -39,8 +48,9 @@ def _answer_cells(plan: Plan) -> int:
     return plan.classes * 8 * -(-plan.score_width // 8) + 8
 
 
-def estimate_design_luts(graph: DataflowGraph) -> int:
-    """Rough logic-cell (LUT4 + FF) count of the board design.
+def estimate_design_luts(graph: DataflowGraph, family: str | None = None) -> int:
+    """Rough logic-cell (LUT4 + FF) count of the board design; with ``family``, scaled to what
+    nextpnr reports for that FPGA family (:data:`LUT_CALIBRATION`).
 
     The sum of :func:`~bnnforge.compiler.costs.block_luts` over the blocks of
     :func:`~bnnforge.compiler.plan.build_plan` (see :data:`~bnnforge.compiler.costs.COSTS`: a
@@ -55,7 +65,8 @@ def estimate_design_luts(graph: DataflowGraph) -> int:
     (e.g. thresholds not folded).
     """
     plan = _plan(graph)
-    return _UART_LUTS + _answer_cells(plan) + sum(block_luts(b) for b in plan.blocks)
+    cells = _UART_LUTS + _answer_cells(plan) + sum(block_luts(b) for b in plan.blocks)
+    return cells if family is None else round(cells * LUT_CALIBRATION.get(family, 1.0))
 
 
 def estimate_design_brams(graph: DataflowGraph) -> int:

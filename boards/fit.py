@@ -16,10 +16,12 @@ from ..compiler.costs import RAM_BLOCK_BITS, mst_eligible
 from ..compiler.cycles import matrix_ops, pipeline_cycles, stage_cycles
 from ..compiler.folding import ChooseFolding, FoldingError, divisors
 from ..compiler.ir import DataflowGraph
+from ..compiler.pipeline import pipeline_for
 from .estimate import estimate_design_brams, estimate_design_luts
 from .profiles import BOARDS, BoardProfile, get_board
+from .timing import MARGIN, design_clock, predict_fmax
 
-__all__ = ["HEADROOM", "fit_to_board"]
+__all__ = ["HEADROOM", "fit_board", "fit_to_board"]
 
 #: Share of the board's logic cells a folding may fill; the rest is left to the router
 #: (nextpnr struggles to place a nearly full iCE40, and the estimate is within ~20%).
@@ -50,12 +52,14 @@ def _with_trees(graph: DataflowGraph, max_depth: int | None) -> DataflowGraph:
 
 def _fold(graph: DataflowGraph, target: int, mst: bool = False):
     """ChooseFolding at ``target`` cycles per frame (with MST-compressed layers where cheaper
-    when ``mst``): (graph, LUT estimate, cycles, block-RAM bits), or None."""
+    when ``mst``): (graph, LUT estimate for the family of the graph's pipeline, cycles,
+    block-RAM bits), or None."""
     try:
         folded = ChooseFolding(target_cycles=target, mst=mst).apply(graph)
     except FoldingError:
         return None
-    return (folded, estimate_design_luts(folded), max(pipeline_cycles(folded).values()),
+    return (folded, estimate_design_luts(folded, graph.meta.get("family")),
+            max(pipeline_cycles(folded).values()),
             RAM_BLOCK_BITS * estimate_design_brams(folded))
 
 
@@ -81,7 +85,17 @@ def _budget(profile: BoardProfile) -> int:
 def fit_to_board(graph: DataflowGraph, board, *, fps: float | None = None,
                  clock_mhz: float | None = None, mst: bool = False,
                  mst_max_depth: int | None = None) -> DataflowGraph:
-    """Fold ``graph`` for ``board``: the fastest balanced folding that fits its logic.
+    """:func:`fit_board`'s folded graph (its parameters, returns and errors)."""
+    return fit_board(graph, board, fps=fps, clock_mhz=clock_mhz, mst=mst,
+                     mst_max_depth=mst_max_depth)[0]
+
+
+def fit_board(graph: DataflowGraph, board, *, fps: float | None = None,
+              clock_mhz: float | None = None, mst: bool = False,
+              mst_max_depth: int | None = None) -> tuple[DataflowGraph, BoardProfile, dict]:
+    """Fold ``graph`` for ``board``: the fastest balanced folding that fits its logic, and the
+    clock it runs at (with the timing-aware clock: the folding of most frames/s at the clock
+    its size gets).
 
     Parameters
     ----------
@@ -93,7 +107,10 @@ def fit_to_board(graph: DataflowGraph, board, *, fps: float | None = None,
         A frame-rate target: the cheapest folding that meets it (at the design clock) and fits.
         ``None``: the fastest folding that fits.
     clock_mhz
-        The design clock (MHz); ``None``: the board's (``profile.clock_mhz``).
+        The design clock (MHz). ``None``: on a board with a PLL, the clock the placed design is
+        predicted to meet (:func:`~bnnforge.boards.timing.design_clock`, from the candidate's
+        logic-cell estimate), so frames/s are counted at the clock each candidate gets; on a
+        board clocked from its oscillator (``ice40-hx8k``), that clock.
     mst
         Let every candidate use MST-compressed layers where they are estimated cheaper than the
         dense folding (``ChooseFolding(mst=True)``), with trees of depth at most
@@ -101,11 +118,15 @@ def fit_to_board(graph: DataflowGraph, board, *, fps: float | None = None,
 
     Returns
     -------
-    DataflowGraph
+    (DataflowGraph, BoardProfile, dict)
         The graph folded by :class:`~bnnforge.compiler.folding.ChooseFolding` (``fold`` on
         every matrix stage and whatever else it sets, e.g. the input's
-        ``pixels_per_transfer``) whose :func:`~bnnforge.boards.estimate.estimate_design_luts` is
-        at most :data:`HEADROOM` of the board's LUTs.
+        ``pixels_per_transfer``; ``meta["pipeline"]`` = the family's
+        :class:`~bnnforge.compiler.pipeline.Pipeline`) whose
+        :func:`~bnnforge.boards.estimate.estimate_design_luts` is at most :data:`HEADROOM` of
+        the board's LUTs; the profile at the design clock; and how the clock was chosen
+        (``clock_mhz``, ``clock_from`` = "given", "oscillator" or "fmax model",
+        ``predicted_fmax_mhz``, ``margin``).
 
     Raises
     ------
@@ -114,7 +135,24 @@ def fit_to_board(graph: DataflowGraph, board, *, fps: float | None = None,
         streaming stages at this clock, or when the folding that meets ``fps`` does not fit;
         the message gives the numbers and a fix.
     """
-    profile = get_board(board).with_clock(clock_mhz)
+    base = get_board(board)
+    # a board clocked from its oscillator (no PLL, or none in its profile) keeps that clock
+    fixed = clock_mhz is not None or base.pll is None or not base.uses_pll
+    profile = base.with_clock(clock_mhz)
+    graph = graph.copy()
+    graph.meta["pipeline"] = pipeline_for(profile.family).name
+    graph.meta["family"] = profile.family       # the estimates in nextpnr's count for it
+
+    def clocked(found) -> tuple[BoardProfile, dict]:
+        fmax = predict_fmax(profile, found[1])
+        if fixed:
+            return profile, {"clock_mhz": profile.clock_mhz,
+                             "clock_from": "given" if clock_mhz is not None else "oscillator",
+                             "predicted_fmax_mhz": round(fmax, 1)}
+        at, _ = design_clock(profile, found[1])
+        return at, {"clock_mhz": at.clock_mhz, "clock_from": "fmax model",
+                    "predicted_fmax_mhz": round(fmax, 1), "margin": MARGIN}
+
     clock = profile.clock_mhz
     budget = _budget(profile)
     where = (f"{profile.name} ({profile.device}) has {profile.luts:,} LUTs, {budget:,} after "
@@ -140,8 +178,29 @@ def fit_to_board(graph: DataflowGraph, board, *, fps: float | None = None,
     if fps is not None:
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
             raise ValueError(f"fps must be a positive number of frames per second, not {fps!r}")
-        target = max(1, math.floor(clock * 1e6 / fps))
-        found = _fold(graph, target, mst)
+        if not fixed:       # the smallest design gets the fastest clock: start there
+            profile = clocked(serial)[0]
+            clock = profile.clock_mhz
+        for _ in range(16):
+            target = max(1, math.floor(clock * 1e6 / fps))
+            found = _fold(graph, target, mst)
+            if found is None or not _fits(found, budget, profile):
+                break
+            at, how = clocked(found)
+            if fixed or at.clock_mhz * 1e6 / found[2] >= fps:
+                return found[0], at, how
+            profile, clock = at, at.clock_mhz   # bigger design, slower clock: fold again
+        if not fixed:
+            best = _best_clocked(graph, targets, budget, profile, mst, clocked, serial)
+            fit, at, how = best
+            most = math.floor(at.clock_mhz * 1e6 / fit[2])
+            raise ValueError(
+                f"{_name(graph)} cannot reach {fps:,g} frames/s on {profile.name} "
+                f"({profile.device}): the fastest folding that fits, at the clock a design of "
+                f"its size is predicted to meet (boards.timing, {how['predicted_fmax_mhz']:g} "
+                f"MHz x {MARGIN:g}), gives at most {most:,} frames/s ({fit[2]:,} cycles per "
+                f"frame at {at.clock_mhz:g} MHz, ~{fit[1]:,} LUTs); lower --fps (--fps {most}), "
+                "give --clock-mhz to override the model, or choose a bigger board")
         if found is None:
             fastest = next(f for f in map(lambda t: _fold(graph, t, mst), targets)
                            if f is not None)
@@ -152,7 +211,7 @@ def fit_to_board(graph: DataflowGraph, board, *, fps: float | None = None,
                 f"streaming stages): at most {math.floor(best):,} frames/s on {profile.name} "
                 "at this clock; lower --fps or raise the clock")
         if _fits(found, budget, profile):
-            return found[0]
+            return (found[0], *clocked(found))
         fit = _fastest(graph, targets, budget, profile, start=target, mst=mst)
         most = math.floor(clock * 1e6 / fit[2])
         other = _bigger(profile, found[1])
@@ -160,7 +219,30 @@ def fit_to_board(graph: DataflowGraph, board, *, fps: float | None = None,
             f"{_name(graph)} at {fps:,g} frames/s needs ~{found[1]:,} LUTs; {where}: at most "
             f"{most:,} frames/s fits at {clock:g} MHz (--fps {most}), or choose a bigger "
             f"board{f' ({other})' if other else ''}")
-    return _fastest(graph, targets, budget, profile, mst=mst)[0]
+    if not fixed:
+        found, at, how = _best_clocked(graph, targets, budget, profile, mst, clocked, serial)
+        return found[0], at, how
+    found = _fastest(graph, targets, budget, profile, mst=mst)
+    return (found[0], *clocked(found))
+
+
+def _best_clocked(graph, targets, budget, profile, mst, clocked, serial):
+    """The candidate of most frames/s at the clock its own size gets (a faster folding is a
+    bigger design on a slower clock): (found, profile at its clock, how). Stops once even the
+    smallest design's clock could not beat the best with more cycles."""
+    top = clocked(serial)[0].clock_mhz
+    best = None
+    for target in targets:                      # fewest cycles first
+        found = _fold(graph, target, mst)
+        if found is None or not _fits(found, budget, profile):
+            continue
+        if best is not None and top * 1e6 / found[2] <= best[3]:
+            break
+        at, how = clocked(found)
+        fps = at.clock_mhz * 1e6 / found[2]
+        if best is None or fps > best[3]:
+            best = (found, at, how, fps)
+    return best[:3]
 
 
 def _fastest(graph: DataflowGraph, targets: list[int], budget: int, profile: BoardProfile,

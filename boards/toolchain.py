@@ -264,7 +264,7 @@ def build_bitstream(graph: DataflowGraph, board, folder, *, baud: int = 115200,
     start = time.perf_counter()
     profile = get_board(board).with_clock(clock_mhz)
     folder = Path(folder)
-    estimate = estimate_design_luts(graph)
+    estimate = estimate_design_luts(graph, profile.family)
     if estimate > _REFUSE_FACTOR * profile.luts:
         raise BitstreamError(
             f"the design needs about {estimate:,} LUTs but the {profile.device} on "

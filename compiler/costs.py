@@ -21,11 +21,12 @@ import math
 
 from .cycles import input_buffer_in_ram, input_ram_word
 from .ir import ScoreLayer, _Matrix
+from .pipeline import PIPELINES, pipeline_for
 
 __all__ = ["BRAM_CELLS", "COSTS", "LOGIC_ROM_DEPTH", "RAM_BLOCK_BITS", "TABLE_CELLS_PER_BYTE",
            "block_brams", "block_luts", "emits_popcount", "estimate_brams", "estimate_fork_luts",
            "estimate_join_luts", "estimate_luts", "estimate_mst_luts", "folding_cost",
-           "mst_eligible", "ram_blocks"]
+           "mst_eligible", "pipeline_cells", "ram_blocks"]
 
 #: Logic cells of a matrix unit's sequencer, control pipeline and handshakes.
 _CONTROL_CELLS = 48
@@ -89,7 +90,23 @@ def _acc_bits(op) -> int:
     return max(1, math.ceil(math.log2(op.k * (255 if op.in_bits == 8 else 1) + 1))) + 2
 
 
-def estimate_luts(op, pe: int, simd: int, count: int = 1) -> int:
+def pipeline_cells(op, pe: int, simd: int, pipeline=None) -> int:
+    """Logic cells (one a register bit) a :class:`~bnnforge.compiler.pipeline.Pipeline` adds to
+    a matrix stage over the ``compact`` one the base estimate was calibrated on: the extra
+    adder-tree registers of every lane, the ROM data and second operand registers
+    (``rom_register`` x PE·SIMD, ``operand_stage`` x SIMD·b bits, the ROM address with
+    ``operand_register``); the compare stage reuses the accumulators."""
+    pipe = pipeline_for(pipeline)
+    compact = PIPELINES["compact"]
+    term = 1 if op.in_bits == 1 else 10
+    tree = pe * (pipe.tree_register_bits(simd, term) - compact.tree_register_bits(simd, term))
+    rom = pipe.operand_stage * simd * op.in_bits + int(pipe.rom_register) * pe * simd
+    if pipe.operand_stage > int(pipe.rom_register):     # the ROM read from a registered address
+        rom += int((op.channels // pe) * (op.k // simd)).bit_length()
+    return tree + rom
+
+
+def estimate_luts(op, pe: int, simd: int, count: int = 1, pipeline=None) -> int:
     """Rough logic-cell (LUT4 + flip-flop) estimate of a matrix stage at a folding.
 
     Per lane: SIMD XNORs and a SIMD-input popcount tree with its pipeline registers (about 3
@@ -104,6 +121,9 @@ def estimate_luts(op, pe: int, simd: int, count: int = 1) -> int:
 
     A stage that emits popcounts (:func:`emits_popcount`) has no threshold comparator and no
     threshold ROM, and adds an output register of C·bit_length(K) bits.
+
+    ``pipeline`` (a :class:`~bnnforge.compiler.pipeline.Pipeline` or its name; ``None``:
+    ``generic``) adds its registers (:func:`pipeline_cells`).
     """
     acc_bits = _acc_bits(op)
     per_bit = 10 if op.in_bits == 8 else 3
@@ -121,7 +141,8 @@ def estimate_luts(op, pe: int, simd: int, count: int = 1) -> int:
         datapath += 2 * (int(oh).bit_length() + int(ow).bit_length() + op.classes.bit_length())
     if isinstance(op, ScoreLayer):
         datapath += op.channels * 40
-    return int(datapath + rom + _buffer_cells(op, simd, count)[0])
+    return int(datapath + rom + _buffer_cells(op, simd, count)[0]
+               + pipeline_cells(op, pe, simd, pipeline))
 
 
 def estimate_brams(op, pe: int, simd: int, count: int = 1) -> int:
@@ -135,10 +156,11 @@ def estimate_brams(op, pe: int, simd: int, count: int = 1) -> int:
             + _buffer_cells(op, simd, count)[1])
 
 
-def folding_cost(op, pe: int, simd: int, count: int = 1) -> int:
+def folding_cost(op, pe: int, simd: int, count: int = 1, pipeline=None) -> int:
     """What :class:`~bnnforge.compiler.folding.ChooseFolding` minimises: :func:`estimate_luts`
     plus :data:`BRAM_CELLS` per block of :func:`estimate_brams`."""
-    return estimate_luts(op, pe, simd, count) + BRAM_CELLS * estimate_brams(op, pe, simd, count)
+    return estimate_luts(op, pe, simd, count, pipeline) + \
+        BRAM_CELLS * estimate_brams(op, pe, simd, count)
 
 
 def mst_eligible(op) -> bool:
@@ -213,28 +235,48 @@ def estimate_fork_luts(consumers: int) -> int:
 #: LUT4 each (uncalibrated).
 TABLE_CELLS_PER_BYTE = 8 * 32
 
-#: Logic cells of a window generator's counters and address arithmetic.
-_WINDOW_CONTROL_CELLS = 96
+#: Logic cells of a window generator's row and column counters, position decode and
+#: handshake (no address arithmetic: the line buffers are addressed by the column counter).
+_WINDOW_CONTROL_CELLS = 48
 
 
-def _window_cells(pixel_bits: int, steps: int) -> int:
-    """Logic cells of a window generator (sliding window or max-pool): counters, address
-    arithmetic and the registers of one window (``steps`` = kh x kw pixels)."""
-    return _WINDOW_CONTROL_CELLS + pixel_bits * steps
+#: Line buffers of at most this many bits are built in logic (Yosys maps a RAM of 64 bits to
+#: flip-flops and multiplexers on iCE40 and one of 96 bits to a block RAM), at about 1.5 cells
+#: a bit.
+_LINE_LOGIC_BITS = 64
+
+
+def _line_bits(b: dict) -> int:
+    """Bits of a window generator's line buffers: Wp words (the padded width) of kh - 1
+    pixels."""
+    return (b["kernel"][0] - 1) * b["width"] * b["padded"][1]
+
+
+def _window_cells(pixel_bits: int, kernel: tuple) -> int:
+    """Logic cells of a window generator (sliding window or max-pool): control, the pad
+    multiplexer (one pixel), the window's kw - 1 held columns and its output register
+    (kh x kw pixels)."""
+    kh, kw = kernel
+    return _WINDOW_CONTROL_CELLS + pixel_bits * (1 + (kw - 1) * kh + kh * kw)
 
 
 def _window_luts(b: dict) -> int:
     # the block reads one pixel a transfer (a serializer in front splits wider transfers)
-    return _window_cells(b["width"], b["steps"])
+    bits = _line_bits(b)
+    lines = -(-3 * bits // 2) if bits <= _LINE_LOGIC_BITS else 0
+    return _window_cells(b["width"], b["kernel"]) + lines
 
 
 def _window_brams(b: dict) -> int:
-    """The two whole-frame buffers, one pixel a word."""
-    return ram_blocks(b["width"], 2 * b["pixels"])
+    """The kh - 1 line buffers: one RAM of Wp words of kh - 1 pixels (in logic when small)."""
+    bits = _line_bits(b)
+    if bits <= _LINE_LOGIC_BITS:
+        return 0
+    return ram_blocks((b["kernel"][0] - 1) * b["width"], b["padded"][1])
 
 
 def _matrix_luts(b: dict) -> int:
-    return estimate_luts(b["op"], b["pe"], b["simd"], b["count"])
+    return estimate_luts(b["op"], b["pe"], b["simd"], b["count"], b.get("pipeline"))
 
 
 def _matrix_brams(b: dict) -> int:
@@ -260,8 +302,10 @@ def _none(b: dict) -> int:
 #: * ``threshold``, ``serializer``, ``deserializer``: 0 (comparators and transfer registers the
 #:   calibration absorbs).
 #: * ``table``: :data:`TABLE_CELLS_PER_BYTE` per byte lane.
-#: * ``window``, ``maxpool``: 96 cells of control plus one window of pixels (pixel bits x kh x
-#:   kw); two whole-frame buffers in block RAM.
+#: * ``window``, ``maxpool``: 48 cells of control, the pad multiplexer, kw - 1 held columns and
+#:   the output register (pixel bits x (1 + (kw - 1)·kh + kh·kw)); kh - 1 line buffers of the
+#:   padded width Wp in block RAM (one RAM, kh - 1 pixels a word), or in logic (1.5 cells a
+#:   bit) when they hold at most 64 bits.
 #: * ``mvtu``: :func:`estimate_luts` and :func:`estimate_brams` at the block's PE, SIMD and
 #:   ``count``; ``score`` adds three copies of the scores' live bits.
 #: * ``mst``: :func:`estimate_mst_luts` of the block's ``tree``; no block RAM (the weights are

@@ -3,10 +3,11 @@
 A matrix stage (``BinaryDense``, ``BinaryConv``, ``ScoreLayer``) with ``PE`` lanes of ``SIMD``
 elements takes ``(C_out / PE) * (K / SIMD)`` cycles per input vector (FINN's folding model); a
 convolution processes one vector per output pixel. Streaming stages without folding take one
-cycle per pixel they receive (sliding windows, max-pools) or pass (the ``add`` and ``concat``
-joins of a branching graph: H·W per frame, 1 for a vector); the input takes one cycle per
-transfer, and a transfer carries ``pixels_per_transfer`` pixels (an attribute of the input node,
-default 1; see :func:`pixels_per_transfer`).
+cycle per position of their padded input (sliding windows, max-pools: :func:`window_cycles`) or
+per pixel they pass (the ``add`` and ``concat`` joins of a branching graph: H·W per frame, 1 for
+a vector); the input takes one cycle per transfer, and a transfer carries
+``pixels_per_transfer`` pixels (an attribute of the input node, default 1; see
+:func:`pixels_per_transfer`).
 
 The graph may branch (a DAG): the stream a node reads is its producer's output
 (:func:`producers`), not the node before it in graph order, and a stream read by several nodes
@@ -89,11 +90,13 @@ def stage_cycles(op, pe: int | None = None, simd: int | None = None,
 def window_cycles(op) -> int:
     """Cycles per frame of the window generator in front of a convolution or in a max-pool.
 
-    The generator reads one pixel of a window per cycle from a frame buffer, so it takes
-    ``OH * OW * kh * kw`` cycles per frame, and at least one cycle per input pixel.
+    The generator walks the padded input, one position per cycle (a pixel or a padding
+    position, windows made on the way), so it takes ``(H + 2·ph) * (W + 2·pw)`` cycles per
+    frame; a max-pool has no padding (H·W).
     """
-    kh, kw = op.kernel
-    return max(_pixels(op.out_shape) * kh * kw, _pixels(op.in_shape))
+    _, h, w = op.in_shape
+    ph, pw = getattr(op, "padding", (0, 0))
+    return int((h + 2 * ph) * (w + 2 * pw))
 
 
 def pipeline_cycles(graph: DataflowGraph) -> dict[str, int]:

@@ -135,7 +135,7 @@ class ChooseFolding:
         op = graph.op(name)
         if len(fold) > 2 and fold[2]:
             return estimate_mst_luts(op, self._tree(graph, name))
-        return estimate_luts(op, fold[0], fold[1], count)
+        return estimate_luts(op, fold[0], fold[1], count, graph.meta.get("pipeline"))
 
     @staticmethod
     def _check_override(name: str, op, pe: int, simd: int) -> None:
@@ -150,15 +150,15 @@ class ChooseFolding:
             raise FoldingError(f"illegal folding {name}={pe},{simd}: {'; '.join(bad)}")
 
     @staticmethod
-    def cheapest(op, target: int, count: int = 1) -> tuple[int, int] | None:
-        """The folding of least :func:`folding_cost` (``count`` input transfers per vector) that
-        meets ``target`` cycles per frame."""
+    def cheapest(op, target: int, count: int = 1, pipeline=None) -> tuple[int, int] | None:
+        """The folding of least :func:`folding_cost` (``count`` input transfers per vector, the
+        graph's ``pipeline``) that meets ``target`` cycles per frame."""
         best = None
         for pe in divisors(op.channels):
             for simd in divisors(op.k):
                 if stage_cycles(op, pe, simd) > target:
                     continue
-                key = (folding_cost(op, pe, simd, count), pe * simd, pe)
+                key = (folding_cost(op, pe, simd, count, pipeline), pe * simd, pe)
                 if best is None or key < best[0]:
                     best = (key, (pe, simd))
         return None if best is None else best[1]
@@ -180,7 +180,8 @@ class ChooseFolding:
             if name in self.overrides and name != graph.input_node():
                 folds[name] = self.overrides[name]
                 continue
-            choice = self.cheapest(op, target, counts[name])
+            pipe = graph.meta.get("pipeline")
+            choice = self.cheapest(op, target, counts[name], pipe)
             if choice is None:
                 fastest = stage_cycles(op, op.channels, op.k)
                 raise FoldingError(
@@ -189,7 +190,7 @@ class ChooseFolding:
                     "the throughput target")
             if self.mst and mst_eligible(op) and \
                     estimate_mst_luts(op, self._tree(graph, name)) < \
-                    folding_cost(op, *choice, counts[name]):
+                    folding_cost(op, *choice, counts[name], pipe):
                 choice = (op.channels, op.k, True)        # one vector a cycle: meets target
             folds[name] = choice
         return folds
@@ -249,7 +250,7 @@ class ChooseFolding:
                 raise FoldingError(
                     f"the target of {self.target_cycles} cycles per frame is faster than the "
                     f"streaming stages allow ({floor} cycles per frame: one input transfer of "
-                    f"{widest} pixel(s), or one window pixel, "
+                    f"{widest} pixel(s), or one padded window position, "
                     "per cycle): lower the throughput target or raise the clock")
             folds = self._assign(graph, self.target_cycles, ppt)
         elif self.luts is not None:

@@ -1,41 +1,164 @@
 """The pipeline depths of the generated hardware: one definition for the generator and the model.
 
-The adder trees of the matrix units and the argmax of the score unit are pipelined at fixed
-intervals; :mod:`bnnforge.hw.matrix` builds them and :mod:`bnnforge.sim.timing` counts their
-registers, both from here, so the timing contract cannot drift between the two.
+The adder trees of the matrix units, their weight and threshold ROMs, the threshold compare
+and the argmax of the score unit are pipelined as a :class:`Pipeline` says; one is chosen per
+FPGA family (:data:`PIPELINES`, :func:`pipeline_for`) and named in the graph's
+``meta["pipeline"]`` by ``compile --board``. :mod:`bnnforge.hw.matrix` builds the registers and
+:mod:`bnnforge.compiler.plan` counts them into each block's latency (which
+:mod:`bnnforge.sim.timing` reads), both from here, so the timing contract cannot drift between
+the two.
 """
 
 from __future__ import annotations
 
-__all__ = ["ARGMAX_LEVELS_PER_STAGE", "TREE_LEVELS_PER_STAGE", "argmax_stages", "tree_stages"]
+from dataclasses import dataclass
+
+__all__ = ["ARGMAX_LEVELS_PER_STAGE", "PIPELINES", "TREE_LEVELS_PER_STAGE", "Pipeline",
+           "argmax_stages", "pipeline_for", "tree_stages"]
 
 
-#: Adder-tree levels between two pipeline registers of the popcount / signed-sum tree.
-TREE_LEVELS_PER_STAGE = 3
+@dataclass(frozen=True)
+class Pipeline:
+    """Where the matrix units put their pipeline registers.
 
-
-def tree_stages(simd: int) -> int:
-    """Return the number of pipeline registers in the adder tree over ``simd`` terms.
-
-    ``ceil(ceil(log2(simd)) / 3)``: 0 for SIMD = 1, 1 for SIMD = 2..8, 2 for 9..64, …
+    Attributes
+    ----------
+    name : str
+        The key in :data:`PIPELINES`.
+    tree_levels : int
+        Adder-tree levels between two registers of a popcount / signed-sum tree (the XNOR
+        sits in front of the first level).
+    rom_register : int
+        Registers (0, 1 or 2) on the weight ROM's read data (and the threshold ROM's) before
+        use, the operand delayed to match: a block RAM's clock-to-out (5.8 ns on an ECP5
+        DP16KD, whose output register Yosys does not map; ~1.2 ns on an iCE40 EBR) no longer
+        adds to the first adder levels; with two, the first can sit by the RAM and the second
+        by the lanes, so the RAM-to-lane route is a path of its own. One stage each.
+    compare_register : bool
+        Compare the accumulator registers with the thresholds one stage after the accumulate
+        stage, instead of the accumulate adder's output in the same cycle: the accumulate
+        carry chain and the compare's are no longer one path. One more stage, no more
+        registers (in popcount mode the counts also leave from the accumulator registers).
+    argmax_levels : int
+        Comparator levels of the score unit's argmax between two registers.
+    operand_register : bool
+        Without ``rom_register``: register the operand once more (after the input buffer's
+        word select) and read the weight ROM one cycle later from a registered address instead
+        of registering its data — the same stage for SIMD·b + log2(words) flip-flops instead
+        of PE·SIMD + SIMD·b (an iCE40 EBR's clock-to-out is short; its input buffer's word
+        select is not).
     """
-    levels = (simd - 1).bit_length()
-    return -(-levels // TREE_LEVELS_PER_STAGE)
 
+    name: str
+    tree_levels: int
+    rom_register: int
+    compare_register: bool
+    argmax_levels: int = 1
+    operand_register: bool = False
+
+    @property
+    def operand_stage(self) -> int:
+        """Stages the operand is delayed by after the input buffer (``rom_register``, or 1 with
+        ``operand_register``)."""
+        return max(int(self.rom_register), int(self.operand_register))
+
+    def tree_stages(self, terms: int) -> int:
+        """Registers in an adder tree over ``terms`` inputs: ceil(ceil(log2 terms) / levels)."""
+        return tree_stages(terms, self.tree_levels)
+
+    def tree_register_bits(self, terms: int, term_bits: int) -> int:
+        """Register bits of one adder tree over ``terms`` inputs of ``term_bits`` bits (level
+        l: ceil(terms / 2^l) sums of l + term_bits bits; a register every ``tree_levels``
+        levels and after the last)."""
+        n, last, bits = terms, (terms - 1).bit_length(), 0
+        for level in range(1, last + 1):
+            n = -(-n // 2)
+            if level % self.tree_levels == 0 or level == last:
+                bits += n * (level + term_bits)
+        return bits
+
+    def argmax_stages(self, classes: int) -> int:
+        """Registers inside the argmax tree over ``classes`` scores (see :func:`argmax_stages`)."""
+        return argmax_stages(classes, self.argmax_levels)
+
+    @property
+    def extra(self) -> int:
+        """Stages an MVTU adds for the operand / ROM and compare registers."""
+        return self.operand_stage + int(self.compare_register)
+
+    def mvtu_latency(self, simd: int) -> int:
+        """Enabled cycles from an MVTU's last step to its output register being written."""
+        return self.tree_stages(simd) + 1 + self.extra
+
+    def score_latency(self, simd: int, classes: int) -> int:
+        """Enabled cycles from a score unit's last step to its output register being written."""
+        return self.tree_stages(simd) + 3 + self.operand_stage + self.argmax_stages(classes)
+
+    def mst_latency(self, k: int, depth: int) -> int:
+        """Enabled cycles from an MST layer's input handshake to its output register."""
+        return self.tree_stages(k) + depth + 1
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "tree_levels": self.tree_levels,
+                "rom_register": self.rom_register, "compare_register": self.compare_register,
+                "argmax_levels": self.argmax_levels, "operand_register": self.operand_register}
+
+
+#: Adder-tree levels between two pipeline registers in the legacy (``"compact"``) pipeline.
+TREE_LEVELS_PER_STAGE = 3
 
 #: Comparator levels of the score unit's argmax tree between two pipeline registers. One: a
 #: signed compare and a 2:1 mux of the score fill an iCE40 cycle at 30 MHz (two did not).
 ARGMAX_LEVELS_PER_STAGE = 1
 
 
-def argmax_stages(classes: int) -> int:
+def tree_stages(simd: int, levels: int = TREE_LEVELS_PER_STAGE) -> int:
+    """Return the number of pipeline registers in the adder tree over ``simd`` terms.
+
+    ``ceil(ceil(log2(simd)) / levels)``: with 3 levels a stage, 0 for SIMD = 1, 1 for SIMD =
+    2..8, 2 for 9..64, …
+    """
+    n = (simd - 1).bit_length()
+    return -(-n // levels)
+
+
+def argmax_stages(classes: int, levels: int = ARGMAX_LEVELS_PER_STAGE) -> int:
     """Return the pipeline registers inside the argmax tree over ``classes`` scores.
 
     The tree has ``L = ceil(log2(classes))`` comparator levels; a register follows every
-    :data:`ARGMAX_LEVELS_PER_STAGE` levels except the last group, which feeds the output
-    register: ``max(0, ceil(L / A) - 1)`` — with A = 1: 0 for up to 2 classes, 1 for 3..4,
-    3 for 9..16 (10 classes: 3), 5 for 33..64.
+    ``levels`` levels except the last group, which feeds the output register:
+    ``max(0, ceil(L / levels) - 1)`` — with one level a stage: 0 for up to 2 classes, 1 for
+    3..4, 3 for 9..16 (10 classes: 3), 5 for 33..64.
     """
-    levels = (classes - 1).bit_length()
-    return max(0, -(-levels // ARGMAX_LEVELS_PER_STAGE) - 1)
+    n = (classes - 1).bit_length()
+    return max(0, -(-n // levels) - 1)
 
+
+#: The pipelines, by name. ``compact``: the first generator's (three adder levels a stage,
+#: ROM data and compares unregistered; fewest registers). ``ice40`` / ``ecp5``: what the
+#: families' place-and-route results ask for (docs/design.md, "Clock"); ``generic`` (graphs
+#: compiled without a board) is the deeper of the two.
+PIPELINES = {
+    "compact": Pipeline("compact", 3, 0, False),
+    "ice40": Pipeline("ice40", 2, 0, True, operand_register=True),
+    "ecp5": Pipeline("ecp5", 2, 1, True),
+    "generic": Pipeline("generic", 2, 1, True),
+}
+
+#: The pipeline of each FPGA family (:attr:`bnnforge.boards.profiles.BoardProfile.family`).
+FAMILY_PIPELINE = {"ice40up": "ice40", "ice40hx": "ice40", "ecp5": "ecp5"}
+
+
+def pipeline_for(name: str | Pipeline | None) -> Pipeline:
+    """Return the :class:`Pipeline` named ``name`` (a key of :data:`PIPELINES` or an FPGA
+    family of :data:`FAMILY_PIPELINE`); ``None`` gives ``generic``."""
+    if isinstance(name, Pipeline):
+        return name
+    if name is None:
+        return PIPELINES["generic"]
+    key = FAMILY_PIPELINE.get(name, name)
+    if key not in PIPELINES:
+        raise ValueError(f"unknown pipeline {name!r}; choose one of "
+                         f"{', '.join(sorted(PIPELINES))} or a family "
+                         f"({', '.join(sorted(FAMILY_PIPELINE))})")
+    return PIPELINES[key]

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .ir import BinaryConv, BinaryDense, DataflowGraph, InputLayer, MaxPool, ScoreLayer
-from .pipeline import argmax_stages, tree_stages
+from .pipeline import pipeline_for
 
 __all__ = ["KINDS", "BlockKind", "Plan", "PlanError", "build_plan"]
 
@@ -85,6 +85,13 @@ def _ops_matrix(b: dict) -> dict:
     # groups · K · b a vector); an MVTU gathers its C/PE output groups in a shift register of
     # (groups − 1) · PE lanes, shifted once a group (hw/matrix.py ``_output``)
     base = 2 * k * ib + groups * k * ib
+    pipe = pipeline_for(b.get("pipeline"))
+    # the adder trees' pipeline registers, every lane every step
+    base += groups * (k // simd) * pe * pipe.tree_register_bits(simd, 1 if ib == 1 else 10)
+    if pipe.operand_stage:
+        # the operand's second register and the ROM data register (PE·SIMD bits), every step
+        rom = pe * simd * int(pipe.rom_register) if groups * (k // simd) > 1 else 0
+        base += groups * (k // simd) * (rom + pipe.operand_stage * simd * ib)
     if b["kind"] == "score":
         c["score_ops"] = ch * vectors
         c["compares"] = (ch - 1) * vectors
@@ -110,9 +117,11 @@ def _ops_mst(b: dict) -> dict:
 
 
 def _ops_window(b: dict) -> dict:
-    steps = b["steps"] * b["windows"]
-    # frame-buffer writes, window shift register (one pixel a step), output register
-    return _ops(register_bits=(b["tokens"] + steps + b["out_tokens"] * b["steps"]) * b["width"])
+    (kh, kw), n = b["kernel"], b["positions"]
+    # every position (one a step): a line-buffer word of kh - 1 pixels written and the window's
+    # kw - 1 held columns of kh pixels shifted; every window: the output register
+    return _ops(register_bits=(n * (kh - 1 + (kw - 1) * kh) + b["out_tokens"] * b["steps"])
+                * b["width"])
 
 
 @dataclass(frozen=True)
@@ -146,10 +155,10 @@ KINDS: dict[str, BlockKind] = {k.name: k for k in (
               lambda b: b["out_tokens"], lambda b: _ops(register_bits=b["tokens"] * b["width"])),
     BlockKind("deserializer", "`count` transfers to one vector",
               _busy_tokens, lambda b: _ops(register_bits=2 * b["tokens"] * b["width"])),
-    BlockKind("window", "sliding window over a whole-frame double buffer",
-              lambda b: max(b["steps"] * b["windows"], b["tokens"]), _ops_window),
+    BlockKind("window", "sliding window on line buffers, one padded position a cycle",
+              lambda b: b["positions"], _ops_window),
     BlockKind("maxpool", "max-pool (OR) on a sliding window",
-              lambda b: max(b["steps"] * b["windows"], b["tokens"]), _ops_window),
+              lambda b: b["positions"], _ops_window),
     BlockKind("mvtu", "matrix-vector threshold unit (PE x SIMD lanes)",
               lambda b: max(b["cycles"] * b["out_tokens"], b["tokens"]), _ops_matrix),
     BlockKind("score", "matrix unit with integer scores and argmax",
@@ -192,6 +201,7 @@ class Plan:
     classes: int = 0
     score_width: int = 0
     class_width: int = 0
+    pipeline: str = "generic"
 
     def __iter__(self):
         return iter(self.blocks)
@@ -290,7 +300,8 @@ def _mst(graph: DataflowGraph, name: str, op, pe: int, simd: int) -> dict | None
     if min(depth, default=0) < 0:
         raise PlanError(f"stage {name!r}: the 'mst' attribute's parent array is not a forest")
     d = max(depth, default=0)
-    return {"cycles": 1, "latency": tree_stages(op.k) + d + 1, "tree_depth": d,
+    latency = pipeline_for(graph.meta.get("pipeline")).mst_latency(op.k, d)
+    return {"cycles": 1, "latency": latency, "tree_depth": d,
             "xnor": int(op.k * parent.count(-1) + tree.get("weight", 0)), "tree": tree}
 
 
@@ -326,8 +337,10 @@ def build_plan(graph: DataflowGraph) -> Plan:
     shape = tuple(inp.in_shape)
     c_in, h, w = shape if len(shape) == 3 else (shape[0], 1, 1)
     per0 = graph.pixels_per_transfer()
+    pipe = pipeline_for(graph.meta.get("pipeline"))
     plan = Plan(in_channels=c_in, pixels_per_frame=h * w, pixels_per_transfer=per0,
-                transfer_width=8 * c_in * per0, transfers_per_frame=h * w // per0)
+                transfer_width=8 * c_in * per0, transfers_per_frame=h * w // per0,
+                pipeline=pipe.name)
     blocks = plan.blocks
     streams: dict[str, _Stream] = {}
     taken: dict[str, int] = {}          # node -> consumers served so far (fork ports)
@@ -393,9 +406,12 @@ def build_plan(graph: DataflowGraph) -> Plan:
                           width // s_in.per, count=s_in.per, element_width=c * ibits)
                 tokens, width = tokens * s_in.per, width // s_in.per
             wkind = "window" if isinstance(op, BinaryConv) else "maxpool"
+            (sh, sw), (ph, pw) = op.stride, getattr(op, "padding", (0, 0))
             src = add(name, wkind, [src], [width], tokens, oh * ow,
                       kh * kw * c * ibits if wkind == "window" else c, op=op,
-                      steps=kh * kw, windows=oh * ow, pixels=ih * iw, channels=c)
+                      steps=kh * kw, windows=oh * ow, pixels=ih * iw, channels=c,
+                      image=(ih, iw), padded=(ih + 2 * ph, iw + 2 * pw), kernel=(kh, kw),
+                      stride=(sh, sw), padding=(ph, pw), positions=(ih + 2 * ph) * (iw + 2 * pw))
             out_width = c
             if isinstance(op, BinaryConv):
                 pe, simd = _fold(graph, name, op)
@@ -404,14 +420,15 @@ def build_plan(graph: DataflowGraph) -> Plan:
                 out_bits = 1 if emit == "bits" else int(op.k).bit_length()
                 out_width = op.channels * out_bits
                 common = dict(pe=pe, simd=simd, k=op.k, channels=op.channels,
-                              input_bits=op.input_bits, count=1, emit=emit)
+                              input_bits=op.input_bits, count=1, emit=emit,
+                              pipeline=pipe.name)
                 if mst is not None:
                     src = add(name, "mst", [src], [kh * kw * c * ibits], oh * ow, oh * ow,
                               out_width, op=op, **common, **mst)
                 else:
                     src = add(name, "mvtu", [src], [kh * kw * c * ibits], oh * ow, oh * ow,
                               out_width, op=op, cycles=(op.channels // pe) * (op.k // simd),
-                              latency=tree_stages(simd) + 1, **common)
+                              latency=pipe.mvtu_latency(simd), **common)
                 streams[name] = _Stream(src, tuple(op.out_shape), out_bits, 1, oh * ow,
                                         out_width)
             else:
@@ -433,7 +450,7 @@ def build_plan(graph: DataflowGraph) -> Plan:
             emit = "bits" if score else getattr(op, "emit", "bits")
             out_bits = 1 if emit == "bits" else int(op.k).bit_length()
             common = dict(pe=pe, simd=simd, k=op.k, channels=op.channels,
-                          input_bits=op.input_bits, emit=emit)
+                          input_bits=op.input_bits, emit=emit, pipeline=pipe.name)
             if mst is not None:
                 width = s_in.width
                 if count > 1:                     # whole vectors into the MST layer
@@ -445,7 +462,8 @@ def build_plan(graph: DataflowGraph) -> Plan:
             else:
                 kind = "score" if score else "mvtu"
                 f = (op.channels // pe) * (op.k // simd)
-                lat = tree_stages(simd) + (3 + argmax_stages(op.channels) if score else 1)
+                lat = pipe.score_latency(simd, op.channels) if score \
+                    else pipe.mvtu_latency(simd)
                 out_width = (op.channels * op.score_bits
                              + max(1, (op.channels - 1).bit_length())) if score \
                     else op.channels * out_bits

@@ -42,13 +42,13 @@ def _mvtu(b: dict):
         kw["count"] = b["count"]
     thresholds = None if b.get("emit") == "popcount" else op.thresholds
     return MVTU(op.k, op.channels, b["pe"], b["simd"], op.weights, thresholds, op.input_bits,
-                **kw)
+                pipeline=b.get("pipeline"), **kw)
 
 
 def _mst(b: dict):
     op, tree = b["op"], b["tree"]
     return MSTLayer(op.k, op.channels, op.weights, op.thresholds, tree["parent"],
-                    tree["complement"], depth=tree.get("depth"))
+                    tree["complement"], depth=tree.get("depth"), pipeline=b.get("pipeline"))
 
 
 def _window(b: dict):
@@ -67,7 +67,8 @@ def _maxpool(b: dict):
 def _score(b: dict):
     op = b["op"]
     return ScoreUnit(op.k, op.channels, b["pe"], b["simd"], op.weights, op.mul, op.add,
-                     op.input_bits, score_width=op.score_bits, count=b["count"])
+                     op.input_bits, score_width=op.score_bits, count=b["count"],
+                     pipeline=b.get("pipeline"))
 
 
 def _join(b: dict):
@@ -207,10 +208,9 @@ def _stage_info(graph: DataflowGraph, plan, comps: dict) -> list[dict]:
         elif kind in ("mvtu", "score", "mst"):
             e.update(pe=b["pe"], simd=b["simd"], cycles_per_vector=comp.cycles)
             e.setdefault("vectors_per_frame", 1)
-        elif kind == "window":
-            e.update(vectors_per_frame=b["windows"], window_cycles_per_vector=b["steps"])
-        elif kind == "maxpool":
-            e.update(vectors_per_frame=b["windows"], cycles_per_vector=b["steps"])
+        elif kind in ("window", "maxpool"):
+            # the line-buffer generator walks every padded position once a frame
+            e.update(vectors_per_frame=b["windows"], window_cycles_per_frame=b["positions"])
         elif kind in ("add", "concat"):
             e.update(vectors_per_frame=b["tokens"], fifo_depths=graph.fifo_depths(node))
     return list(info.values())

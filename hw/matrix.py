@@ -28,12 +28,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..compiler.cycles import MAX_INPUT_RAM_WORD, input_buffer_in_ram, input_ram_word
-from ..compiler.pipeline import (
-    ARGMAX_LEVELS_PER_STAGE,
-    TREE_LEVELS_PER_STAGE,
-    argmax_stages,
-    tree_stages,
-)
+from ..compiler.pipeline import TREE_LEVELS_PER_STAGE, pipeline_for
 from .checks import (
     check_input_bits,
     const_lookup,
@@ -48,15 +43,18 @@ from .streams import register_output, shift_in
 __all__ = ["MVTU", "ScoreUnit", "adder_tree"]
 
 
-def adder_tree(m: Module, terms: list, en, name: str) -> tuple[object, int]:
+def adder_tree(m: Module, terms: list, en, name: str,
+               levels_per_stage: int = TREE_LEVELS_PER_STAGE) -> tuple[object, int]:
     """Sum ``terms`` in a balanced tree of two-input adders, pipelined as the contract says.
 
     Level l adds neighbouring pairs of level l - 1 (an odd last one passes through); a register
-    follows every :data:`~bnnforge.compiler.pipeline.TREE_LEVELS_PER_STAGE`-th level and the last
-    level, loading in cycles where ``en`` is high. Registers are reset-less (datapath) and named
+    follows every ``levels_per_stage``-th level (the pipeline's
+    :attr:`~bnnforge.compiler.pipeline.Pipeline.tree_levels`) and the last level, loading in
+    cycles where ``en`` is high. Registers are reset-less (datapath) and named
     ``{name}_l{level}_{i}``. Returns ``(sum, registers)``: ``registers`` =
-    :func:`~bnnforge.compiler.pipeline.tree_stages`\\(len(terms)) for two terms or more; one term
-    is returned as it is and no term as ``Const(0, 1)``, both with 0 registers.
+    :func:`~bnnforge.compiler.pipeline.tree_stages`\\(len(terms), levels_per_stage) for two
+    terms or more; one term is returned as it is and no term as ``Const(0, 1)``, both with 0
+    registers.
     """
     if not terms:
         return Const(0, 1), 0
@@ -64,7 +62,7 @@ def adder_tree(m: Module, terms: list, en, name: str) -> tuple[object, int]:
     level = regs = 0
     while len(terms) > 1:
         level += 1
-        reg = level % TREE_LEVELS_PER_STAGE == 0 or level == levels
+        reg = level % levels_per_stage == 0 or level == levels
         nxt = []
         for i in range(0, len(terms), 2):
             e = terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] + 0
@@ -84,7 +82,9 @@ class _MatrixBase(wiring.Component):
     """Shared checks and datapath of :class:`MVTU` and :class:`ScoreUnit`."""
 
     def _check(self, k, channels, pe, simd, weights, input_bits, what, count=1,
-               input_ram=None):
+               input_ram=None, pipeline=None):
+        #: the :class:`~bnnforge.compiler.pipeline.Pipeline` (where the registers are)
+        self.pipeline = pipeline_for(pipeline)
         self.k = positive_int("K", k)
         self.count = positive_int("count", count)
         if self.k % self.count:
@@ -102,7 +102,7 @@ class _MatrixBase(wiring.Component):
         self.folds = self.k // self.simd
         #: compute cycles per vector (the initiation interval): channels/PE * K/SIMD
         self.cycles = self.groups * self.folds
-        self.tree_stages = tree_stages(self.simd)
+        self.tree_stages = self.pipeline.tree_stages(self.simd)
         ram_ok = input_buffer_in_ram(self.k, self.count, self.simd, self.input_bits)
         if input_ram is None:
             input_ram = ram_ok
@@ -118,15 +118,20 @@ class _MatrixBase(wiring.Component):
         else:
             self.acc_range = (-255 * self.k, 255 * self.k)
 
-    def _engine(self, m: Module, en: Signal, tag: Signal | None = None):
+    def _engine(self, m: Module, en: Signal, tag: Signal | None = None, tail: int = 0):
         """Build input buffer, sequencer, ROM, adder trees and accumulators.
 
-        Returns (sums, ctl): ``sums`` the per-lane accumulator values including the current
-        step (comb, valid at the accumulate stage), and ``ctl`` the accumulate stage's control
-        signals (valid, n, last_s, last_n), plus ``ctl_before`` one stage earlier (for ROMs that
-        must present data at the accumulate stage). With ``tag`` (a signal the caller sets when
-        a vector is taken, see ``self._take``), each ctl tuple gets a fifth element: the tag of
-        the vector that stage belongs to.
+        Returns (sums, ctl, depth): ``sums`` the per-lane accumulator values including the
+        current step (comb, valid at the accumulate stage ``depth``), and ``ctl`` the control
+        signals of every stage, ``ctl[i]`` = (valid, n, last_s, first_s) of the step issued i
+        enabled cycles earlier, for i = 0 .. depth + ``tail`` (the stages a caller adds after
+        the accumulate stage). Stage 0 issues a step (the weight ROM reads word n·F/G + s, a
+        counter); stage 1 holds the operand and the ROM data; the pipeline's ``operand_stage``
+        registers delay both further (ROM data registers, or a registered ROM address with
+        ``operand_register``); the XNORs and the adder tree
+        follow, then the accumulate stage. With ``tag`` (a signal the caller sets when a vector
+        is taken, see ``self._take``), each ctl tuple gets a fifth element: the tag of the
+        vector that stage belongs to.
         """
         b, pe, simd = self.input_bits, self.pe, self.simd
         groups, folds = self.groups, self.folds
@@ -136,14 +141,14 @@ class _MatrixBase(wiring.Component):
         busy = Signal()
         n = Signal(range(groups))
         s = Signal(range(folds))
-        last_s = Signal()
-        last_n = Signal()
+        # s == folds - 1 and n == groups - 1 as flags registered beside the counters (no
+        # comparator on the take / ready path)
+        last_s = Const(1) if folds == 1 else Signal(name="last_s")
+        last_n = Const(1) if groups == 1 else Signal(name="last_n")
         last_step = Signal()
         take = Signal()
         ibuf_full = Signal()
         m.d.comb += [
-            last_s.eq(s == folds - 1),
-            last_n.eq(n == groups - 1),
             last_step.eq(busy & last_s & last_n),
             take.eq(en & ibuf_full & (~busy | last_step)),
             i_s.ready.eq(~ibuf_full | take),
@@ -155,12 +160,17 @@ class _MatrixBase(wiring.Component):
             m.d.sync += busy.eq(take)
         with m.If(take):
             m.d.sync += [s.eq(0), n.eq(0)]
+            if folds > 1:
+                m.d.sync += last_s.eq(0)
+            if groups > 1:
+                m.d.sync += last_n.eq(0)
         with m.Elif(issue):
             if folds > 1:
-                m.d.sync += s.eq(Mux(last_s, 0, s + 1))
+                m.d.sync += [s.eq(Mux(last_s, 0, s + 1)), last_s.eq(~last_s & (s == folds - 2))]
             if groups > 1:
                 with m.If(last_s):
-                    m.d.sync += n.eq(Mux(last_n, 0, n + 1))
+                    m.d.sync += [n.eq(Mux(last_n, 0, n + 1)),
+                                 last_n.eq(~last_n & (n == groups - 2))]
         # x: the SIMD elements of step s, valid the enabled cycle after it was issued
         if self.input_ram:
             x = self._ram_buffer(m, en, ibuf_full, take, issue, last_s)
@@ -176,6 +186,7 @@ class _MatrixBase(wiring.Component):
                 words.append(int.from_bytes(np.packbits(bits, bitorder="little").tobytes(),
                                             "little"))
         w = Signal(pe * simd)
+        rom_reg = int(self.pipeline.rom_register)
         if len(words) == 1:
             m.d.comb += w.eq(words[0])
         else:
@@ -183,9 +194,18 @@ class _MatrixBase(wiring.Component):
                          attrs=rom_attrs(len(words)))
             m.submodules.weights = rom
             rd = rom.read_port(domain="sync")
+            # the word of step (n, s) is n*folds + s: a counter, not a multiply-add
             addr = Signal(range(len(words)))
-            m.d.comb += [addr.eq(n * folds + s), rd.addr.eq(addr), rd.en.eq(en)]
-            m.d.comb += w.eq(rd.data)
+            with m.If(issue):
+                m.d.sync += addr.eq(Mux(last_s & last_n, 0, addr + 1))
+            if self.pipeline.operand_stage > rom_reg:
+                addr = self._delayed(m, en, addr, "w_addr")     # read a cycle later instead
+            data = rd.data
+            for i in range(rom_reg):
+                data = self._delayed(m, en, data, f"w_reg{i}")
+            m.d.comb += [rd.addr.eq(addr), rd.en.eq(en), w.eq(data)]
+        for i in range(self.pipeline.operand_stage):
+            x = self._delayed(m, en, x, f"x_reg{i}")
 
         # control pipeline: ctl[0] at issue, ctl[i] i enabled cycles later
         def ctl_regs(i):
@@ -196,8 +216,8 @@ class _MatrixBase(wiring.Component):
         m.d.comb += first_s.eq(s == 0)
         ctl = [(issue, n, last_s, first_s)] if tag is None else \
             [(issue, n, last_s, first_s, tag)]
-        depth = 1 + self.tree_stages
-        for i in range(1, depth + 1):
+        depth = 1 + self.pipeline.operand_stage + self.tree_stages
+        for i in range(1, depth + tail + 1):
             regs = ctl_regs(i)
             with m.If(en):
                 m.d.sync += [r.eq(p) for r, p in zip(regs, ctl[-1], strict=True)]
@@ -205,6 +225,7 @@ class _MatrixBase(wiring.Component):
 
         # -- per-lane XNOR / signed terms and adder tree ---------------------------------------
         sums = []
+        self._accs = []
         for p in range(pe):
             wl = Signal(simd, name=f"w{p}")
             m.d.comb += wl.eq(w[p * simd:(p + 1) * simd])
@@ -219,7 +240,7 @@ class _MatrixBase(wiring.Component):
                     q = x[8 * i:8 * i + 8]
                     m.d.comb += t.eq(Mux(wl[i], q, -q))
                     terms.append(t)
-            partial, _ = adder_tree(m, terms, en, f"lane{p}")
+            partial, _ = adder_tree(m, terms, en, f"lane{p}", self.pipeline.tree_levels)
             acc = Signal(Shape.cast(range(self.acc_range[0], self.acc_range[1] + 1)),
                          name=f"acc{p}", reset_less=True)
             total = Signal.like(acc, name=f"sum{p}")
@@ -228,7 +249,16 @@ class _MatrixBase(wiring.Component):
             with m.If(en & valid):
                 m.d.sync += acc.eq(total)
             sums.append(total)
-        return sums, ctl[depth], ctl[depth - 1]
+            self._accs.append(acc)
+        return sums, ctl, depth
+
+    @staticmethod
+    def _delayed(m, en, value, name):
+        """``value`` through one reset-less register that loads in enabled cycles."""
+        reg = Signal(value.shape(), name=name, reset_less=True)
+        with m.If(en):
+            m.d.sync += reg.eq(value)
+        return reg
 
     def _register_buffer(self, m, en, ibuf_full, take, s):
         """Input buffer and held vector in registers (2·K·b flip-flops); step s reads word s of
@@ -371,6 +401,10 @@ class MVTU(_MatrixBase):
         ``row_class[oy] * (max(col_class) + 1) + col_class[ox]``; ``thresholds`` is then one
         row of C per class. The rows sit in the threshold ROM (``classes · C/PE`` words); the
         timing is unchanged.
+    pipeline : Pipeline, str or None
+        Where the pipeline registers go (:class:`~bnnforge.compiler.pipeline.Pipeline`, or a
+        name or FPGA family for :func:`~bnnforge.compiler.pipeline.pipeline_for`; ``None``:
+        ``generic``): adder levels per tree stage, the ROM data register, the compare register.
 
     Ports
     -----
@@ -390,9 +424,10 @@ class MVTU(_MatrixBase):
 
     Timing
     ------
-    Let F = C/PE * K/SIMD (attribute ``cycles``) and d = :func:`tree_stages`\\(SIMD)
-    (attribute ``tree_stages``). "Enabled cycle": see the module docstring (``o_stream.valid``
-    low, or high with ``o_stream.ready`` high).
+    Let F = C/PE * K/SIMD (attribute ``cycles``), d = ``pipeline.tree_stages(SIMD)``
+    (attribute ``tree_stages``), r = 1 with the pipeline's ROM register (else 0) and c = 1 with
+    its compare register. "Enabled cycle": see the module docstring (``o_stream.valid`` low,
+    or high with ``o_stream.ready`` high).
 
     * Input buffer (one vector): ``i_stream.ready = not ibuf_full or take``, where ``take`` is
       high in an enabled cycle with ``ibuf_full`` and the engine idle or issuing its last step;
@@ -403,11 +438,11 @@ class MVTU(_MatrixBase):
     * A vector taken in cycle t has its F steps issued in the next F enabled cycles
       (the first is the first enabled cycle after t). Back-to-back: the next vector is taken in
       the cycle of the previous vector's last step, so II = F cycles.
-    * The result is written to the output register d+1 enabled cycles after the last step was
-      issued, and ``o_stream.valid`` rises in the next cycle. Without stalls, a vector whose
-      last transfer is accepted at cycle a into an empty, idle unit leaves ``o_stream.valid``
-      high from cycle
-      ``a + F + 3 + d`` (attribute ``latency = F + 3 + d``).
+    * The result is written to the output register L = ``pipeline.mvtu_latency(SIMD)`` =
+      d + 1 + r + c enabled cycles after the last step was issued, and ``o_stream.valid``
+      rises in the next cycle. Without stalls, a vector whose last transfer is accepted at
+      cycle a into an empty, idle unit leaves ``o_stream.valid`` high from cycle
+      ``a + F + 2 + L`` (attribute ``latency = F + 2 + L``).
     * It stays valid until accepted; in every cycle it is not accepted, the whole pipeline
       (steps, ROM, accumulators) holds. Tokens are never dropped or duplicated.
     * Popcount mode has exactly this timing (the counts take the place of the compare).
@@ -415,8 +450,9 @@ class MVTU(_MatrixBase):
 
     @quiet_on_error
     def __init__(self, k, channels, pe, simd, weights, thresholds, input_bits=1, count=1,
-                 input_ram=None, row_class=None, col_class=None):
-        self._check(k, channels, pe, simd, weights, input_bits, "channels", count, input_ram)
+                 input_ram=None, row_class=None, col_class=None, pipeline=None):
+        self._check(k, channels, pe, simd, weights, input_bits, "channels", count, input_ram,
+                    pipeline)
         lo, hi = self.acc_range
         if (row_class is None) != (col_class is None):
             raise ValueError("row_class and col_class go together: give both or neither")
@@ -460,7 +496,7 @@ class MVTU(_MatrixBase):
         #: bits per output lane: 1, or ``count_bits`` in popcount mode
         self.lane_bits = self.count_bits if self.popcount else 1
         self.out_width = self.channels * self.lane_bits
-        self.latency = self.cycles + 3 + self.tree_stages
+        self.latency = self.cycles + 2 + self.pipeline.mvtu_latency(self.simd)
         super().__init__({"i_stream": In(stream.Signature(self.k * self.input_bits
                                                           // self.count)),
                           "o_stream": Out(stream.Signature(self.out_width))})
@@ -472,21 +508,30 @@ class MVTU(_MatrixBase):
         m.d.comb += en.eq(~(o.valid & ~o.ready))
         classes = len(self.class_thresholds)
         tag = Signal(range(classes), name="pad_class") if classes > 1 else None
-        sums, ctl, ctl_before = self._engine(m, en, tag)
-        valid, n, last_s = ctl[:3]
+        cmp_reg = int(self.pipeline.compare_register)
+        sums, ctl, depth = self._engine(m, en, tag, tail=cmp_reg)
+        if cmp_reg:
+            # compare the accumulator registers one stage later: the accumulate adder and the
+            # compare are no longer one path
+            sums = self._accs
+        stage = depth + cmp_reg
         pe = self.pe
         if self.popcount:
             lanes = Signal(pe * self.lane_bits)
             m.d.comb += lanes.eq(Cat(*sums))
         else:
-            lanes = self._compare(m, en, sums, ctl_before, tag)
+            lanes = self._compare(m, en, sums, ctl, stage, tag)
+        valid, n, last_s = ctl[stage][:3]
         self._output(m, en, lanes, valid, n, last_s)
         return m
 
-    def _compare(self, m, en, sums, ctl_before, tag):
-        """The threshold compare of the accumulate stage: PE bits (the ROM read one enabled
-        cycle earlier, at ``ctl_before``)."""
+    def _compare(self, m, en, sums, ctl, stage, tag):
+        """The threshold compare at ``stage``: PE bits. The threshold ROM is read one enabled
+        cycle earlier (at ``ctl[stage - 1]``), and one more for each of the pipeline's
+        ``rom_register`` data registers."""
         classes = len(self.class_thresholds)
+        rom_reg = int(self.pipeline.rom_register)
+        ctl_before = ctl[stage - 1 - rom_reg]
         n_before = ctl_before[1]
         pe, groups = self.pe, self.groups
         lo, hi = self.acc_range
@@ -511,8 +556,11 @@ class MVTU(_MatrixBase):
             rd = rom.read_port(domain="sync")
             addr = n_before if tag is None else ctl_before[4] * groups + n_before
             m.d.comb += [rd.addr.eq(addr), rd.en.eq(en)]
+            data = rd.data
+            for i in range(rom_reg):
+                data = self._delayed(m, en, data, f"thr_reg{i}")
             for p in range(pe):
-                m.d.comb += tsig[p].eq(rd.data[p * tw:(p + 1) * tw])
+                m.d.comb += tsig[p].eq(data[p * tw:(p + 1) * tw])
         bits = Signal(pe)
         m.d.comb += bits.eq(Cat(*[sums[p] >= tsig[p] for p in range(pe)]))
         return bits
@@ -559,8 +607,9 @@ class ScoreUnit(_MatrixBase):
         kept as ``score_width``-bit two's complement (wrapping).
     score_width : int
         Bits per score (default 32).
-    count, input_ram
-        Transfers per input vector and where the input buffer is, as for :class:`MVTU`.
+    count, input_ram, pipeline
+        Transfers per input vector, where the input buffer is and the pipeline, as for
+        :class:`MVTU`.
 
     Ports
     -----
@@ -576,23 +625,26 @@ class ScoreUnit(_MatrixBase):
 
     Timing
     ------
-    Exactly :class:`MVTU`'s, with more register stages after the accumulators: the completed
-    accumulators, then the scores, then a = :func:`argmax_stages`\\(classes) registers inside
-    the argmax tree (one every :data:`ARGMAX_LEVELS_PER_STAGE` comparator levels; the scores
-    travel beside it), then the output register. II = F = classes/PE * K/SIMD,
-    ``latency = F + 5 + d + a``; the same global stall rule and one-vector input buffer.
+    Exactly :class:`MVTU`'s up to the accumulate stage (no compare register), then more
+    register stages: the completed accumulators, then the scores, then a =
+    ``pipeline.argmax_stages(classes)`` registers inside the argmax tree (one every
+    ``pipeline.argmax_levels`` comparator levels; the scores travel beside it), then the output
+    register. II = F = classes/PE * K/SIMD, ``latency = F + 2 +
+    pipeline.score_latency(SIMD, classes) = F + 5 + d + r + a``; the same global stall rule and
+    one-vector input buffer.
     """
 
     @quiet_on_error
     def __init__(self, k, classes, pe, simd, weights, mul, add, input_bits=1, score_width=32,
-                 count=1, input_ram=None):
-        self._check(k, classes, pe, simd, weights, input_bits, "classes", count, input_ram)
+                 count=1, input_ram=None, pipeline=None):
+        self._check(k, classes, pe, simd, weights, input_bits, "classes", count, input_ram,
+                    pipeline)
         self.score_width = positive_int("score_width", score_width)
         self.mul = int_list("mul", mul, self.channels)
         self.add = int_list("add", add, self.channels)
         self.class_width = max(1, (self.channels - 1).bit_length())
-        self.argmax_stages = argmax_stages(self.channels)
-        self.latency = self.cycles + 5 + self.tree_stages + self.argmax_stages
+        self.argmax_stages = self.pipeline.argmax_stages(self.channels)
+        self.latency = self.cycles + 2 + self.pipeline.score_latency(self.simd, self.channels)
         if self.input_bits == 1:
             s_lo, s_hi = -self.k, self.k
         else:
@@ -612,7 +664,8 @@ class ScoreUnit(_MatrixBase):
         o = self.o_stream
         en = Signal()
         m.d.comb += en.eq(~(o.valid & ~o.ready))
-        sums, (valid, n, last_s, _), _ = self._engine(m, en)
+        sums, ctl, depth = self._engine(m, en)
+        valid, n, last_s, _ = ctl[depth]
         pe, groups, classes, sw = self.pe, self.groups, self.channels, self.score_width
         acc_shape = sums[0].shape()
         cur = Cat(*sums)
@@ -647,7 +700,7 @@ class ScoreUnit(_MatrixBase):
                     sval = 2 * a - self.k if self.input_bits == 1 else a
                     e = sval * self.mul[c] + self.add[c]
                     m.d.sync += scores[c].eq(e[:rw].as_signed())
-        # argmax tree (lower index wins ties), a register every ARGMAX_LEVELS_PER_STAGE levels;
+        # argmax tree (lower index wins ties), a register every pipeline.argmax_levels levels;
         # the scores travel beside it; the last levels feed the output register
         cw = self.class_width
         nodes = [(sc, Const(c, cw)) for c, sc in enumerate(scores)]
@@ -668,8 +721,8 @@ class ScoreUnit(_MatrixBase):
                 m.d.comb += [v.eq(Mux(pick_b, vb, va)), idx.eq(Mux(pick_b, ib, ia))]
                 nxt.append((v, idx))
             nodes = nxt
-            if level % ARGMAX_LEVELS_PER_STAGE == 0 and level < levels:
-                stage = level // ARGMAX_LEVELS_PER_STAGE
+            if level % self.pipeline.argmax_levels == 0 and level < levels:
+                stage = level // self.pipeline.argmax_levels
                 rv = Signal(name=f"argmax{stage}_valid")
                 regs = [(Signal(signed(rw), name=f"argmax{stage}_v{i}", reset_less=True),
                          Signal(cw, name=f"argmax{stage}_i{i}", reset_less=True))

@@ -34,7 +34,7 @@ from amaranth.hdl import Cat, Const, Module, Shape, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..compiler.pipeline import tree_stages
+from ..compiler.pipeline import pipeline_for
 from .checks import check_input_bits, int_list, positive_int, quiet_on_error, weight_matrix
 from .matrix import adder_tree
 from .streams import register_output
@@ -95,6 +95,9 @@ class MSTLayer(wiring.Component):
         Each channel's depth; when given it is checked against ``parent``.
     input_bits : int
         Must be 1: the layer handles binary inputs only (an 8-bit first layer uses an MVTU).
+    pipeline : Pipeline, str or None
+        Adder levels per tree stage (:func:`~bnnforge.compiler.pipeline.pipeline_for`;
+        ``None``: ``generic``).
 
     Ports
     -----
@@ -105,8 +108,8 @@ class MSTLayer(wiring.Component):
 
     Timing
     ------
-    Let t = :func:`~bnnforge.compiler.pipeline.tree_stages`\\(K) (attribute ``tree_stages``: the
-    registers of the K-input popcount tree, one per 3 adder levels) and D the forest's depth
+    Let t = ``pipeline.tree_stages(K)`` (attribute ``tree_stages``: the registers of the K-input
+    popcount tree, one per ``pipeline.tree_levels`` adder levels) and D the forest's depth
     (attribute ``max_depth``). A cycle is *enabled* when ``o_stream.valid`` is low or
     ``o_stream.ready`` is high (the module docstring of :mod:`bnnforge.hw.matrix`); every
     register of the layer loads only in enabled cycles.
@@ -131,7 +134,9 @@ class MSTLayer(wiring.Component):
 
     @quiet_on_error
     def __init__(self, k, channels, weights, thresholds, parent, complement, depth=None,
-                 input_bits=1):
+                 input_bits=1, pipeline=None):
+        #: the :class:`~bnnforge.compiler.pipeline.Pipeline` (adder levels per tree stage)
+        self.pipeline = pipeline_for(pipeline)
         self.k = positive_int("K", k)
         self.channels = positive_int("channels", channels)
         bits = check_input_bits(input_bits)
@@ -159,8 +164,8 @@ class MSTLayer(wiring.Component):
                                  f"of parent (depths {self.level.tolist()})")
         self.max_depth = int(self.level.max())
         self.roots = [c for c in range(self.channels) if self.parent[c] < 0]
-        self.tree_stages = tree_stages(self.k)
-        self.stages = self.tree_stages + self.max_depth + 1
+        self.tree_stages = self.pipeline.tree_stages(self.k)
+        self.stages = self.pipeline.mst_latency(self.k, self.max_depth)
         self.latency = self.stages + 1
         self.cycles = 1
         # per channel: the positions it popcounts and the offset of its A register
@@ -214,7 +219,7 @@ class MSTLayer(wiring.Component):
         for c in range(c_out):
             w = self.weights[c]
             terms = [x[i] if w[i] else xn[i] for i in self._positions[c].tolist()]
-            val, regs = adder_tree(m, terms, en, f"ch{c}")
+            val, regs = adder_tree(m, terms, en, f"ch{c}", self.pipeline.tree_levels)
             want = t + max(0, int(self.level[c]) - 1)
             e_at[c] = self._delay(m, en, val, want - regs, f"ch{c}_e")
 

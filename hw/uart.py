@@ -111,10 +111,12 @@ class UARTRx(wiring.Component):
         timer = Signal(range(div))
         bit = Signal(range(8))
         data = Signal(8)
-        tick = Signal()
-        m.d.comb += tick.eq(timer == 0)
+        tick = Signal(init=1)           # timer == 0, registered beside it
         with m.If(~tick):
-            m.d.sync += timer.eq(timer - 1)
+            m.d.sync += [timer.eq(timer - 1), tick.eq(timer == 1)]
+
+        def load(value):
+            return [timer.eq(value), tick.eq(value == 0)]
 
         o = self.o_stream
         with m.If(o.valid & o.ready):
@@ -124,18 +126,18 @@ class UARTRx(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(~line):
-                    m.d.sync += timer.eq(div // 2 - 1)
+                    m.d.sync += load(div // 2 - 1)
                     m.next = "START"
             with m.State("START"):
                 with m.If(tick):
                     with m.If(line):            # a glitch, not a start bit
                         m.next = "IDLE"
                     with m.Else():
-                        m.d.sync += [timer.eq(div - 1), bit.eq(0)]
+                        m.d.sync += [*load(div - 1), bit.eq(0)]
                         m.next = "DATA"
             with m.State("DATA"):
                 with m.If(tick):
-                    m.d.sync += [data.eq(Cat(data[1:], line)), timer.eq(div - 1),
+                    m.d.sync += [data.eq(Cat(data[1:], line)), *load(div - 1),
                                  bit.eq(bit + 1)]
                     with m.If(bit == 7):
                         m.next = "STOP"
@@ -179,19 +181,20 @@ class UARTTx(wiring.Component):
         shreg = Signal(10, init=0x3FF)
         left = Signal(range(11))
         timer = Signal(range(div))
+        zero = Signal(init=1)           # timer == 0, registered beside it (no compare on the path)
         m.d.comb += self.tx.eq(shreg[0])
         last = Signal()
-        m.d.comb += [last.eq((left == 1) & (timer == 0)),
+        m.d.comb += [last.eq((left == 1) & zero),
                      self.i_stream.ready.eq((left == 0) | last)]
         with m.If(left != 0):
-            with m.If(timer == 0):
-                m.d.sync += [timer.eq(div - 1), shreg.eq(Cat(shreg[1:], Const(1, 1))),
-                             left.eq(left - 1)]
+            with m.If(zero):
+                m.d.sync += [timer.eq(div - 1), zero.eq(div == 1),
+                             shreg.eq(Cat(shreg[1:], Const(1, 1))), left.eq(left - 1)]
             with m.Else():
-                m.d.sync += timer.eq(timer - 1)
+                m.d.sync += [timer.eq(timer - 1), zero.eq(timer == 1)]
         with m.If(self.i_stream.valid & self.i_stream.ready):
             m.d.sync += [shreg.eq(Cat(Const(0, 1), self.i_stream.payload, Const(1, 1))),
-                         left.eq(10), timer.eq(div - 1)]
+                         left.eq(10), timer.eq(div - 1), zero.eq(div == 1)]
         return m
 
 

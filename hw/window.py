@@ -6,7 +6,7 @@ Stream and stall conventions: :mod:`bnnforge.hw.matrix` (module docstring).
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -18,7 +18,7 @@ __all__ = ["MaxPool", "SlidingWindow"]
 
 
 class SlidingWindow(wiring.Component):
-    """Sliding-window (im2col) generator over a pixel stream, with a ping-pong frame buffer.
+    """Sliding-window (im2col) generator over a pixel stream: line buffers, one position a cycle.
 
     Parameters
     ----------
@@ -42,23 +42,25 @@ class SlidingWindow(wiring.Component):
 
     Timing
     ------
-    The buffer holds two whole frames (banks; a frame buffer rather than a line buffer, kept
-    for its simple contract; fine for small maps). Frame j is written to bank j mod 2.
+    The block walks the padded raster, Hp = H + 2·ph rows of Wp = W + 2·pw positions, row by
+    row, every position of every frame (the padding after a frame's last window included),
+    frames back to back; kh - 1 line buffers of Wp pixels (block RAM) hold the rows above.
 
-    * Writer: ``i_stream.ready`` is high iff the bank of the frame being written is free.
-      Bank b becomes busy in the cycle after its frame's last pixel is accepted and free again
-      in the cycle after the reader issued the last read step of the frame in it.
-    * Reader: windows are produced in output raster order, each in T = kh*kw read steps (one
-      per kernel position, row-major), so II = kh*kw per window and OH*OW*kh*kw enabled
-      cycles per frame. A frame's first step is issued in the first enabled cycle in which its
-      bank is busy and the reader has issued the previous frame's last step (in an earlier
-      cycle). Steps of successive windows and frames follow without gaps.
-    * A window's output register is written 1 enabled cycle after its last step and
-      ``o_stream.valid`` rises in the next cycle (``latency = 2`` enabled cycles after the
-      last step; the first window of a frame whose last pixel was accepted in cycle a is valid
-      from cycle a + T + 2 when nothing stalls — attribute ``latency = T + 2``).
-    * Global stall: while the output register is full and not accepted, the reader holds
-      (the writer still fills a free bank).
+    * One position per *step*. A step happens in every enabled cycle in which the position is
+      padding, or is inside the image and ``i_stream.valid`` is high: ``i_stream.ready`` is
+      high iff the cycle is enabled and the position is inside the image, so an inside
+      position's step is its pixel's handshake. An inside position waits (nothing moves) in
+      cycles in which no pixel is offered; a padding position takes no pixel. So a frame
+      takes Hp·Wp enabled cycles when pixels come back to back (H·W of them with a handshake).
+    * The position (y, x) completes a window when y = oy·sh + kh - 1 and x = ox·sw + kw - 1
+      (oy < OH, ox < OW); the window is written to the output register at the edge of that
+      step's cycle, so ``o_stream.valid`` rises in the next cycle (attribute ``latency = 1``:
+      a window whose last position is inside the image is valid from the cycle after that
+      pixel's handshake).
+    * After reset the block is at position (0, 0) of frame 0: top padding rows are walked in
+      cycles 0, 1, … before any pixel arrives.
+    * Global stall: while the output register is full and not accepted nothing moves and no
+      pixel is accepted (``ready`` low).
     """
 
     @quiet_on_error
@@ -79,106 +81,82 @@ class SlidingWindow(wiring.Component):
                              f"not {pad_value!r}")
         self.pad_value = int(pad_value)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        self.out_height = (self.height + 2 * ph - kh) // sh + 1
-        self.out_width = (self.width + 2 * pw - kw) // sw + 1
-        if kh > self.height + 2 * ph or kw > self.width + 2 * pw:
-            raise ValueError(f"kernel {self.kernel} exceeds the padded input "
-                             f"{(self.height + 2 * ph, self.width + 2 * pw)}")
+        #: the padded raster the block walks: (Hp, Wp)
+        self.padded = (self.height + 2 * ph, self.width + 2 * pw)
+        if kh > self.padded[0] or kw > self.padded[1]:
+            raise ValueError(f"kernel {self.kernel} exceeds the padded input {self.padded}")
+        self.out_height = (self.padded[0] - kh) // sh + 1
+        self.out_width = (self.padded[1] - kw) // sw + 1
+        #: pixels of a window (kh·kw)
         self.steps = kh * kw
-        self.latency = self.steps + 2
+        self.latency = 1
         super().__init__({
             "i_stream": In(stream.Signature(self.channels * self.elem_bits)),
             "o_stream": Out(stream.Signature(self.steps * self.channels * self.elem_bits))})
+
+    def _masks(self) -> tuple[int, int, int, int]:
+        """Bit masks over the padded rows and columns: inside the image, completing a window."""
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        oh, ow = self.out_height, self.out_width
+
+        def mask(bits):
+            return sum(1 << i for i in bits)
+
+        return (mask(range(ph, ph + self.height)), mask(range(pw, pw + self.width)),
+                mask(oy * sh + kh - 1 for oy in range(oh)),
+                mask(ox * sw + kw - 1 for ox in range(ow)))
 
     def elaborate(self, platform):
         m = Module()
         i_s, o = self.i_stream, self.o_stream
         c, b = self.channels, self.elem_bits
-        h, w = self.height, self.width
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
-        oh, ow = self.out_height, self.out_width
+        (kh, kw), (hp, wp) = self.kernel, self.padded
         pix = c * b
-        frame = h * w
+        row_in, col_in, row_win, col_win = self._masks()
+
         en = Signal()
         m.d.comb += en.eq(~(o.valid & ~o.ready))
-
-        mem = Memory(shape=unsigned(pix), depth=2 * frame, init=[])
-        m.submodules.buffer = mem
-        wr = mem.write_port()
-        rd = mem.read_port(domain="sync")
-
-        bank_busy = Signal(2)
-        wbank = Signal()
-        waddr = Signal(range(frame))
-        rbank = Signal()
-        set_busy = Signal(2)
-        clr_busy = Signal(2)
-
-        # writer
-        m.d.comb += i_s.ready.eq(~bank_busy.bit_select(wbank, 1))
-        m.d.comb += [wr.addr.eq(Mux(wbank, frame, 0) + waddr), wr.data.eq(i_s.payload),
-                     wr.en.eq(i_s.valid & i_s.ready)]
-        with m.If(i_s.valid & i_s.ready):
-            with m.If(waddr == frame - 1):
-                m.d.sync += [waddr.eq(0), wbank.eq(~wbank)]
-                m.d.comb += set_busy.eq(Mux(wbank, 0b10, 0b01))
-            with m.Else():
-                m.d.sync += waddr.eq(waddr + 1)
-
-        # reader sequencer over (oy, ox, ky, kx)
-        oy = Signal(range(oh))
-        ox = Signal(range(ow))
-        ky = Signal(range(kh))
-        kx = Signal(range(kw))
-        iy = Signal(signed(max(oh * sh, h + ph).bit_length() + 2))
-        ix = Signal(signed(max(ow * sw, w + pw).bit_length() + 2))
-        m.d.comb += [iy.eq(oy * sh - ph + ky), ix.eq(ox * sw - pw + kx)]
-        active = Signal()
-        m.d.comb += active.eq(bank_busy.bit_select(rbank, 1))
-        issue = Signal()
-        m.d.comb += issue.eq(en & active)
-        last_k = Signal()
-        last_win = Signal()
-        m.d.comb += [last_k.eq((ky == kh - 1) & (kx == kw - 1)),
-                     last_win.eq((oy == oh - 1) & (ox == ow - 1))]
+        y = Signal(range(hp))
+        x = Signal(range(wp))
         inside = Signal()
-        m.d.comb += inside.eq((iy >= 0) & (iy < h) & (ix >= 0) & (ix < w))
-        raddr = Signal(range(2 * frame))
-        m.d.comb += raddr.eq(Mux(rbank, frame, 0) + (iy * w + ix)[:len(raddr)])
-        m.d.comb += [rd.addr.eq(raddr), rd.en.eq(en)]
-        with m.If(issue):
-            with m.If(kx == kw - 1):
-                m.d.sync += kx.eq(0)
-                with m.If(ky == kh - 1):
-                    m.d.sync += ky.eq(0)
-                    with m.If(ox == ow - 1):
-                        m.d.sync += ox.eq(0)
-                        with m.If(oy == oh - 1):
-                            m.d.sync += [oy.eq(0), rbank.eq(~rbank)]
-                            m.d.comb += clr_busy.eq(Mux(rbank, 0b10, 0b01))
-                        with m.Else():
-                            m.d.sync += oy.eq(oy + 1)
-                    with m.Else():
-                        m.d.sync += ox.eq(ox + 1)
-                with m.Else():
-                    m.d.sync += ky.eq(ky + 1)
-            with m.Else():
-                m.d.sync += kx.eq(kx + 1)
-        m.d.sync += bank_busy.eq((bank_busy & ~clr_busy) | set_busy)
+        window = Signal()
+        m.d.comb += [
+            inside.eq(Const(row_in, hp).bit_select(y, 1) & Const(col_in, wp).bit_select(x, 1)),
+            window.eq(Const(row_win, hp).bit_select(y, 1) & Const(col_win, wp).bit_select(x, 1)),
+        ]
+        step = Signal()
+        m.d.comb += [i_s.ready.eq(en & inside), step.eq(en & (~inside | i_s.valid))]
+        last_x = x == wp - 1
+        with m.If(step):
+            m.d.sync += x.eq(Mux(last_x, 0, x + 1))
+            with m.If(last_x):
+                m.d.sync += y.eq(Mux(y == hp - 1, 0, y + 1))
 
-        # stage 1: read data (or padding) lands in the window
-        v1 = Signal()
-        pad1 = Signal()
-        last1 = Signal()
-        with m.If(en):
-            m.d.sync += [v1.eq(issue), pad1.eq(~inside), last1.eq(last_k)]
         pad_pixel = Const(int(sum(self.pad_value << (i * b) for i in range(c))), pix)
-        data = Signal(pix)
-        m.d.comb += data.eq(Mux(pad1, pad_pixel, rd.data))
-        full, shift = shift_in(data, self.steps, "win")
-        with m.If(en & v1):
+        value = Signal(pix)
+        m.d.comb += value.eq(Mux(inside, i_s.payload, pad_pixel))
+        if kh > 1:
+            # word x holds column x of the kh - 1 rows above, the oldest row in the lowest bits;
+            # the read port fetches the next position's word in the cycle of a step, so it is
+            # there (and held) when that position steps
+            lines = Memory(shape=unsigned((kh - 1) * pix), depth=wp, init=[])
+            m.submodules.lines = lines
+            wr = lines.write_port()
+            rd = lines.read_port(domain="sync", transparent_for=(wr,) if wp == 1 else ())
+            column = Cat(rd.data, value)
+            m.d.comb += [
+                wr.addr.eq(x), wr.data.eq(column[pix:]), wr.en.eq(step),
+                rd.addr.eq(Mux(last_x, 0, x + 1)), rd.en.eq(step),
+            ]
+        else:
+            column = value
+        word, shift = shift_in(column, kw, "win", reset_less=True)
+        with m.If(step):
             m.d.sync += shift
-        register_output(m, o, en, v1 & last1, full)
+        # word: column kx (oldest first) in bits [kx·kh·pix, …), row ky of it at ky·pix
+        out = Cat(*[word[(kx * kh + ky) * pix:(kx * kh + ky + 1) * pix]
+                    for ky in range(kh) for kx in range(kw)])
+        register_output(m, o, en, step & window, out)
         return m
 
 

@@ -19,8 +19,9 @@ place: the run stops there, with every handshake that does happen, and names the
 blocks that wait on one another (:class:`Deadlock`).
 
 Blocks with an input side that runs ahead of the output side in hardware (a FIFO accepts while
-its head waits; a window fills one frame bank while it reads the other) have two processes, so
-no waiting is modelled that the hardware does not do.
+its head waits; a matrix unit fills its input buffer while it computes) have two processes, so
+no waiting is modelled that the hardware does not do. A window generator takes its pixels in
+the steps that also make its windows (the global stall holds both), so it is one process.
 
 Once the stimulus is constant the state after each output is keyed relative to that output's
 cycle; when a key repeats, the rest of the run is its exact periodic continuation
@@ -33,7 +34,7 @@ from collections import deque
 
 import numpy as np
 
-__all__ = ["Deadlock", "Enable", "max_occupancy", "run_plan"]
+__all__ = ["Deadlock", "Enable", "max_occupancy", "run_plan", "window_walk"]
 
 _NEG = -(1 << 60)
 
@@ -113,6 +114,44 @@ class Enable:
         return tuple((lo - ref, hi - ref) for lo, hi in self.iv[self.head:])
 
 
+def window_walk(spec: dict) -> tuple[list, list, list]:
+    """The positions a window generator (``window``, ``maxpool``) walks in a frame, in runs.
+
+    The generator steps through the padded raster (``padded`` = (Hp, Wp)) one position at a
+    time; the positions inside the image (``image``, offset by ``padding``) take the frame's
+    pixels in raster order. Returns ``(head, mids, tail)``: ``head`` the positions up to and
+    including the one that completes window 0, ``mids[l]`` (l >= 1) those after window l - 1's
+    up to window l's (``mids[0]`` is empty), ``tail`` those after the last window to the end
+    of the frame. Each is a list of runs ``(pads, first pixel, pixels)``: ``pads`` padding
+    positions, then the pixels ``first .. first + pixels - 1`` of the frame.
+    """
+    (h, w), (hp, wp) = spec["image"], spec["padded"]
+    (kh, kw), (sh, sw), (ph, pw) = spec["kernel"], spec["stride"], spec["padding"]
+    oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    ends = [(oy * sh + kh - 1) * wp + ox * sw + kw - 1 for oy in range(oh) for ox in range(ow)]
+
+    def runs(lo: int, hi: int) -> list:
+        out: list = []
+        for k in range(lo, hi):
+            y, x = divmod(k, wp)
+            if ph <= y < ph + h and pw <= x < pw + w:
+                p = (y - ph) * w + x - pw
+                if out and out[-1][2] and out[-1][1] + out[-1][2] == p:
+                    out[-1][2] += 1
+                elif out and not out[-1][2]:
+                    out[-1][1:] = [p, 1]
+                else:
+                    out.append([0, p, 1])
+            elif out and not out[-1][2]:
+                out[-1][0] += 1
+            else:
+                out.append([1, 0, 0])
+        return [tuple(r) for r in out]
+
+    mids = [[]] + [runs(ends[i - 1] + 1, ends[i] + 1) for i in range(1, len(ends))]
+    return runs(0, ends[0] + 1), mids, runs(ends[-1] + 1, hp * wp)
+
+
 def _gather(up: list, hs: list, base: int, count: int, ready: int):
     """Accept input tokens ``base .. base + count - 1`` of a unit that collects a vector: the
     first from cycle ``ready`` on, the others whenever offered."""
@@ -134,7 +173,7 @@ class _Node:
         self.hs: list[list[int]] = [[] for _ in range(ports)]
         self.up: list[list[int]] = []        # producers' V, per input port
         self.down: list[list[int]] = []      # consumers' hs, per output port
-        self.L: list[int] = []               # window: last step of each frame
+        self.frames = 0                      # frames in the run (a window walks the last tail)
         self.T: list[int] = []               # matrix unit: cycle each vector leaves the buffer
         self.en = Enable()                   # the global stall of a block with an output register
         self.st: tuple = ()                  # scalars a process carries from token to token
@@ -145,7 +184,7 @@ class _Node:
         if k == "fifo":
             return [(self._fifo_in(), [self.hs[0]]), (self._fifo_out(), [self.V])]
         if k in ("window", "maxpool"):
-            return [(self._window_in(), [self.hs[0]]), (self._window_out(), [self.V, self.L])]
+            return [(self._window(), [self.V, self.hs[0]])]
         if k in ("mvtu", "score"):
             return [(self._matrix_in(), [self.hs[0]]), (self._matrix_out(), [self.V, self.T])]
         fn = {"deserializer": self._deserializer, "serializer": self._serializer,
@@ -261,64 +300,50 @@ class _Node:
             self.st = (last, w)
             j += 1
 
-    def _window_in(self):
+    def _window(self):
+        """Window generator: every position of the padded raster in one enabled cycle of its own
+        (a pixel position also no earlier than its pixel's offer), frames back to back; a window
+        is written in the cycle of the position that completes it."""
         s = self.spec
-        up, hs, L, pixels = self.up[0], self.hs[0], self.L, s["pixels"]
-        f = 0
-        while True:
-            r = _NEG
-            if f >= 2:
-                while len(L) <= f - 2:
-                    yield L, f - 2
-                r = L[f - 2] + 1
-            for p in range(f * pixels, (f + 1) * pixels):
-                while len(up) <= p:
-                    yield up, p
-                hs.append(up[p] if up[p] > r else r)
-            f += 1
-
-    def _window_out(self):
-        s = self.spec
-        hs, out, V, L = self.hs[0], self.down[0], self.V, self.L
-        steps, windows, pixels = s["steps"], s["windows"], s["pixels"]
+        out, V = self.down[0], self.V
+        head, mids, tail = window_walk(s)
+        windows, pixels = s["windows"], s["pixels"]
         en = self.en
-        last = w = _NEG
+        step, w = -1, _NEG          # the last position's cycle; the last window's write
         q = 0
         while True:
             f, lq = divmod(q, windows)
-            if lq == 0:
-                p = (f + 1) * pixels - 1
-                while len(hs) <= p:
-                    yield hs, p
-            early = False
-            if q and len(out) < q:
-                # the previous window waits downstream: steps before its write do not care
-                nxt = self._steps(en, last, lq, f, hs, L, steps, pixels)
-                if nxt <= w and lq == windows - 1:
-                    L.append(nxt)
-                    early = True
-                while len(out) < q:
-                    yield out, q - 1
             if q:
+                while len(out) < q:
+                    self.st = (step, w)
+                    yield out, q - 1
                 en.add(w, out[q - 1])
-            last = self._steps(en, last, lq, f, hs, L, steps, pixels)
-            if lq == windows - 1 and not early:
-                L.append(last)
-            w = en.advance(last, 1)
+            if lq == 0 and f:
+                step = yield from self._walk(tail, (f - 1) * pixels, step, w)
+                if f == self.frames:
+                    self.st = (step, w)
+                    return
+            step = yield from self._walk(mids[lq] if lq else head, f * pixels, step, w)
+            w = step
             V.append(w + 1)
-            self.st = (last, w)
             q += 1
 
-    @staticmethod
-    def _steps(en, last, lq, f, hs, L, steps, pixels):
-        """The last step of the next window (from the frame's last pixel for window 0)."""
-        en.prune(last)
-        if lq:
-            return en.advance(last, steps)
-        x = hs[(f + 1) * pixels - 1] + 1
-        if f and L[f - 1] + 1 > x:
-            x = L[f - 1] + 1
-        return en.advance(en.first(x), steps - 1)
+    def _walk(self, runs, base, step, w):
+        """Step through ``runs`` (:func:`window_walk`) from cycle ``step``; return the last
+        position's cycle."""
+        up, hs, en = self.up[0], self.hs[0], self.en
+        for pads, first, n in runs:
+            en.prune(step)
+            if pads:
+                step = en.advance(step, pads)
+            for p in range(base + first, base + first + n):
+                while len(up) <= p:
+                    self.st = (step, w)
+                    yield up, p
+                v = up[p]
+                step = en.first(step + 1 if step + 1 > v else v)
+                hs.append(step)
+        return step
 
     def _mst(self):
         up, hs, out, V, lat = self.up[0], self.hs[0], self.down[0], self.V, self.spec["latency"]
@@ -424,6 +449,8 @@ def run_plan(blocks: list, frames: int, tokens: int, gaps, nxt, periodic: bool =
     period, shifted by that many cycles (:func:`extend` fills it in); else ``None``.
     """
     nodes = {b["name"]: _Node(b) for b in blocks}
+    for node in nodes.values():
+        node.frames = frames
     src_V: list[int] = []
     out_hs: list[int] = []
     first = None
@@ -460,8 +487,6 @@ def run_plan(blocks: list, frames: int, tokens: int, gaps, nxt, periodic: bool =
         lists += [(h, b["tokens"]) for h in node.hs]
         if b["kind"] in ("mvtu", "score"):
             lists.append((node.T, b["out_tokens"]))
-        if b["kind"] in ("window", "maxpool"):
-            lists.append((node.L, 1))
     # how far back from its end a process may read a list (values written ahead of their
     # reader included); everything not listed below reads the last one or two
     back = {id(lst): 4 for lst, _ in lists}
@@ -476,8 +501,6 @@ def run_plan(blocks: list, frames: int, tokens: int, gaps, nxt, periodic: bool =
             # reads its own input handshakes, which run up to ``depth`` ahead of it
             reach(node.down[0], b["depth"])
             reach(node.hs[0], b["depth"])
-        elif node.kind in ("window", "maxpool"):
-            reach(node.hs[0], b["pixels"])       # a frame's last pixel; the next frame may fill
         elif node.kind in ("mvtu", "score"):
             reach(node.hs[0], b.get("count", 1))  # a vector's last transfer; the next may fill
     seen: dict = {}
@@ -531,8 +554,8 @@ def run_plan(blocks: list, frames: int, tokens: int, gaps, nxt, periodic: bool =
         except StopIteration:
             done[p] = True
             wait_of[p] = None
-            if p == 1:
-                break
+            if p == 1 and found:
+                break           # the rest is the periodic continuation
         else:
             wait_of[p] = (lst, idx)
             waiting.setdefault(id(lst), []).append((idx, p))

@@ -47,27 +47,33 @@ handshaken in cycle ``b``; pipelines advance in enabled cycles only. Per block:
   ``j`` is accepted from the handshake cycle of element ``j·count - 1`` (the previous word's
   last); element 0 of a word is offered from the cycle after the word's handshake, element
   ``e > 0`` from the cycle after element ``e - 1``'s handshake.
-* MVTU (F = C/PE · K/SIMD steps per vector, d = adder-tree registers, ``count`` transfers per
-  vector): the first transfer of vector ``j`` is ready from the cycle ``t[j-1]`` the previous
-  vector left the input buffer, the others whenever offered; with ``a[j]`` the handshake of
+* MVTU (F = C/PE · K/SIMD steps per vector, ``count`` transfers per vector): the first
+  transfer of vector ``j`` is ready from the cycle ``t[j-1]`` the previous vector left the
+  input buffer, the others whenever offered; with ``a[j]`` the handshake of
   its last transfer, vector ``j`` leaves the buffer (``t[j]``) in the first enabled cycle
   >= max(a[j] + 1, L[j-1]) where ``L`` is the cycle of a vector's last step; its F steps take
-  the next F enabled cycles; the result is written ``d + 1`` enabled cycles after the last step
-  (``d + 3 + argmax_stages(classes)`` for the score unit).
-* MST layer (``mst``: PE = C, SIMD = K, a pipeline of L = tree_stages(K) + depth + 1
-  registers after its input register, ``ready`` = enabled): input ``j`` is accepted in the
+  the next F enabled cycles; the result is written the block's ``latency`` enabled cycles
+  after the last step (:class:`~bnnforge.compiler.pipeline.Pipeline`: ``mvtu_latency``,
+  ``score_latency``; the plan block carries it).
+* MST layer (``mst``: PE = C, SIMD = K, a pipeline of L = ``Pipeline.mst_latency`` registers
+  after its input register, ``ready`` = enabled): input ``j`` is accepted in the
   first enabled cycle >= its offer; its result is written L enabled cycles later (a whole
   vector per transfer; a dense stage on a feature map gets a deserializer in front).
-* Sliding window / max-pool (two frame banks, T = kh·kw steps per window): pixels of frame
-  ``f`` are accepted from ``L[f-2] + 1`` (its bank is free); frame ``f``'s first step is the
-  first enabled cycle >= max(last pixel of f + 1, L[f-1] + 1); steps run in consecutive enabled
-  cycles; a window is written one enabled cycle after its last step.
+* Sliding window / max-pool (line buffers): the block steps through every position of the
+  padded raster (Hp·Wp a frame, row by row, frames back to back), one a step; with ``s`` the
+  previous position's step (-1 before the first), a padding position steps in the first
+  enabled cycle > ``s`` and an image position (pixel ``p``, offered from ``V_p``) in the first
+  enabled cycle >= max(s + 1, V_p), which is pixel ``p``'s handshake. A window is written in
+  the step of the position that completes it (its bottom-right), so it is offered from the
+  next cycle. The positions after a frame's last window take their pixels too (they are walked
+  once that window's handshake is known).
 
 Speed: the model is evaluated per token (pull order, from the output back), never per cycle;
 while the remaining stimulus is constant (no more input gaps, output always ready) it
-snapshots every block's state relative to the last output after each frame, and once a
-snapshot repeats, the rest of the run is an exact periodic continuation (filled in with
-numpy). Back-to-back runs of any length thus cost a few frames of per-token work.
+snapshots every block's state relative to the last output after each frame (once every
+window has walked the frame to its end), and once a snapshot repeats, the rest of the run is
+an exact periodic continuation (filled in with numpy). Back-to-back runs of any length thus
+cost a few frames of per-token work.
 """
 
 from __future__ import annotations
@@ -85,7 +91,7 @@ from ..compiler.pipeline import (
     tree_stages,
 )
 from ..compiler.plan import build_plan
-from .dataflow import Deadlock, Enable, extend, max_occupancy, run_plan
+from .dataflow import Deadlock, Enable, extend, max_occupancy, run_plan, window_walk
 
 __all__ = ["TimingResult", "simulate_timing", "chain", "tree_stages", "TREE_LEVELS_PER_STAGE",
            "argmax_stages", "ARGMAX_LEVELS_PER_STAGE"]
@@ -122,6 +128,11 @@ class _Block:
         self.up = None
         self.down_hs: list[int] = []     # handshakes of this block's output tokens
         self.busy = 0
+
+    def settle(self) -> bool:
+        """Do the work that waited for a downstream handshake now known; return whether the
+        block has taken every input token of the frames it has output (only windows wait)."""
+        return True
 
 
 class _Source:
@@ -255,51 +266,67 @@ class _Matrix(_Block):
 
 
 class _Window(_Block):
-    """Sliding window (conv) or max-pool: two frame banks, T steps per window."""
+    """Sliding window (conv) or max-pool: one position of the padded raster a step.
+
+    A frame's positions after its last window (its *tail*) depend on that window's handshake:
+    they are walked when the next frame's first window is pulled, or by :meth:`settle` as soon
+    as the handshake is known (the values are the same either way).
+    """
 
     def __init__(self, spec):
         super().__init__(spec)
-        self.steps = spec["steps"]
+        self.head, self.mids, self.tail = window_walk(spec)
         self.windows = spec["windows"]
         self.pixels = spec["pixels"]
         self.en = Enable()
-        self.frame_last = [_NEG, _NEG]     # L of frames f-2, f-1
-        self.last = _NEG
-        self.w = _NEG
+        self.s = -1             # cycle of the last position walked
+        self.w = _NEG           # write cycle of the last window
+        self.q = 0              # windows offered
+        self.tails = 0          # frames whose tail is walked
+
+    def _walk(self, runs, base: int) -> None:
+        en, up, hs, s = self.en, self.up, self.hs, self.s
+        en.prune(s)
+        for pads, first, n in runs:
+            if pads:
+                s = en.advance(s, pads)
+            for p in range(base + first, base + first + n):
+                v = up.offer(p)
+                s = en.first(s + 1 if s + 1 > v else v)
+                hs.append(s)
+        self.s = s
+
+    def _walk_tail(self) -> None:
+        f = self.tails
+        self.en.add(self.w, self.down_hs[(f + 1) * self.windows - 1])
+        self._walk(self.tail, f * self.pixels)
+        self.tails = f + 1
 
     def offer(self, q: int) -> int:
-        en = self.en
-        if q:
-            en.add(self.w, self.down_hs[q - 1])
         f, lq = divmod(q, self.windows)
         if lq == 0:
-            r = self.frame_last[0] + 1
-            up, hs = self.up, self.hs
-            base = f * self.pixels
-            a = 0
-            for p in range(base, base + self.pixels):
-                a = up.offer(p)
-                if r > a:
-                    a = r
-                hs.append(a)
-            x = a + 1 if a + 1 > self.frame_last[1] + 1 else self.frame_last[1] + 1
-            en.prune(self.last)
-            last = en.advance(en.first(x), self.steps - 1)
+            if f > self.tails:
+                self._walk_tail()
+            self._walk(self.head, f * self.pixels)
         else:
-            en.prune(self.last)
-            last = en.advance(self.last, self.steps)
-        self.last = last
-        if lq == self.windows - 1:
-            self.frame_last = [self.frame_last[1], last]
-        w = en.advance(last, 1)
-        self.w = w
-        return w + 1
+            self.en.add(self.w, self.down_hs[q - 1])
+            self._walk(self.mids[lq], f * self.pixels)
+        self.w = self.s
+        self.q = q + 1
+        return self.w + 1
+
+    def settle(self) -> bool:
+        """Walk the tail of the last frame offered in full once its last window is taken;
+        return whether every frame offered in full is walked to its end."""
+        if self.q % self.windows == 0 and self.q // self.windows > self.tails \
+                and len(self.down_hs) >= self.q:
+            self._walk_tail()
+        return self.q == self.tails * self.windows
 
     def state(self, ref):
         n = len(self.down_hs)
-        return (tuple(_rel(x, ref) for x in self.frame_last), _rel(self.last, ref),
-                _rel(self.w, ref), _rel(self.down_hs[-1], ref) if n else None,
-                self.en.state(ref))
+        return (_rel(self.s, ref), _rel(self.w, ref), self.q - self.tails * self.windows,
+                _rel(self.down_hs[-1], ref) if n else None, self.en.state(ref))
 
 
 class _MSTPipe(_Block):
@@ -362,7 +389,7 @@ class TimingResult:
     fifo_max_occupancy : dict
         Graph stage -> the most tokens its input FIFO ever held (stages with a FIFO only).
     stage_busy : dict
-        Graph stage -> cycles per frame its busiest block does work (MVTU steps, window steps,
+        Graph stage -> cycles per frame its busiest block does work (MVTU steps, window positions,
         one per input transfer for FIFO-only and deserializer stages).
     cycles_per_frame : float
         Steady-state cycles per frame: exactly ``period_cycles / period`` when the run reached
@@ -522,12 +549,16 @@ def simulate_timing(graph: DataflowGraph, frames: int, *, in_gaps=None, out_read
             continue
         if (j + 1) * px <= last_gap or v + 1 < ready_end:
             continue                              # stimulus not constant yet
+        if not all([b.settle() for b in reversed(blocks)]):
+            continue                              # a frame not taken in full: no snapshot
         key = tuple([source.state(v)] + [b.state(v) for b in blocks])
         if key in seen:
             periodic_from, period = j, j - seen[key]
             shift = v - out_hs[seen[key]]
             break
         seen[key] = j
+    for b in reversed(blocks):                    # the inputs after the last outputs' windows
+        b.settle()
 
     def extend(values: list, per_frame: int) -> np.ndarray:
         if periodic_from is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -37,6 +38,7 @@ def test_train_then_compile(trained, tmp_path, capsys):
     assert all(row["pe"] and row["simd"] for row in layers[1:])
     text = capsys.readouterr().out
     assert "held-out accuracy: torch" in text and "<- bottleneck" in text
+    assert re.search(r"\n\d+ cycles/frame at [\d.]+ MHz", text)
 
 
 def test_compile_is_deterministic(trained, tmp_path):

@@ -50,7 +50,9 @@ def test_design_luts_of_a_residual_block_add_up():
     for name, depth in depths.items():
         g.attrs(name)["fifo_depth"] = depth
     fifos = 3 * 8 + 2 * 1 + 5 * 8 + 7 * 8 * 7 + 11 * 8 + 1 * 8 + 0 * 8 + 4 * 32
-    windows = (96 + 1 * 9) + (96 + 8 * 9) + (96 + 8 * 4)
+    # 48 + pixel bits x (pad mux, held columns, output register); conv0's line buffers (2 x 10
+    # pixels of 1 bit) and pool0's (8 of 8 bits) in logic, 1.5 cells a bit; conv1's in a RAM
+    windows = (48 + 1 * 16 + 30) + (48 + 8 * 16) + (48 + 8 * 7 + 96)
     scores = 3 * 10 * min(32, (2 * 32 + 1).bit_length() + 1) + 10 * 8 * 4 + 8
     matrices = sum(_stage_luts(g, n) for n in matrix_ops(g))
     want = 150 + fifos + windows + 4 + estimate_join_luts(g.op("add0")) + scores + matrices
@@ -81,7 +83,7 @@ def test_a_fork_costs_a_lut_and_a_flip_flop_per_consumer():
     for name, _ in g:
         g.attrs(name)["fifo_depth"] = [0, 0] if name == "add0" else 0
     g.attrs("fcB")["fifo_depth"] = 1
-    windows = (96 + 1 * 9) + (96 + 8 * 4)
+    windows = (48 + 1 * 16 + 30) + (48 + 8 * 7 + 96)
     scores = 3 * 10 * min(32, (2 * 32 + 1).bit_length() + 1) + 10 * 8 * 4 + 8
     matrices = sum(_stage_luts(g, n) for n in matrix_ops(g))
     want = 150 + 4 + 1 + windows + estimate_join_luts(g.op("add0")) + scores + matrices
@@ -91,15 +93,19 @@ def test_a_fork_costs_a_lut_and_a_flip_flop_per_consumer():
 
 @pytest.mark.parametrize("make", [residual_net, side_branch_net, concat_net])
 def test_design_brams_of_a_dag(make):
-    """Two frame buffers per window generator (convolutions, max-pools) and the matrix stages'
-    ROMs and input RAMs; joins, forks and FIFOs take none."""
+    """The line buffers of every window generator (convolutions, max-pools: kh - 1 rows of the
+    padded width, in logic up to 64 bits) and the matrix stages' ROMs and input RAMs; joins,
+    forks and FIFOs take none."""
     g = ChooseFolding().apply(make())
     counts = transfers_per_vector(g)
     want = 0
     for name, op in g:
         if op.kind in ("conv", "maxpool"):
             c, h, w = op.in_shape
-            want += ram_blocks(c, 2 * h * w)
+            (kh, _), pw = op.kernel, getattr(op, "padding", (0, 0))[1]
+            word = (kh - 1) * c * getattr(op, "input_bits", 1)
+            if word * (w + 2 * pw) > 64:
+                want += ram_blocks(word, w + 2 * pw)
         if name in matrix_ops(g):
             fold = g.attrs(name)["fold"]
             want += estimate_brams(op, fold["pe"], fold["simd"], counts[name])
@@ -167,14 +173,15 @@ def test_the_design_estimate_is_the_sum_of_its_blocks():
 def test_design_estimate_of_a_chain_adds_up():
     """The chain of table_cnn, written out: the FIFOs (2 tokens of 4 bytes in front of the
     table and of the serializer, 2 x 4 bits in front of the pool and the scores), the table's
-    256 cells per byte lane, the window generators (96 + a window of pixels; two frame buffers
-    of 64 pixels each in block RAM), conv0 and the score unit (16 transfers a vector) and the
-    score copies; the serializer and the threshold cost nothing."""
+    256 cells per byte lane, the window generators (48 + pixel bits x (1 + held columns + a
+    window); conv0's line buffers, 2 x 10 bytes, in block RAM, the pool's, 8 x 4 bits, in
+    logic), conv0 and the score unit (16 transfers a vector) and the score copies; the
+    serializer and the threshold cost nothing."""
     g = table_cnn()
     assert g.pixels_per_transfer() == 4
     fifos = 2 * 32 + 2 * 32 + 2 * 4 + 2 * 4
     table = TABLE_CELLS_PER_BYTE * 4
-    windows = (96 + 8 * 9) + (96 + 4 * 4)
+    windows = (48 + 8 * 16) + (48 + 4 * 7 + 48)
     scores = 3 * 10 * min(32, (2 * 64 + 1).bit_length() + 1) + 10 * 8 * 4 + 8
     matrices = sum(_stage_luts(g, n) for n in matrix_ops(g))
     assert transfers_per_vector(g)["scores"] == 16
@@ -182,7 +189,7 @@ def test_design_estimate_of_a_chain_adds_up():
     counts = transfers_per_vector(g)
     roms = sum(estimate_brams(g.op(n), g.attrs(n)["fold"]["pe"], g.attrs(n)["fold"]["simd"],
                               counts[n]) for n in matrix_ops(g))
-    assert estimate_design_brams(g) == ram_blocks(8, 2 * 64) + ram_blocks(4, 2 * 64) + roms
+    assert estimate_design_brams(g) == ram_blocks(2 * 8, 10) + roms
 
 
 def test_an_mst_layer_is_priced_by_its_tree():

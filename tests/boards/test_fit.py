@@ -34,22 +34,25 @@ def cycles(graph):
 def test_fastest_folding_that_fits(tfc, board):
     profile = get_board(board)
     fit = fit_to_board(tfc, board)
-    luts = estimate_design_luts(fit)
+    luts = estimate_design_luts(fit, profile.family)
     assert luts <= HEADROOM * profile.luts
     assert all(fit.attrs(n).get("fold") for n in matrix_ops(fit))
     # exactly what ChooseFolding gives at that target (pixels_per_transfer included)
-    again = ChooseFolding(target_cycles=cycles(fit)).apply(tfc)
+    board_graph = tfc.copy()
+    board_graph.meta.update(fit.meta)            # the family's pipeline, which the cost counts
+    assert fit.meta["pipeline"] == {"ecp5": "ecp5"}.get(profile.family, "ice40")
+    again = ChooseFolding(target_cycles=cycles(fit)).apply(board_graph)
     assert {n: dict(again.attrs(n)) for n in again.order()} == \
         {n: dict(fit.attrs(n)) for n in fit.order()}
     # and nothing faster fits: the next faster balanced folding is over the budget
     faster = sorted({c for c in range(1, cycles(fit))}, reverse=True)[:50]
     for target in faster:
         try:
-            trial = ChooseFolding(target_cycles=target).apply(tfc)
+            trial = ChooseFolding(target_cycles=target).apply(board_graph)
         except ValueError:
             continue
         if cycles(trial) < cycles(fit):     # over the logic or the block RAM
-            assert estimate_design_luts(trial) > HEADROOM * profile.luts or \
+            assert estimate_design_luts(trial, profile.family) > HEADROOM * profile.luts or \
                 RAM_BLOCK_BITS * estimate_design_brams(trial) > \
                 profile.bram_blocks * profile.bram_bits
             break

@@ -168,7 +168,7 @@ def test_fold_override_and_its_errors(cnn_graph):
 
 
 def test_folding_target_faster_than_the_input_is_refused(cnn_graph):
-    with pytest.raises(FoldingError, match=r"faster than the streaming stages allow \(576 cycles"):
+    with pytest.raises(FoldingError, match=r"faster than the streaming stages allow \(100 cycles"):
         ChooseFolding(target_cycles=10).apply(cnn_graph)
 
 

@@ -5,6 +5,7 @@ import pytest
 from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
 
+from bnnforge.compiler.pipeline import PIPELINES, Pipeline
 from bnnforge.hw import (
     MVTU,
     Deserializer,
@@ -19,7 +20,8 @@ from bnnforge.hw import (
 )
 from bnnforge.hw.checks import silence
 from bnnforge.hw.matrix import adder_tree
-from bnnforge.hw.testing import simulate_stream
+from bnnforge.hw.testing import simulate_stream, simulate_streams
+from bnnforge.sim.timing import _BLOCKS, _Source
 
 
 def pack(values, bits):
@@ -79,18 +81,36 @@ def test_mvtu_packed_weights_match_bool_weights():
     assert np.array_equal(a.weights, b.weights)
 
 
-@pytest.mark.parametrize("k,c,pe,simd", [(12, 6, 2, 4), (8, 2, 2, 8), (16, 4, 1, 2)])
-def test_mvtu_timing_contract(k, c, pe, simd):
+#: every pipeline shape: the named ones and one with only the ROM register, one adder level a stage
+PIPES = [*PIPELINES.values(), Pipeline("rom-only", 1, 1, False)]
+
+
+@pytest.mark.parametrize("pipe", PIPES, ids=lambda p: p.name)
+@pytest.mark.parametrize("k,c,pe,simd,popcount", [(12, 6, 2, 4, False), (8, 2, 2, 8, False),
+                                                   (16, 4, 1, 2, False), (12, 4, 2, 3, True)])
+def test_mvtu_timing_contract(k, c, pe, simd, popcount, pipe):
     rng = np.random.default_rng(1)
     w = rng.integers(0, 2, (c, k)).astype(bool)
-    dut = MVTU(k, c, pe, simd, w, [k // 2] * c)
+    t = rng.integers(0, k + 1, c)
+    dut = MVTU(k, c, pe, simd, w, None if popcount else t.tolist(), pipeline=pipe)
     x = random_inputs(rng, 6, k, 1)
-    _, ic, oc = simulate_stream(dut, [pack(v, 1) for v in x], len(x))
+    out, ic, oc = simulate_stream(dut, [pack(v, 1) for v in x], len(x))
+    acc = accumulate(x, w, 1)
+    if popcount:
+        nb = dut.count_bits
+        assert out == [sum(int(v) << (nb * i) for i, v in enumerate(row)) for row in acc]
+    else:
+        assert out == [pack(e, 1) for e in acc >= t[None]]
     f = (c // pe) * (k // simd)
-    assert dut.cycles == f
-    assert dut.latency == f + 3 + tree_stages(simd)
+    d = (max(simd - 1, 0).bit_length() + pipe.tree_levels - 1) // pipe.tree_levels
+    assert dut.cycles == f and dut.tree_stages == d
+    assert dut.latency == f + 3 + d + pipe.operand_stage + pipe.compare_register
     assert oc[0] - ic[0] == dut.latency
     assert np.all(np.diff(oc) == f)            # II = F back to back
+    # and under gaps and back-pressure the values stay exact
+    again = MVTU(k, c, pe, simd, w, None if popcount else t.tolist(), pipeline=pipe)
+    assert simulate_stream(again, [pack(v, 1) for v in x], len(x), seed=3, idle=0.4,
+                           stall=0.5)[0] == out
 
 
 @pytest.mark.parametrize("ram", [False, True])
@@ -100,23 +120,24 @@ def test_mvtu_timing_contract(k, c, pe, simd):
     (24, 4, 1, 4, 1, 4),        # RAM words of 12 elements: 2 transfers in, 3 steps out
     (20, 2, 2, 10, 8, 10),      # 8-bit elements, 5 transfers a word
 ])
-def test_mvtu_collects_count_transfers(k, c, pe, simd, bits, count, ram):
+@pytest.mark.parametrize("pipe", ["generic", "ice40"])
+def test_mvtu_collects_count_transfers(k, c, pe, simd, bits, count, ram, pipe):
     rng = np.random.default_rng(k + c + count)
     w = rng.integers(0, 2, (c, k)).astype(bool)
     t = rng.integers(0, k + 1, c) if bits == 1 else rng.integers(-200 * k, 200 * k, c)
     x = random_inputs(rng, 8, k, bits)
     expected = [pack(e, 1) for e in accumulate(x, w, bits) >= t[None]]
-    dut = MVTU(k, c, pe, simd, w, t.tolist(), bits, count=count, input_ram=ram)
+    dut = MVTU(k, c, pe, simd, w, t.tolist(), bits, count=count, input_ram=ram, pipeline=pipe)
     assert dut.input_ram == ram
     e = k // count
     parts = [pack(v[i:i + e], bits) for v in x for i in range(0, k, e)]
     out, _, _ = simulate_stream(dut, parts, len(x), seed=count, idle=0.3, stall=0.4)
     assert out == expected
-    dut = MVTU(k, c, pe, simd, w, t.tolist(), bits, count=count, input_ram=ram)
+    dut = MVTU(k, c, pe, simd, w, t.tolist(), bits, count=count, input_ram=ram, pipeline=pipe)
     _, ic, oc = simulate_stream(dut, parts, len(x))
     f = dut.cycles
     # the last transfer of a vector starts its latency; II = max(F, count) back to back
-    assert oc[0] - ic[count - 1] == dut.latency == f + 3 + tree_stages(simd)
+    assert oc[0] - ic[count - 1] == dut.latency == f + 3 + tree_stages(simd, 2) + 2  # both: r, c
     assert np.all(np.diff(oc) == max(f, count))
 
 
@@ -137,6 +158,7 @@ def test_mvtu_input_buffer_placement():
 
 def test_tree_stages():
     assert [tree_stages(s) for s in (1, 2, 8, 9, 64, 65, 784)] == [0, 1, 1, 2, 2, 3, 4]
+    assert [tree_stages(s, 2) for s in (1, 2, 4, 5, 16, 17, 784)] == [0, 1, 1, 2, 2, 3, 5]
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 8, 9, 20, 64, 65])
@@ -223,14 +245,22 @@ def test_score_unit_random(k, n, pe, simd, bits):
         assert cls == int(np.argmax(sc))
 
 
-def test_score_unit_timing_and_errors():
+@pytest.mark.parametrize("pipe", PIPES, ids=lambda p: p.name)
+def test_score_unit_timing_and_errors(pipe):
     rng = np.random.default_rng(2)
     w = rng.integers(0, 2, (4, 8)).astype(bool)
-    dut = ScoreUnit(8, 4, 2, 4, w, [1] * 4, [0] * 4)
-    x = random_inputs(rng, 4, 8, 1)
-    _, ic, oc = simulate_stream(dut, [pack(v, 1) for v in x], len(x))
-    assert dut.latency == dut.cycles + 5 + tree_stages(4) + argmax_stages(4)
+    mul, add = [3, -1, 2, 1], [5, 0, -7, 2]
+    dut = ScoreUnit(8, 4, 2, 4, w, mul, add, pipeline=pipe)
+    x = random_inputs(rng, 5, 8, 1)
+    out, ic, oc = simulate_stream(dut, [pack(v, 1) for v in x], len(x))
+    scores = (2 * accumulate(x, w, 1) - 8) * np.array(mul) + np.array(add)
+    assert [decode_scores(word, 4)[0] for word in out] == scores.tolist()
+    assert dut.latency == dut.cycles + 5 + tree_stages(4, pipe.tree_levels) + \
+        pipe.operand_stage + argmax_stages(4)
     assert oc[0] - ic[0] == dut.latency and np.all(np.diff(oc) == dut.cycles)
+    again = ScoreUnit(8, 4, 2, 4, w, mul, add, pipeline=pipe)
+    assert simulate_stream(again, [pack(v, 1) for v in x], len(x), seed=4, idle=0.4,
+                           stall=0.5)[0] == out
     with pytest.raises(ValueError, match=r"PE must divide classes=4, not 3"):
         ScoreUnit(8, 4, 3, 4, w, [1] * 4, [0] * 4)
     with pytest.raises(ValueError, match=r"mul must hold 4 values, not 2"):
@@ -244,7 +274,7 @@ def test_argmax_stages_and_narrow_scores():
     w = rng.integers(0, 2, (10, 64)).astype(bool)
     dut = ScoreUnit(64, 10, 10, 64, w, [1] * 10, [0] * 10)
     assert dut.score_bits == 8                  # scores in [-64, 64]
-    assert dut.latency == 1 + 5 + tree_stages(64) + 3
+    assert dut.latency == 1 + 5 + tree_stages(64, 2) + 1 + 3   # generic: one ROM register
     x = random_inputs(rng, 6, 64, 1)
     out, ic, oc = simulate_stream(dut, [pack(v, 1) for v in x], len(x), idle=0.2, stall=0.5)
     scores = 2 * accumulate(x, w, 1) - 64
@@ -271,52 +301,113 @@ def im2col(frame, kernel, stride, padding, pad_value):
             for i in range(oh) for j in range(ow)]
 
 
-@pytest.mark.parametrize("c,h,w,kernel,stride,padding,pad,bits", [
+def window_block(dut, kind="window"):
+    """The hardware-plan block of a SlidingWindow (or the window of a MaxPool): what the timing
+    model's window process reads (compiler.plan.build_plan writes the same keys)."""
+    (h, w), (hp, wp) = (dut.height, dut.width), dut.padded
+    windows = dut.out_height * dut.out_width
+    return {"name": f"w:{kind}", "node": "w", "kind": kind, "inputs": [], "tokens": h * w,
+            "out_tokens": windows, "steps": dut.steps, "windows": windows, "pixels": h * w,
+            "image": (h, w), "padded": (hp, wp), "kernel": dut.kernel, "stride": dut.stride,
+            "padding": dut.padding, "positions": hp * wp}
+
+
+def window_model(block, gaps, ready, n_out):
+    """The timing model's window block (sim.timing's pull engine) alone, between the stimulus
+    contract's input driver and a consumer whose ``ready`` in cycle k is ``ready[k]`` (1 after
+    the array): (input handshakes, output handshakes)."""
+    src = _Source(gaps)
+    win = _BLOCKS[block["kind"]](block)
+    win.up, src.down_hs, out = src, win.hs, []
+    win.down_hs = out
+    for q in range(n_out):
+        v = win.offer(q)
+        while ready is not None and v < len(ready) and not ready[v]:
+            v += 1
+        out.append(v)
+    win.settle()                # the positions after the last window take their pixels
+    return win.hs, out
+
+
+def check_window_exact(dut, block, pixels, expected, seed, idle, stall):
+    """Run ``dut`` in Amaranth's simulator and the timing model on one stimulus (input gaps,
+    output ready): the same values, and every input and output handshake in the same cycle."""
+    rng = np.random.default_rng(seed)
+    gaps = rng.geometric(1 - idle, len(pixels)) - 1 if idle else None
+    ready = rng.random(40 * len(pixels) + 400) >= stall if stall else None
+    (out,), (ic,), (oc,) = simulate_streams(dut, [(dut.i_stream, pixels, gaps)],
+                                            [(dut.o_stream, len(expected), ready)])
+    assert out == expected
+    assert window_model(block, gaps, ready, len(expected)) == (ic, oc)
+    return ic, oc
+
+
+WINDOWS = [      # c, h, w, kernel, stride, padding, pad, bits
     (2, 5, 6, 3, 1, 1, 0, 1), (3, 6, 5, (3, 2), (2, 1), (1, 0), 1, 1), (1, 4, 4, 1, 1, 0, 0, 1),
     (2, 5, 5, 3, 2, 1, 200, 8), (1, 3, 3, 3, 1, 2, 7, 8), (2, 4, 4, 2, 2, 0, 0, 1),
-])
-def test_sliding_window_random(c, h, w, kernel, stride, padding, pad, bits):
+    (1, 7, 6, 2, 2, 0, 0, 8),       # row 6 after the last window: pixels consumed, no window
+    (2, 6, 7, 3, 2, 0, 0, 1),       # a last row and column after the last window
+    (1, 5, 1, (3, 1), 1, 0, 0, 1),  # Wp = 1: each line-buffer word read as it is written
+    (2, 4, 5, (1, 3), 1, (0, 1), 1, 8), (3, 6, 6, 2, 1, 1, 5, 8),
+]
+
+
+@pytest.mark.parametrize("c,h,w,kernel,stride,padding,pad,bits", WINDOWS)
+def test_sliding_window_values_and_cycles_match_the_timing_model(c, h, w, kernel, stride,
+                                                                 padding, pad, bits):
     rng = np.random.default_rng(c + h + w + bits)
     frames = rng.integers(0, 1 << bits, (3, h, w, c))
-    dut = SlidingWindow(c, h, w, kernel, stride, padding, pad, bits)
     kp = (kernel, kernel) if isinstance(kernel, int) else kernel
     sp = (stride, stride) if isinstance(stride, int) else stride
     pp = (padding, padding) if isinstance(padding, int) else padding
     expected = [pack(win, bits) for f in frames for win in im2col(f, kp, sp, pp, pad)]
     pixels = [pack(p, bits) for f in frames for p in f.reshape(-1, c)]
-    out, _, _ = simulate_stream(dut, pixels, len(expected), seed=h, idle=0.3, stall=0.4)
-    assert out == expected
+    for seed, idle, stall in ((h, 0.0, 0.0), (h + 1, 0.3, 0.4), (h + 2, 0.6, 0.0),
+                              (h + 3, 0.0, 0.7)):
+        dut = SlidingWindow(c, h, w, kernel, stride, padding, pad, bits)
+        ic, _ = check_window_exact(dut, window_block(dut), pixels, expected, seed, idle, stall)
+        if not idle and not stall:
+            # back to back: one padded position a cycle, Hp·Wp cycles a frame
+            hp, wp = dut.padded
+            assert ic[h * w] - ic[0] == ic[2 * h * w] - ic[h * w] == hp * wp
 
 
 def test_sliding_window_timing_and_errors():
     dut = SlidingWindow(1, 4, 4, 2, 2, 0, 0, 1)
-    pixels = list(range(2)) * 8 * 3
-    _, ic, oc = simulate_stream(dut, [p & 1 for p in pixels], 12)
-    assert dut.latency == 4 + 2
-    assert oc[0] == ic[15] + dut.latency             # first window after the frame's last pixel
-    assert np.all(np.diff(oc[:4]) == 4)              # II = kh*kw inside a frame
-    assert ic[16] == ic[15] + 1                      # the second bank takes the next frame
+    pixels = [p & 1 for p in range(16 * 3)]
+    _, ic, oc = simulate_stream(dut, pixels, 12)
+    assert dut.latency == 1 and dut.padded == (4, 4)
+    assert ic == list(range(48))                     # no padding: a pixel every cycle
+    assert oc[:4] == [ic[5] + 1, ic[7] + 1, ic[13] + 1, ic[15] + 1]  # a window's last pixel + 1
+    # 3x3, padding 1: the 6x6 padded raster takes 36 cycles a frame, padding without input
+    dut = SlidingWindow(1, 4, 4, 3, 1, 1, 0, 1)
+    _, ic, oc = simulate_stream(dut, pixels, 48)
+    assert ic[0] == 7 and ic[16] == 7 + 36 and ic[:4] == [7, 8, 9, 10] and ic[4] == 13
+    assert oc[0] == ic[5] + dut.latency == 15        # window (0, 0) ends at pixel (1, 1)
+    assert oc[3] == 18 and oc[4] == 21               # pad positions (2, 5), (3, 0) between
     with pytest.raises(ValueError, match=r"pad_value must be an integer 0..1, not 2"):
         SlidingWindow(1, 4, 4, 3, 1, 1, 2, 1)
-    with pytest.raises(ValueError, match=r"kernel \(5, 5\) exceeds the padded input"):
+    with pytest.raises(ValueError, match=r"kernel \(5, 5\) exceeds the padded input \(4, 4\)"):
         SlidingWindow(1, 4, 4, 5)
     with pytest.raises(ValueError, match=r"stride must be at least 1, not \(0, 1\)"):
         SlidingWindow(1, 4, 4, 3, (0, 1))
 
 
 @pytest.mark.parametrize("c,h,w,kernel,stride", [(3, 6, 6, 2, 2), (2, 5, 7, 3, 2),
-                                                 (4, 4, 4, 2, 1)])
-def test_maxpool_random(c, h, w, kernel, stride):
+                                                 (4, 4, 4, 2, 1), (2, 5, 5, 2, 2)])
+def test_maxpool_values_and_cycles_match_the_timing_model(c, h, w, kernel, stride):
     rng = np.random.default_rng(c * h * w)
     frames = rng.integers(0, 2, (3, h, w, c)).astype(bool)
-    dut = MaxPool(c, h, w, kernel, stride)
     expected = []
     for f in frames:
         for win in im2col(f, (kernel, kernel), (stride, stride), (0, 0), 0):
             expected.append(pack(win.reshape(-1, c).any(0), 1))
     pixels = [pack(p, 1) for f in frames for p in f.reshape(-1, c)]
-    out, _, _ = simulate_stream(dut, pixels, len(expected), seed=c, idle=0.3, stall=0.4)
-    assert out == expected
+    for seed, idle, stall in ((c, 0.0, 0.0), (c + 1, 0.3, 0.4)):
+        dut = MaxPool(c, h, w, kernel, stride)
+        assert dut.latency == 1
+        check_window_exact(dut, window_block(dut.window, "maxpool"), pixels, expected, seed,
+                           idle, stall)
 
 
 # -- Deserializer, InputThreshold, StreamFIFO ---------------------------------------------------

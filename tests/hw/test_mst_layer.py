@@ -93,7 +93,7 @@ def test_mst_layer_random(seed, c, k, idle, stall):
         # II = 1 and latency = tree_stages(K) + depth + 2, exactly
         assert ic == list(range(n))
         assert oc == [a + dut.latency for a in ic]
-        assert dut.latency == tree_stages(k) + tree.max_depth + 2
+        assert dut.latency == tree_stages(k, 2) + tree.max_depth + 2
 
 
 def test_deep_chain_and_duplicates():
@@ -111,7 +111,7 @@ def test_deep_chain_and_duplicates():
     comp = [False, False, True, False, True, False]
     thr = rng.integers(0, k + 1, c)
     dut = MSTLayer(k, c, w, thr, parent, comp)
-    assert dut.max_depth == 5 and dut.stages == tree_stages(k) + 6
+    assert dut.max_depth == 5 and dut.stages == tree_stages(k, 2) + 6
     x = rng.integers(0, 2, (30, k)).astype(bool)
     out, ic, oc = simulate_stream(dut, [to_int(r) for r in x], 30, seed=3, idle=0.3, stall=0.6)
     np.testing.assert_array_equal(np.array([bits_of(v, c) for v in out], dtype=bool),

@@ -3,10 +3,13 @@
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
+from torch import nn
 
 import bnnforge
+from bnnforge.compiler.cycles import window_cycles
 from bnnforge.compiler.folding import ChooseFolding
 from bnnforge.hw.generate import Accelerator
+from bnnforge.nn import BinaryActivation, BinaryConv2d, BinaryLinear, InputQuant
 from bnnforge.sim import chain, simulate_timing
 from conftest import random_frames, randomize_model, small_cnn, small_mlp
 
@@ -192,6 +195,16 @@ def test_mlp_fifo_depths_cycle_exact(depth):
     check_exact(graph, 4, seed=depth + 10)
 
 
+@pytest.mark.parametrize("pipeline", ["compact", "ice40", "ecp5"])
+@pytest.mark.parametrize("bits,fold", [(1, "middle"), (8, "serial")])
+def test_every_pipeline_cycle_exact(pipeline, bits, fold):
+    """Each family's pipeline (compiler.pipeline: adder levels a stage, ROM / operand and compare
+    registers) is one latency contract: the model and the generated hardware agree on it."""
+    graph = folded(mlp(bits), (1, 8, 8), MLP_FOLDS[fold])
+    graph.meta["pipeline"] = pipeline
+    check_exact(graph, 3, seed=len(pipeline), idle=0.3, stall=0.4, probe=True)
+
+
 CNN_FOLDS = {
     "serial": {"conv0": (1, 3), "conv1": (2, 8), "fc0": (2, 8), "scores": (1, 4)},
     "middle": {"conv0": (4, 9), "conv1": (4, 24), "fc0": (4, 16), "scores": (2, 10)},
@@ -266,6 +279,60 @@ def test_stimulus_errors():
     graph.attrs("fc1")["fifo_depth"] = -2
     with pytest.raises(ValueError, match=r"stage 'fc1': fifo_depth must be a non-negative"):
         simulate_timing(graph, 1)
+
+
+# -- window geometries: the line-buffer window generator cycle by cycle -------------------------
+
+def conv_net(c, h, w, kernel, stride, padding, bits, pool=None):
+    """input (c, h, w) -> a 4-channel convolution [-> a max-pool of ``pool``] -> 10 scores."""
+    (kh, kw), (sh, sw), (ph, pw) = (x if isinstance(x, tuple) else (x, x)
+                                    for x in (kernel, stride, padding))
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    layers = [InputQuant(bits), BinaryConv2d(c, 4, kernel, stride, padding,
+                                             pad_value=-1.0 if bits == 1 else 0.0),
+              nn.BatchNorm2d(4), BinaryActivation()]
+    if pool:
+        layers.append(nn.MaxPool2d(pool))
+        oh, ow = oh // pool, ow // pool
+    layers += [nn.Flatten(), BinaryLinear(4 * oh * ow, 10)]
+    return randomize_model(nn.Sequential(*layers), seed=c + h + w + bits)
+
+
+GEOMETRIES = {   # c, h, w, kernel, stride, padding, bits, pool
+    "k3-s1-p1-bits": (2, 6, 7, 3, 1, 1, 1, None),
+    "k3-s2-p0-bytes": (1, 7, 6, 3, 2, 0, 8, None),      # a last row and column in the tail
+    "k2-s2-p0-bits": (2, 7, 7, 2, 2, 0, 1, None),
+    "k2-s1-p1-bytes": (1, 5, 6, 2, 1, 1, 8, None),
+    "k3x2-s1x2-p1x0-bits": (3, 6, 7, (3, 2), (1, 2), (1, 0), 1, None),
+    "k3-s1-p1-pool-bytes": (1, 7, 7, 3, 1, 1, 8, 2),    # the pool leaves a row and a column
+}
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+def test_window_geometries_cycle_exact(name):
+    """Strides 1 and 2, padding 0 and 1, kernels 2 and 3, 1- and 8-bit pixels; folded so that
+    the MVTU (PE = 1) holds the window back: the model and the RTL agree at every boundary,
+    back to back and under input gaps and output back-pressure, and so do both engines."""
+    c, h, w, kernel, stride, padding, bits, pool = GEOMETRIES[name]
+    graph = bnnforge.lower(conv_net(*GEOMETRIES[name][:7], pool=pool), (c, h, w))
+    graph = ChooseFolding().apply(graph)
+    graph.attrs("conv0")["fold"] = {"pe": 1, "simd": graph.op("conv0").k}
+    check_exact(graph, 3, seed=len(name), probe=True)
+    check_exact(graph, 3, seed=len(name) + 1, idle=0.3, stall=0.4, probe=True)
+    rng = np.random.default_rng(len(name))
+    gaps = rng.geometric(0.6, 5 * h * w) - 1
+    ready = rng.random(20_000) < 0.6
+    for kw in ({}, {"in_gaps": gaps, "out_ready": ready}):
+        pull = simulate_timing(graph, 5, periodic=False, **kw)
+        proc = simulate_timing(graph, 5, engine="process", **kw)
+        assert pull.boundaries.keys() == proc.boundaries.keys()
+        for key in pull.boundaries:
+            np.testing.assert_array_equal(pull.boundaries[key], proc.boundaries[key], key)
+    check_periodic(graph, 30, h * w, seed=len(name), horizon=800)
+    # one padded position a cycle: the window is not what limits the frame rate
+    plan = {b["name"]: b for b in chain(graph)}
+    hp, wp = plan["conv0:window"]["padded"]
+    assert plan["conv0:window"]["positions"] == hp * wp == window_cycles(graph.op("conv0"))
 
 
 # -- several pixels per input transfer ----------------------------------------------------------

@@ -77,7 +77,7 @@ def test_mst_stage_latency_and_rate():
                       ("fc1",))
     spec = next(b for b in chain(graph) if b["kind"] == "mst")
     depth = max(graph.attrs("fc1")["mst"]["depth"])
-    assert spec["latency"] == 2 + depth + 1 and spec["cycles"] == 1      # tree_stages(16) = 2
+    assert spec["latency"] == 2 + depth + 1 and spec["cycles"] == 1   # tree_stages(16, 2) = 2
     res = simulate_timing(graph, 6)
     into = res.boundaries["fc1:mst"]
     out = res.boundaries["scores:fifo"]

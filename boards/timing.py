@@ -1,0 +1,112 @@
+"""Timing-aware compile: the clock a placed design meets, predicted per FPGA family.
+
+``compile --board`` no longer takes the board's clock on trust: :func:`design_clock` predicts
+the Fmax nextpnr reaches for a design of the estimated size from :data:`FMAX_MODELS` (one
+model per family, fitted on our own place-and-route results with the family's
+:class:`~bnnforge.compiler.pipeline.Pipeline`), takes :data:`MARGIN` of it, caps it at the
+family's ceiling, and rounds it down to a whole MHz the board's PLL makes. The folding search
+(:func:`bnnforge.boards.fit.fit_to_board`) then counts frames/s at that clock, so it picks a
+folding and a clock together; the compile report records the prediction
+(``compile.timing``).
+
+The model is deliberately simple: a piecewise-linear Fmax over the share of the device's logic
+cells the design uses (routing gets longer as a device fills), through the measured points.
+Beyond the last point it stays at the last value times the cell ratio's decline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .profiles import BoardProfile
+
+__all__ = ["FMAX_MODELS", "MARGIN", "FmaxModel", "design_clock", "predict_fmax"]
+
+#: The share of the predicted Fmax a compile clocks at (nextpnr's result varies by a few
+#: percent with the seed and the weights; the build retries two more seeds on a near miss).
+MARGIN = 0.9
+
+
+@dataclass(frozen=True)
+class FmaxModel:
+    """Predicted Fmax of a family's designs against the share of logic cells they use.
+
+    Attributes
+    ----------
+    family : str
+    points : tuple of (float, float)
+        (logic-cell utilisation 0..1, Fmax in MHz), increasing utilisation: measured designs.
+    ceiling_mhz : float
+        The fastest clock a compile picks on this family (global clock network, PLL output and
+        the UART's divisor stay comfortable below it).
+    source : str
+        Where the points come from.
+    """
+
+    family: str
+    points: tuple
+    ceiling_mhz: float
+    source: str
+
+    def predict(self, utilisation: float) -> float:
+        """Fmax (MHz) at ``utilisation``: linear between points, flat before the first; after
+        the last, falling along the steeper of the last segment and the first-to-last line
+        (never rising, never below a fifth of the first point)."""
+        pts = sorted(self.points)
+        u = max(0.0, float(utilisation))
+        if u <= pts[0][0] or len(pts) == 1:
+            return pts[0][1] if u <= pts[0][0] else pts[-1][1]
+        for (u0, f0), (u1, f1) in zip(pts, pts[1:], strict=False):
+            if u <= u1:
+                return f0 + (f1 - f0) * (u - u0) / (u1 - u0)
+        (ua, fa), (ub, fb), (ul, fl) = pts[0], pts[-2], pts[-1]
+        slope = min(0.0, (fl - fb) / (ul - ub), (fl - fa) / (ul - ua))
+        return max(fa / 5, fl + slope * (u - ul))
+
+
+#: One model per family (``BoardProfile.family``). Points: placed-and-routed designs of the
+#: test suite and the README (tfc, sfc, cnv, resnet on their boards), nextpnr's Fmax with the
+#: family's pipeline; docs/design.md "Clock" lists them.
+FMAX_MODELS = {
+    "ice40up": FmaxModel("ice40up", ((0.64, 46.9), (0.72, 46.7), (0.74, 45.8)), 60.0,
+                         "iCEBreaker tfc builds at 30k-100k frames/s (YoWASP nextpnr-ice40, "
+                         "pipeline ice40, seed 1)"),
+    "ice40hx": FmaxModel("ice40hx", ((0.64, 46.9), (0.72, 46.7), (0.74, 45.8)), 60.0,
+                         "as ice40up (the same logic tile; no HX8K build measured)"),
+    "ecp5": FmaxModel("ecp5", ((0.032, 128.3), (0.117, 108.2), (0.16, 105.7)), 150.0,
+                      "ULX3S-85F builds: tfc at 200k and 1.2M frames/s, sfc at 535k and 684k "
+                      "frames/s (YoWASP nextpnr-ecp5, pipeline ecp5, seed 1; the block-RAM "
+                      "designs stop at ~106 MHz: DP16KD clock-to-out 5.8 ns + the route)"),
+}
+
+
+def predict_fmax(profile: BoardProfile, luts: int) -> float:
+    """Predicted Fmax (MHz) of a design of ``luts`` estimated logic cells on ``profile``."""
+    model = FMAX_MODELS.get(profile.family)
+    if model is None:
+        raise ValueError(f"no Fmax model for the {profile.family} family")
+    return model.predict(luts / profile.luts)
+
+
+def design_clock(profile: BoardProfile, luts: int) -> tuple[BoardProfile, float]:
+    """The board profile at the clock a compile picks for a design of ``luts`` logic cells, and
+    the predicted Fmax it came from.
+
+    The clock is :data:`MARGIN` of the prediction, at most the family's ceiling, rounded down
+    to a whole MHz the board's PLL makes exactly (or a little below it); a board without a PLL
+    keeps its oscillator clock.
+    """
+    fmax = predict_fmax(profile, luts)
+    if profile.pll is None:
+        return profile, fmax
+    model = FMAX_MODELS[profile.family]
+    want = math.floor(min(MARGIN * fmax, model.ceiling_mhz))
+    for mhz in range(want, 0, -1):
+        try:
+            at = profile.with_clock(float(mhz))
+        except ValueError:
+            continue
+        if at.clock_mhz <= mhz:         # the PLL's nearest may be a little above: skip it
+            return at, fmax
+    return profile, fmax
