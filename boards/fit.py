@@ -19,7 +19,7 @@ from ..compiler.ir import DataflowGraph
 from ..compiler.pipeline import pipeline_for
 from .estimate import estimate_design_brams, estimate_design_luts
 from .profiles import BOARDS, BoardProfile, get_board
-from .timing import MARGIN, design_clock, predict_fmax
+from .timing import FMAX_MODELS, design_clock, predict_fmax
 
 __all__ = ["HEADROOM", "fit_board", "fit_to_board"]
 
@@ -151,7 +151,8 @@ def fit_board(graph: DataflowGraph, board, *, fps: float | None = None,
                              "predicted_fmax_mhz": round(fmax, 1)}
         at, _ = design_clock(profile, found[1])
         return at, {"clock_mhz": at.clock_mhz, "clock_from": "fmax model",
-                    "predicted_fmax_mhz": round(fmax, 1), "margin": MARGIN}
+                    "predicted_fmax_mhz": round(fmax, 1),
+                    "margin": FMAX_MODELS[profile.family].margin}
 
     clock = profile.clock_mhz
     budget = _budget(profile)
@@ -198,7 +199,7 @@ def fit_board(graph: DataflowGraph, board, *, fps: float | None = None,
                 f"{_name(graph)} cannot reach {fps:,g} frames/s on {profile.name} "
                 f"({profile.device}): the fastest folding that fits, at the clock a design of "
                 f"its size is predicted to meet (boards.timing, {how['predicted_fmax_mhz']:g} "
-                f"MHz x {MARGIN:g}), gives at most {most:,} frames/s ({fit[2]:,} cycles per "
+                f"MHz x {how['margin']:g}), gives at most {most:,} frames/s ({fit[2]:,} cycles per "
                 f"frame at {at.clock_mhz:g} MHz, ~{fit[1]:,} LUTs); lower --fps (--fps {most}), "
                 "give --clock-mhz to override the model, or choose a bigger board")
         if found is None:

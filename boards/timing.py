@@ -23,8 +23,9 @@ from .profiles import BoardProfile
 
 __all__ = ["FMAX_MODELS", "MARGIN", "FmaxModel", "design_clock", "predict_fmax"]
 
-#: The share of the predicted Fmax a compile clocks at (nextpnr's result varies by a few
-#: percent with the seed and the weights; the build retries two more seeds on a near miss).
+#: The share of the predicted Fmax a compile clocks at, unless a family's model says otherwise
+#: (nextpnr's result varies by a few percent with the seed and the weights; the build retries
+#: two more seeds on a near miss).
 MARGIN = 0.9
 
 
@@ -42,12 +43,15 @@ class FmaxModel:
         the UART's divisor stay comfortable below it).
     source : str
         Where the points come from.
+    margin : float
+        The share of the prediction a compile clocks at (:data:`MARGIN` by default).
     """
 
     family: str
     points: tuple
     ceiling_mhz: float
     source: str
+    margin: float = MARGIN
 
     def predict(self, utilisation: float) -> float:
         """Fmax (MHz) at ``utilisation``: linear between points, flat before the first; after
@@ -71,9 +75,9 @@ class FmaxModel:
 FMAX_MODELS = {
     "ice40up": FmaxModel("ice40up", ((0.64, 46.9), (0.72, 46.7), (0.74, 45.8)), 60.0,
                          "iCEBreaker tfc builds at 30k-100k frames/s (YoWASP nextpnr-ice40, "
-                         "pipeline ice40, seed 1)"),
+                         "pipeline ice40, seed 1)", 0.93),
     "ice40hx": FmaxModel("ice40hx", ((0.64, 46.9), (0.72, 46.7), (0.74, 45.8)), 60.0,
-                         "as ice40up (the same logic tile; no HX8K build measured)"),
+                         "as ice40up (the same logic tile; no HX8K build measured)", 0.93),
     "ecp5": FmaxModel("ecp5", ((0.032, 128.3), (0.117, 108.2), (0.16, 105.7)), 150.0,
                       "ULX3S-85F builds: tfc at 200k and 1.2M frames/s, sfc at 535k and 684k "
                       "frames/s (YoWASP nextpnr-ecp5, pipeline ecp5, seed 1; the block-RAM "
@@ -93,7 +97,8 @@ def design_clock(profile: BoardProfile, luts: int) -> tuple[BoardProfile, float]
     """The board profile at the clock a compile picks for a design of ``luts`` logic cells, and
     the predicted Fmax it came from.
 
-    The clock is :data:`MARGIN` of the prediction, at most the family's ceiling, rounded down
+    The clock is the model's margin (:data:`MARGIN`, 0.93 on iCE40 whose builds scatter less)
+    of the prediction, at most the family's ceiling, rounded down
     to a whole MHz the board's PLL makes exactly (or a little below it); a board without a PLL
     keeps its oscillator clock.
     """
@@ -101,7 +106,7 @@ def design_clock(profile: BoardProfile, luts: int) -> tuple[BoardProfile, float]
     if profile.pll is None:
         return profile, fmax
     model = FMAX_MODELS[profile.family]
-    want = math.floor(min(MARGIN * fmax, model.ceiling_mhz))
+    want = math.floor(min(model.margin * fmax, model.ceiling_mhz))
     for mhz in range(want, 0, -1):
         try:
             at = profile.with_clock(float(mhz))
