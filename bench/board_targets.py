@@ -120,7 +120,8 @@ def main() -> int:
         goal = [f"{100 * target[5]:.0f}%"] if target[5] else []
         goal += [f"{target[6]:,} frames/s"] if target[6] else []
         goal += [f"latency < {target[7]:g} us"] if target[7] else []
-        print(f"{row['target']}: {100 * row['accuracy']:.1f}%, {row['fps']:,.0f} frames/s at "
+        acc = f"{100 * row['accuracy']:.1f}%" if target[5] else "random weights"
+        print(f"{row['target']}: {acc}, {row['fps']:,.0f} frames/s at "
               f"{row['clock_mhz']:g} MHz, latency {row['latency_us']:.2f} us, Fmax "
               f"{row.get('fmax_mhz') or 0:.1f} MHz (target {', '.join(goal)}): "
               f"{'met' if row['met'] else 'MISSED'}", file=sys.stderr, flush=True)
