@@ -136,8 +136,8 @@ def fit_board(graph: DataflowGraph, board, *, fps: float | None = None,
         the message gives the numbers and a fix.
     """
     base = get_board(board)
-    # a board clocked from its oscillator (no PLL, or none in its profile) keeps that clock
-    fixed = clock_mhz is not None or base.pll is None or not base.uses_pll
+    # a given clock, or a board clocked from its oscillator (ice40-hx8k), stays as it is
+    fixed = clock_mhz is not None or not base.uses_pll
     profile = base.with_clock(clock_mhz)
     graph = graph.copy()
     graph.meta["pipeline"] = pipeline_for(profile.family).name
@@ -180,8 +180,7 @@ def fit_board(graph: DataflowGraph, board, *, fps: float | None = None,
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
             raise ValueError(f"fps must be a positive number of frames per second, not {fps!r}")
         if not fixed:       # the smallest design gets the fastest clock: start there
-            profile = clocked(serial)[0]
-            clock = profile.clock_mhz
+            clock = clocked(serial)[0].clock_mhz
         for _ in range(16):
             target = max(1, math.floor(clock * 1e6 / fps))
             found = _fold(graph, target, mst)
@@ -190,7 +189,7 @@ def fit_board(graph: DataflowGraph, board, *, fps: float | None = None,
             at, how = clocked(found)
             if fixed or at.clock_mhz * 1e6 / found[2] >= fps:
                 return found[0], at, how
-            profile, clock = at, at.clock_mhz   # bigger design, slower clock: fold again
+            clock = at.clock_mhz            # bigger design, slower clock: fold again
         if not fixed:
             best = _best_clocked(graph, targets, budget, profile, mst, clocked, serial)
             fit, at, how = best
@@ -220,17 +219,15 @@ def fit_board(graph: DataflowGraph, board, *, fps: float | None = None,
             f"{_name(graph)} at {fps:,g} frames/s needs ~{found[1]:,} LUTs; {where}: at most "
             f"{most:,} frames/s fits at {clock:g} MHz (--fps {most}), or choose a bigger "
             f"board{f' ({other})' if other else ''}")
-    if not fixed:
-        found, at, how = _best_clocked(graph, targets, budget, profile, mst, clocked, serial)
-        return found[0], at, how
-    found = _fastest(graph, targets, budget, profile, mst=mst)
-    return (found[0], *clocked(found))
+    found, at, how = _best_clocked(graph, targets, budget, profile, mst, clocked, serial)
+    return found[0], at, how
 
 
 def _best_clocked(graph, targets, budget, profile, mst, clocked, serial):
     """The candidate of most frames/s at the clock its own size gets (a faster folding is a
-    bigger design on a slower clock): (found, profile at its clock, how). Stops once even the
-    smallest design's clock could not beat the best with more cycles."""
+    bigger design on a slower clock; at a fixed clock, the fastest that fits): (found, profile
+    at its clock, how). Stops once even the smallest design's clock could not beat the best
+    with more cycles."""
     top = clocked(serial)[0].clock_mhz
     best = None
     for target in targets:                      # fewest cycles first

@@ -60,7 +60,7 @@ class FmaxModel:
         pts = sorted(self.points)
         u = max(0.0, float(utilisation))
         if u <= pts[0][0] or len(pts) == 1:
-            return pts[0][1] if u <= pts[0][0] else pts[-1][1]
+            return pts[0][1]
         for (u0, f0), (u1, f1) in zip(pts, pts[1:], strict=False):
             if u <= u1:
                 return f0 + (f1 - f0) * (u - u0) / (u1 - u0)

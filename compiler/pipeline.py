@@ -98,10 +98,6 @@ class Pipeline:
         """Enabled cycles from an MST layer's input handshake to its output register."""
         return self.tree_stages(k) + depth + 1
 
-    def to_dict(self) -> dict:
-        return {"name": self.name, "tree_levels": self.tree_levels,
-                "rom_register": self.rom_register, "compare_register": self.compare_register,
-                "argmax_levels": self.argmax_levels, "operand_register": self.operand_register}
 
 
 #: Adder-tree levels between two pipeline registers in the legacy (``"compact"``) pipeline.

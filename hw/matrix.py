@@ -38,7 +38,7 @@ from .checks import (
     rom_attrs,
     weight_matrix,
 )
-from .streams import register_output, shift_in
+from .streams import delay, register_output, shift_in
 
 __all__ = ["MVTU", "ScoreUnit", "adder_tree"]
 
@@ -199,13 +199,10 @@ class _MatrixBase(wiring.Component):
             with m.If(issue):
                 m.d.sync += addr.eq(Mux(last_s & last_n, 0, addr + 1))
             if self.pipeline.operand_stage > rom_reg:
-                addr = self._delayed(m, en, addr, "w_addr")     # read a cycle later instead
-            data = rd.data
-            for i in range(rom_reg):
-                data = self._delayed(m, en, data, f"w_reg{i}")
+                addr = delay(m, en, addr, 1, "w_addr", True)    # read a cycle later instead
+            data = delay(m, en, rd.data, rom_reg, "w_reg", True)
             m.d.comb += [rd.addr.eq(addr), rd.en.eq(en), w.eq(data)]
-        for i in range(self.pipeline.operand_stage):
-            x = self._delayed(m, en, x, f"x_reg{i}")
+        x = delay(m, en, x, self.pipeline.operand_stage, "x_reg", True)
 
         # control pipeline: ctl[0] at issue, ctl[i] i enabled cycles later
         def ctl_regs(i):
@@ -251,14 +248,6 @@ class _MatrixBase(wiring.Component):
             sums.append(total)
             self._accs.append(acc)
         return sums, ctl, depth
-
-    @staticmethod
-    def _delayed(m, en, value, name):
-        """``value`` through one reset-less register that loads in enabled cycles."""
-        reg = Signal(value.shape(), name=name, reset_less=True)
-        with m.If(en):
-            m.d.sync += reg.eq(value)
-        return reg
 
     def _register_buffer(self, m, en, ibuf_full, take, s):
         """Input buffer and held vector in registers (2·K·b flip-flops); step s reads word s of
@@ -556,9 +545,7 @@ class MVTU(_MatrixBase):
             rd = rom.read_port(domain="sync")
             addr = n_before if tag is None else ctl_before[4] * groups + n_before
             m.d.comb += [rd.addr.eq(addr), rd.en.eq(en)]
-            data = rd.data
-            for i in range(rom_reg):
-                data = self._delayed(m, en, data, f"thr_reg{i}")
+            data = delay(m, en, rd.data, rom_reg, "thr_reg", True)
             for p in range(pe):
                 m.d.comb += tsig[p].eq(data[p * tw:(p + 1) * tw])
         bits = Signal(pe)

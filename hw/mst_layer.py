@@ -37,7 +37,7 @@ from amaranth.lib.wiring import In, Out
 from ..compiler.pipeline import pipeline_for
 from .checks import check_input_bits, int_list, positive_int, quiet_on_error, weight_matrix
 from .matrix import adder_tree
-from .streams import register_output
+from .streams import delay, register_output
 
 __all__ = ["MSTLayer", "tree_levels"]
 
@@ -183,17 +183,6 @@ class MSTLayer(wiring.Component):
         super().__init__({"i_stream": In(stream.Signature(self.k)),
                           "o_stream": Out(stream.Signature(self.channels))})
 
-    @staticmethod
-    def _delay(m, en, value, n, name):
-        for i in range(n):
-            if isinstance(value, Const):
-                return value
-            reg = Signal(value.shape(), name=f"{name}_d{i}")
-            with m.If(en):
-                m.d.sync += reg.eq(value)
-            value = reg
-        return value
-
     def elaborate(self, platform):
         m = Module()
         i_s, o = self.i_stream, self.o_stream
@@ -221,7 +210,7 @@ class MSTLayer(wiring.Component):
             terms = [x[i] if w[i] else xn[i] for i in self._positions[c].tolist()]
             val, regs = adder_tree(m, terms, en, f"ch{c}", self.pipeline.tree_levels)
             want = t + max(0, int(self.level[c]) - 1)
-            e_at[c] = self._delay(m, en, val, want - regs, f"ch{c}_e")
+            e_at[c] = delay(m, en, val, want - regs, f"ch{c}_e_d")
 
         # level by level: A_c at stage t + level
         acc, offset = {}, {}
@@ -257,6 +246,6 @@ class MSTLayer(wiring.Component):
             else:
                 bit = Signal(name=f"bit{c}")
                 m.d.comb += bit.eq(acc[c] >= thr + offset[c])
-            out_bits.append(self._delay(m, en, bit, depth - int(self.level[c]), f"bit{c}"))
+            out_bits.append(delay(m, en, bit, depth - int(self.level[c]), f"bit{c}_d"))
         register_output(m, o, en, valid[-1], Cat(*out_bits))
         return m

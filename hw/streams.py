@@ -43,6 +43,20 @@ def shift_in(data, count: int, name: str, reset_less: bool = False) -> tuple:
     return Cat(held, data), [held.eq(Cat(held[width:], data) if count > 2 else data)]
 
 
+def delay(m: Module, enable, value, n: int, name: str, reset_less: bool = False):
+    """``value`` through ``n`` registers (``{name}0`` … or ``name`` alone when ``n`` is 1) that
+    load in the cycles ``enable`` is high; a constant needs none."""
+    for i in range(n):
+        if isinstance(value, Const):
+            return value
+        reg = Signal(value.shape(), name=name if n == 1 else f"{name}{i}",
+                     reset_less=reset_less)
+        with m.If(enable):
+            m.d.sync += reg.eq(value)
+        value = reg
+    return value
+
+
 def register_output(m: Module, o, enable, put, word) -> None:
     """The output register under a global stall: in each cycle ``enable`` is high,
     ``o.valid`` becomes ``put`` and, when ``put``, ``o.payload`` becomes ``word``."""

@@ -84,17 +84,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..compiler.ir import DataflowGraph
-from ..compiler.pipeline import (
-    ARGMAX_LEVELS_PER_STAGE,
-    TREE_LEVELS_PER_STAGE,
-    argmax_stages,
-    tree_stages,
-)
 from ..compiler.plan import build_plan
 from .dataflow import Deadlock, Enable, extend, max_occupancy, run_plan, window_walk
 
-__all__ = ["TimingResult", "simulate_timing", "chain", "tree_stages", "TREE_LEVELS_PER_STAGE",
-           "argmax_stages", "ARGMAX_LEVELS_PER_STAGE"]
+__all__ = ["TimingResult", "simulate_timing", "chain"]
 
 _NEG = -(1 << 60)       # "no such event": earlier than any cycle
 

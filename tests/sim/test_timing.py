@@ -128,17 +128,19 @@ def check_exact(graph, n_frames, seed=0, idle=0.0, stall=0.0, probe=False):
     return model
 
 
-def check_periodic(graph, frames, tokens, seed, horizon):
-    """The periodic continuation gives exactly the step-by-step run, free and under 5 frames of
-    random input gaps (``tokens`` input transfers a frame) and random back-pressure."""
+def check_periodic(graph, frames, tokens, seed, horizon, gap_frames=5, settled_by=None):
+    """The periodic continuation gives exactly the step-by-step run, free and under
+    ``gap_frames`` frames of random input gaps (``tokens`` input transfers a frame) and random
+    back-pressure; the repeat is found before frame ``settled_by`` (default the last)."""
     rng = np.random.default_rng(seed)
-    gaps = np.concatenate([rng.geometric(0.6, tokens * 5) - 1,
-                           np.zeros(tokens * (frames - 5), dtype=int)])
+    gaps = np.concatenate([rng.geometric(0.6, tokens * gap_frames) - 1,
+                           np.zeros(tokens * (frames - gap_frames), dtype=int)])
     ready = rng.random(horizon) > 0.5
+    settled_by = frames - 1 if settled_by is None else settled_by
     for kw in ({}, {"in_gaps": gaps, "out_ready": ready}):
         fast = simulate_timing(graph, frames, **kw)
         slow = simulate_timing(graph, frames, periodic=False, **kw)
-        assert fast.periodic_from is not None and fast.periodic_from < frames - 1
+        assert fast.periodic_from is not None and fast.periodic_from < settled_by
         assert slow.periodic_from is None
         assert fast.boundaries.keys() == slow.boundaries.keys()
         for key in slow.boundaries:

@@ -9,7 +9,7 @@ RTL's: the same handshakes happen, then nothing.
 import numpy as np
 import pytest
 from dag_graphs import concat_net, residual_net, side_branch_net
-from test_timing import run_rtl
+from test_timing import check_periodic, run_rtl
 
 import bnnforge
 from bnnforge.compiler.folding import ChooseFolding
@@ -155,20 +155,8 @@ def test_process_engine_periodic_continuation_is_exact(name):
     """Once the stimulus is constant the process engine repeats the state and fills in the rest:
     every boundary equals the token-by-token run, free and after random gaps and stalls."""
     graph = sized(DAGS[name]())
-    tokens = build_plan(graph).transfers_per_frame
-    rng = np.random.default_rng(7)
-    gaps = np.concatenate([rng.geometric(0.6, tokens * 3) - 1, np.zeros(tokens * 27, int)])
-    ready = rng.random(3000) > 0.5
-    for kw in ({}, {"in_gaps": gaps, "out_ready": ready}):
-        fast = simulate_timing(graph, 30, **kw)
-        slow = simulate_timing(graph, 30, periodic=False, **kw)
-        assert fast.periodic_from is not None and fast.periodic_from < 25
-        assert slow.periodic_from is None
-        assert fast.boundaries.keys() == slow.boundaries.keys()
-        for key in slow.boundaries:
-            np.testing.assert_array_equal(fast.boundaries[key], slow.boundaries[key], key)
-        assert fast.fifo_max_occupancy == slow.fifo_max_occupancy
-        assert fast.cycles_per_frame == fast.period_cycles / fast.period
+    check_periodic(graph, 30, build_plan(graph).transfers_per_frame, 7, 3000, gap_frames=3,
+                   settled_by=25)
 
 
 def test_process_engine_periodic_on_chains():
