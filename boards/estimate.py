@@ -70,10 +70,11 @@ def estimate_design_luts(graph: DataflowGraph, family: str | None = None) -> int
 
 
 def estimate_design_brams(graph: DataflowGraph) -> int:
-    """Block RAMs (4-kbit iCE40 blocks) of the board design: the sum of
+    """Block RAMs of the board design, in blocks of the graph's ``meta["family"]`` (ECP5:
+    DP16KD; iCE40 or none: 4-kbit blocks): the sum of
     :func:`~bnnforge.compiler.costs.block_brams` over the plan's blocks (the window generators'
-    two frame buffers, the matrix units' ROMs and input RAMs). FIFOs, forks, joins and MST
-    layers are logic (:func:`estimate_design_luts`)."""
+    line buffers, the matrix units' ROMs in block RAM and input RAMs). FIFOs, forks, joins and
+    MST layers are logic (:func:`estimate_design_luts`)."""
     return sum(block_brams(b) for b in _plan(graph).blocks)
 
 

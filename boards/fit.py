@@ -4,15 +4,16 @@
 targets and sizes each candidate with :func:`~bnnforge.boards.estimate.estimate_design_luts`
 (the whole board design: matrix stages, their input buffers, FIFOs, forks and joins, the UART),
 against the board's logic cells less a routing headroom, and with
-:func:`~bnnforge.boards.estimate.estimate_design_brams` against its block RAM, at the board's
-design clock. The graph may branch: every matrix stage on every branch is folded for the target.
+:func:`~bnnforge.boards.estimate.estimate_design_brams` against its block RAMs (counted in the
+family's blocks), at the board's design clock. Each ROM goes to block RAM or logic by cost, a
+block RAM priced for the family (:data:`~bnnforge.compiler.memory.BRAM_PRICE`). The graph may branch: every matrix stage on every branch is folded for the target.
 """
 
 from __future__ import annotations
 
 import math
 
-from ..compiler.costs import RAM_BLOCK_BITS, mst_eligible
+from ..compiler.costs import mst_eligible
 from ..compiler.cycles import matrix_ops, pipeline_cycles, stage_cycles
 from ..compiler.folding import ChooseFolding, FoldingError, divisors
 from ..compiler.ir import DataflowGraph
@@ -53,18 +54,18 @@ def _with_trees(graph: DataflowGraph, max_depth: int | None) -> DataflowGraph:
 def _fold(graph: DataflowGraph, target: int, mst: bool = False):
     """ChooseFolding at ``target`` cycles per frame (with MST-compressed layers where cheaper
     when ``mst``): (graph, LUT estimate for the family of the graph's pipeline, cycles,
-    block-RAM bits), or None."""
+    block RAMs of the graph's family), or None."""
     try:
         folded = ChooseFolding(target_cycles=target, mst=mst).apply(graph)
     except FoldingError:
         return None
     return (folded, estimate_design_luts(folded, graph.meta.get("family")),
             max(pipeline_cycles(folded).values()),
-            RAM_BLOCK_BITS * estimate_design_brams(folded))
+            estimate_design_brams(folded))
 
 
 def _fits(found, budget: int, profile: BoardProfile) -> bool:
-    return found[1] <= budget and found[3] <= profile.bram_blocks * profile.bram_bits
+    return found[1] <= budget and found[3] <= profile.bram_blocks
 
 
 def _name(graph: DataflowGraph) -> str:
@@ -122,9 +123,12 @@ def fit_board(graph: DataflowGraph, board, *, fps: float | None = None,
         The graph folded by :class:`~bnnforge.compiler.folding.ChooseFolding` (``fold`` on
         every matrix stage and whatever else it sets, e.g. the input's
         ``pixels_per_transfer``; ``meta["pipeline"]`` = the family's
-        :class:`~bnnforge.compiler.pipeline.Pipeline`) whose
+        :class:`~bnnforge.compiler.pipeline.Pipeline`, and ``meta["family"]``,
+        on which each ROM goes to block RAM or logic by
+        :func:`~bnnforge.compiler.memory.rom_style`) whose
         :func:`~bnnforge.boards.estimate.estimate_design_luts` is at most :data:`HEADROOM` of
-        the board's LUTs; the profile at the design clock; and how the clock was chosen
+        the board's LUTs and whose block RAMs (of the family's size) the board has; the
+        profile at the design clock; and how the clock was chosen
         (``clock_mhz``, ``clock_from`` = "given", "oscillator" or "fmax model",
         ``predicted_fmax_mhz``, ``margin``).
 
@@ -172,9 +176,9 @@ def fit_board(graph: DataflowGraph, board, *, fps: float | None = None,
         raise ValueError(f"{_name(graph)} needs ~{serial[1]:,} LUTs even fully serial; {where}: "
                          f"{fix}")
     if not _fits(serial, budget, profile):
-        raise ValueError(f"{_name(graph)} needs ~{serial[3] // 1024:,} kbit of block RAM even "
-                         f"fully serial; {profile.name} ({profile.device}) has "
-                         f"{profile.bram_blocks * profile.bram_bits // 1024:,} kbit: choose a "
+        raise ValueError(f"{_name(graph)} needs ~{serial[3]:,} block RAMs even fully serial; "
+                         f"{profile.name} ({profile.device}) has {profile.bram_blocks:,} "
+                         f"({profile.bram_blocks * profile.bram_bits // 1024:,} kbit): choose a "
                          "smaller model or a bigger board")
     if fps is not None:
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:

@@ -11,8 +11,8 @@ one logic cell (LUT4 + flip-flop). :class:`~bnnforge.compiler.folding.ChooseFold
 those functions, one rule per kind; :func:`block_luts` and :func:`block_brams` look a block up in
 it, and the board estimates (:mod:`bnnforge.boards.estimate`) add them over the plan.
 
-The ROM-style rule the generator follows (:data:`LOGIC_ROM_DEPTH`) lives here, so that ``hw``
-and this model agree on what sits in block RAM.
+Where each ROM sits (block RAM or logic) is :func:`~bnnforge.compiler.memory.rom_style`'s
+choice by cost, the one rule the plan and the generator follow too.
 """
 
 from __future__ import annotations
@@ -21,52 +21,40 @@ import math
 
 from .cycles import input_buffer_in_ram, input_ram_word
 from .ir import ScoreLayer, _Matrix
+from .memory import BRAM_CELLS, RAM_BLOCK_BITS, ram_blocks, rom_cost, rom_style
 from .pipeline import PIPELINES, pipeline_for
 
-__all__ = ["BRAM_CELLS", "COSTS", "LOGIC_ROM_DEPTH", "RAM_BLOCK_BITS", "TABLE_CELLS_PER_BYTE",
-           "block_brams", "block_luts", "emits_popcount", "estimate_brams", "estimate_fork_luts",
+__all__ = ["BRAM_CELLS", "COSTS", "RAM_BLOCK_BITS", "TABLE_CELLS_PER_BYTE", "block_brams",
+           "block_luts", "emits_popcount", "estimate_brams", "estimate_fork_luts",
            "estimate_join_luts", "estimate_luts", "estimate_mst_luts", "folding_cost",
-           "mst_eligible", "pipeline_cells", "ram_blocks"]
+           "matrix_roms", "mst_eligible", "pipeline_cells", "ram_blocks"]
 
 #: Logic cells of a matrix unit's sequencer, control pipeline and handshakes.
 _CONTROL_CELLS = 48
 
-#: Logic cells a planning estimate charges for one block RAM (about a UP5K's cells per block).
-BRAM_CELLS = 128
-
-#: Bits of the block RAM :func:`ram_blocks` counts in (an iCE40 SB_RAM40_4K).
-RAM_BLOCK_BITS = 4096
-
-
-def ram_blocks(width: int, depth: int) -> int:
-    """4-kbit block RAMs (iCE40 SB_RAM40_4K: 16 x 256, 8 x 512, 4 x 1024 or 2 x 2048 bits) that
-    hold ``depth`` words of ``width`` bits, in the best of those shapes."""
-    return min(-(-width // w) * -(-depth // d) for w, d in ((16, 256), (8, 512), (4, 1024),
-                                                            (2, 2048)))
+def matrix_roms(op, pe: int, simd: int, family: str | None = None,
+                bram_cells: int | None = None) -> dict[str, tuple[int, int, str]]:
+    """The ROMs of a matrix stage at a folding: ``{"weights": (width, depth, style)}`` and,
+    unless it emits popcounts, ``"thresholds"``; each ROM's style by
+    :func:`~bnnforge.compiler.memory.rom_style` on ``family`` at ``bram_cells`` a block RAM."""
+    groups, folds = op.channels // pe, op.k // simd
+    roms = {"weights": (pe * simd, groups * folds)}
+    if not emits_popcount(op):
+        roms["thresholds"] = (pe * _acc_bits(op), groups * getattr(op, "classes", 1))
+    return {k: (w, d, rom_style(w, d, family, bram_cells)) for k, (w, d) in roms.items()}
 
 
-#: ROMs shallower than this are built in logic (the generator marks them ``rom_style =
-#: "logic"``), deeper ones in block RAM. A shallow, wide ROM fills few words of many block RAMs (a
-#: 3,136-bit x 64-word weight ROM took 88 of the ECP5-85F's DP16KD blocks and congested the
-#: router), while in logic it costs ~4 LUT4 per bit on ECP5 (~7 on iCE40, whose Yosys builds
-#: ROMs of up to 64 words in logic by itself).
-LOGIC_ROM_DEPTH = 128
+def _rom_cells(op, pe, simd, family, bram_cells, roms) -> tuple[int, int]:
+    """(logic cells, block RAMs) of a matrix stage's ROMs, in the styles ``roms`` names
+    (``{"weights": style, ...}``, e.g. a plan block's choice) or else by cost."""
+    cells = blocks = 0
+    for key, (w, d, style) in matrix_roms(op, pe, simd, family, bram_cells).items():
+        c, b = rom_cost(w, d, (roms or {}).get(key, style), family)
+        cells, blocks = cells + c, blocks + b
+    return cells, blocks
 
 
-def _memory_cells(width: int, depth: int) -> tuple[int, int]:
-    """(logic cells, block RAMs) of a ROM of ``depth`` words of ``width`` bits.
-
-    One word: constants. :data:`LOGIC_ROM_DEPTH` words or more: block RAM (:func:`ram_blocks`);
-    fewer: logic, about 16 bits a LUT4.
-    """
-    if depth <= 1:
-        return 0, 0
-    if depth >= LOGIC_ROM_DEPTH:
-        return 0, ram_blocks(width, depth)
-    return -(-width * depth // 16), 0
-
-
-def _buffer_cells(op, simd: int, count: int) -> tuple[int, int]:
+def _buffer_cells(op, simd: int, count: int, family: str | None = None) -> tuple[int, int]:
     """(logic cells, block RAMs) of a matrix unit's input buffer and held vector."""
     k, b = op.k, op.input_bits
     if input_buffer_in_ram(k, count, simd, b):
@@ -74,7 +62,7 @@ def _buffer_cells(op, simd: int, count: int) -> tuple[int, int]:
         word = input_ram_word(k, count, simd)
         subs = word // simd
         cells = (word - ew) * b + 2 * word * b + simd * b * ((subs - 1 + 2) // 3)
-        return cells, ram_blocks(word * b, 2 * (k // word))
+        return cells, ram_blocks(word * b, 2 * (k // word), family)
     folds = k // simd
     return 2 * k * b + simd * b + simd * b * ((folds - 1 + 2) // 3), 0
 
@@ -106,7 +94,9 @@ def pipeline_cells(op, pe: int, simd: int, pipeline=None) -> int:
     return tree + rom
 
 
-def estimate_luts(op, pe: int, simd: int, count: int = 1, pipeline=None) -> int:
+def estimate_luts(op, pe: int, simd: int, count: int = 1, pipeline=None,
+                  family: str | None = None, bram_cells: int | None = None,
+                  roms: dict | None = None) -> int:
     """Rough logic-cell (LUT4 + flip-flop) estimate of a matrix stage at a folding.
 
     Per lane: SIMD XNORs and a SIMD-input popcount tree with its pipeline registers (about 3
@@ -114,10 +104,12 @@ def estimate_luts(op, pe: int, simd: int, count: int = 1, pipeline=None) -> int:
     comparator of log2(K) + 2 bits; per channel an output bit and the output register; about
     48 cells of control. The input buffer and held vector (``count`` transfers a vector):
     2·K·b registers and a word select, or a block RAM with a gather register
-    (:func:`input_buffer_in_ram`). Weights and thresholds: ROMs of 128 words or more sit in
-    block RAM (counted by :func:`estimate_brams`, not here), smaller ones in logic. A planning
-    figure, not a synthesis result; calibrated on the iCEBreaker tfc build (within ~5% of
-    nextpnr's logic cells).
+    (:func:`input_buffer_in_ram`). Weights and thresholds (:func:`matrix_roms`): a ROM in logic
+    at 16 bits a cell, one in block RAM counted by :func:`estimate_brams`, not here; each where
+    :func:`~bnnforge.compiler.memory.rom_style` puts it on ``family`` with a block RAM priced at
+    ``bram_cells`` (or as ``roms`` says: ``{"weights": style, "thresholds": style}``, a plan
+    block's choice). A planning figure, not a synthesis result; calibrated on the iCEBreaker
+    tfc build (within ~5% of nextpnr's logic cells).
 
     A stage that emits popcounts (:func:`emits_popcount`) has no threshold comparator and no
     threshold ROM, and adds an output register of C·bit_length(K) bits.
@@ -130,37 +122,36 @@ def estimate_luts(op, pe: int, simd: int, count: int = 1, pipeline=None) -> int:
     popcount = emits_popcount(op)
     lane = simd * per_bit + (2 if popcount else 3) * acc_bits
     datapath = pe * lane + 2 * op.channels + _CONTROL_CELLS
-    groups, folds = op.channels // pe, op.k // simd
-    rom = _memory_cells(pe * simd, groups * folds)[0]
+    rom = _rom_cells(op, pe, simd, family, bram_cells, roms)[0]
     if popcount:
         datapath += op.channels * int(op.k).bit_length()
-    else:
-        rom += _memory_cells(pe * acc_bits, groups * getattr(op, "classes", 1))[0]
     if getattr(op, "classes", 1) > 1:   # pad-class counters and the class register
         _, oh, ow = op.out_shape
         datapath += 2 * (int(oh).bit_length() + int(ow).bit_length() + op.classes.bit_length())
     if isinstance(op, ScoreLayer):
         datapath += op.channels * 40
-    return int(datapath + rom + _buffer_cells(op, simd, count)[0]
+    return int(datapath + rom + _buffer_cells(op, simd, count, family)[0]
                + pipeline_cells(op, pe, simd, pipeline))
 
 
-def estimate_brams(op, pe: int, simd: int, count: int = 1) -> int:
-    """Block RAMs (4-kbit iCE40 blocks) of a matrix stage at a folding: the weight and threshold
-    ROMs of 128 words or more, and an input buffer in RAM (:func:`estimate_luts`). A stage that
-    emits popcounts has no threshold ROM."""
-    groups, folds = op.channels // pe, op.k // simd
-    thresholds = 0 if emits_popcount(op) else \
-        _memory_cells(pe * _acc_bits(op), groups * getattr(op, "classes", 1))[1]
-    return (_memory_cells(pe * simd, groups * folds)[1] + thresholds
-            + _buffer_cells(op, simd, count)[1])
+def estimate_brams(op, pe: int, simd: int, count: int = 1, family: str | None = None,
+                   bram_cells: int | None = None, roms: dict | None = None) -> int:
+    """Block RAMs of ``family`` (:func:`~bnnforge.compiler.memory.ram_blocks`; ``None``:
+    4-kbit iCE40 blocks) of a matrix stage at a folding: its weight and threshold ROMs that
+    sit in block RAM (:func:`estimate_luts` says which), and an input buffer in RAM. A stage
+    that emits popcounts has no threshold ROM."""
+    return (_rom_cells(op, pe, simd, family, bram_cells, roms)[1]
+            + _buffer_cells(op, simd, count, family)[1])
 
 
-def folding_cost(op, pe: int, simd: int, count: int = 1, pipeline=None) -> int:
+def folding_cost(op, pe: int, simd: int, count: int = 1, pipeline=None,
+                 family: str | None = None, bram_cells: int | None = None) -> int:
     """What :class:`~bnnforge.compiler.folding.ChooseFolding` minimises: :func:`estimate_luts`
-    plus :data:`BRAM_CELLS` per block of :func:`estimate_brams`."""
-    return estimate_luts(op, pe, simd, count, pipeline) + \
-        BRAM_CELLS * estimate_brams(op, pe, simd, count)
+    plus ``bram_cells`` (``None``: :data:`~bnnforge.compiler.memory.BRAM_CELLS`) per block of
+    :func:`estimate_brams`, the ROMs each in its cheaper home."""
+    price = BRAM_CELLS if bram_cells is None else int(bram_cells)
+    return estimate_luts(op, pe, simd, count, pipeline, family, bram_cells) + \
+        price * estimate_brams(op, pe, simd, count, family, bram_cells)
 
 
 def mst_eligible(op) -> bool:
@@ -272,15 +263,17 @@ def _window_brams(b: dict) -> int:
     bits = _line_bits(b)
     if bits <= _LINE_LOGIC_BITS:
         return 0
-    return ram_blocks((b["kernel"][0] - 1) * b["width"], b["padded"][1])
+    return ram_blocks((b["kernel"][0] - 1) * b["width"], b["padded"][1], b.get("family"))
 
 
 def _matrix_luts(b: dict) -> int:
-    return estimate_luts(b["op"], b["pe"], b["simd"], b["count"], b.get("pipeline"))
+    return estimate_luts(b["op"], b["pe"], b["simd"], b["count"], b.get("pipeline"),
+                         b.get("family"), roms=b.get("roms"))
 
 
 def _matrix_brams(b: dict) -> int:
-    return estimate_brams(b["op"], b["pe"], b["simd"], b["count"])
+    return estimate_brams(b["op"], b["pe"], b["simd"], b["count"], b.get("family"),
+                          roms=b.get("roms"))
 
 
 def _score_luts(b: dict) -> int:
@@ -306,8 +299,9 @@ def _none(b: dict) -> int:
 #:   the output register (pixel bits x (1 + (kw - 1)·kh + kh·kw)); kh - 1 line buffers of the
 #:   padded width Wp in block RAM (one RAM, kh - 1 pixels a word), or in logic (1.5 cells a
 #:   bit) when they hold at most 64 bits.
-#: * ``mvtu``: :func:`estimate_luts` and :func:`estimate_brams` at the block's PE, SIMD and
-#:   ``count``; ``score`` adds three copies of the scores' live bits.
+#: * ``mvtu``: :func:`estimate_luts` and :func:`estimate_brams` at the block's PE, SIMD,
+#:   ``count``, ``family`` and ROM styles (``roms``); ``score`` adds three copies of the
+#:   scores' live bits.
 #: * ``mst``: :func:`estimate_mst_luts` of the block's ``tree``; no block RAM (the weights are
 #:   constants in the logic).
 #: * ``fork``: :func:`estimate_fork_luts` of its outputs; ``add``, ``concat``:
@@ -344,5 +338,5 @@ def block_luts(block: dict) -> int:
 
 
 def block_brams(block: dict) -> int:
-    """Block RAMs (4-kbit iCE40 blocks) of one block of the hardware plan (:data:`COSTS`)."""
+    """Block RAMs (of the block's ``family``; 4-kbit iCE40 blocks without one) of one block of the hardware plan (:data:`COSTS`)."""
     return int(_rule(block)[1](block))

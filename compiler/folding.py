@@ -135,7 +135,8 @@ class ChooseFolding:
         op = graph.op(name)
         if len(fold) > 2 and fold[2]:
             return estimate_mst_luts(op, self._tree(graph, name))
-        return estimate_luts(op, fold[0], fold[1], count, graph.meta.get("pipeline"))
+        return estimate_luts(op, fold[0], fold[1], count, graph.meta.get("pipeline"),
+                             graph.meta.get("family"), graph.meta.get("bram_cells"))
 
     @staticmethod
     def _check_override(name: str, op, pe: int, simd: int) -> None:
@@ -150,15 +151,18 @@ class ChooseFolding:
             raise FoldingError(f"illegal folding {name}={pe},{simd}: {'; '.join(bad)}")
 
     @staticmethod
-    def cheapest(op, target: int, count: int = 1, pipeline=None) -> tuple[int, int] | None:
+    def cheapest(op, target: int, count: int = 1, pipeline=None, family: str | None = None,
+                 bram_cells: int | None = None) -> tuple[int, int] | None:
         """The folding of least :func:`folding_cost` (``count`` input transfers per vector, the
-        graph's ``pipeline``) that meets ``target`` cycles per frame."""
+        graph's ``pipeline``, ROMs on ``family`` with a block RAM at ``bram_cells``) that meets
+        ``target`` cycles per frame."""
         best = None
         for pe in divisors(op.channels):
             for simd in divisors(op.k):
                 if stage_cycles(op, pe, simd) > target:
                     continue
-                key = (folding_cost(op, pe, simd, count, pipeline), pe * simd, pe)
+                key = (folding_cost(op, pe, simd, count, pipeline, family, bram_cells),
+                       pe * simd, pe)
                 if best is None or key < best[0]:
                     best = (key, (pe, simd))
         return None if best is None else best[1]
@@ -181,7 +185,8 @@ class ChooseFolding:
                 folds[name] = self.overrides[name]
                 continue
             pipe = graph.meta.get("pipeline")
-            choice = self.cheapest(op, target, counts[name], pipe)
+            memory = (graph.meta.get("family"), graph.meta.get("bram_cells"))
+            choice = self.cheapest(op, target, counts[name], pipe, *memory)
             if choice is None:
                 fastest = stage_cycles(op, op.channels, op.k)
                 raise FoldingError(
@@ -190,7 +195,7 @@ class ChooseFolding:
                     "the throughput target")
             if self.mst and mst_eligible(op) and \
                     estimate_mst_luts(op, self._tree(graph, name)) < \
-                    folding_cost(op, *choice, counts[name], pipe):
+                    folding_cost(op, *choice, counts[name], pipe, *memory):
                 choice = (op.channels, op.k, True)        # one vector a cycle: meets target
             folds[name] = choice
         return folds

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .costs import matrix_roms
 from .ir import BinaryConv, BinaryDense, DataflowGraph, InputLayer, MaxPool, ScoreLayer
 from .pipeline import pipeline_for
 
@@ -55,7 +56,7 @@ def _ops(**counts) -> dict:
 
 #: Operation counts per frame a block kind reports (``sim.energy`` prices them).
 OP_COUNTS = ("xnor", "popcount_bits", "acc_adds", "compares", "score_ops", "weight_rom_bits",
-             "threshold_rom_bits", "register_bits")
+             "threshold_rom_bits", "logic_rom_bits", "register_bits")
 
 
 def _tree_bits(simd: int, term_bits: int) -> int:
@@ -77,9 +78,12 @@ def _ops_matrix(b: dict) -> dict:
     vectors = b["tokens"] // b.get("count", 1)
     groups = ch // pe
     lane_steps = groups * (k // simd) * pe
+    roms = b.get("roms") or {}
+    # weight bits read: from block RAM, or from a ROM in logic (LUT outputs)
+    rom_key = "weight_rom_bits" if roms.get("weights", "bram") == "bram" else "logic_rom_bits"
     c = _ops(xnor=k * ch * vectors if ib == 1 else 0,
              popcount_bits=lane_steps * _tree_bits(simd, 1 if ib == 1 else 10) * vectors,
-             acc_adds=lane_steps * vectors, weight_rom_bits=k * ch * vectors)
+             acc_adds=lane_steps * vectors, **{rom_key: k * ch * vectors})
     acc = _acc_bits(k, ib)
     # input buffer and held vector (2·K·b), the step operand register (SIMD·b bits every step:
     # groups · K · b a vector); an MVTU gathers its C/PE output groups in a shift register of
@@ -103,7 +107,9 @@ def _ops_matrix(b: dict) -> dict:
     if lane_bits == 1:
         c["compares"] = ch * vectors
         if groups > 1:
-            c["threshold_rom_bits"] = ch * acc * vectors
+            key = "threshold_rom_bits" if roms.get("thresholds", "bram") == "bram" \
+                else "logic_rom_bits"
+            c[key] += ch * acc * vectors
     return c
 
 
@@ -202,6 +208,10 @@ class Plan:
     score_width: int = 0
     class_width: int = 0
     pipeline: str = "generic"
+    #: the FPGA family the ROMs and RAMs are sized for (``graph.meta["family"]``; None: iCE40
+    #: blocks) and the price of a block RAM in logic cells (``graph.meta["bram_cells"]``)
+    family: str | None = None
+    bram_cells: int | None = None
 
     def __iter__(self):
         return iter(self.blocks)
@@ -253,6 +263,14 @@ def _fold(graph: DataflowGraph, name: str, op) -> tuple[int, int]:
             raise PlanError(f"stage {name!r}: {what} must be a positive divisor of "
                             f"{label}={total}, not {v!r}")
     return int(pe), int(simd)
+
+
+def _memories(plan: "Plan", op, pe: int, simd: int) -> dict:
+    """A matrix block's ``family`` and ``roms`` (``{"weights": style, "thresholds": style}``:
+    where each ROM goes, :func:`~bnnforge.compiler.costs.matrix_roms` on the plan's family at
+    its block-RAM price)."""
+    roms = matrix_roms(op, pe, simd, plan.family, plan.bram_cells)
+    return {"family": plan.family, "roms": {k: v[2] for k, v in roms.items()}}
 
 
 def _fifo_depths(graph: DataflowGraph, name: str, ports: int) -> list[int]:
@@ -340,7 +358,8 @@ def build_plan(graph: DataflowGraph) -> Plan:
     pipe = pipeline_for(graph.meta.get("pipeline"))
     plan = Plan(in_channels=c_in, pixels_per_frame=h * w, pixels_per_transfer=per0,
                 transfer_width=8 * c_in * per0, transfers_per_frame=h * w // per0,
-                pipeline=pipe.name)
+                pipeline=pipe.name, family=graph.meta.get("family"),
+                bram_cells=graph.meta.get("bram_cells"))
     blocks = plan.blocks
     streams: dict[str, _Stream] = {}
     taken: dict[str, int] = {}          # node -> consumers served so far (fork ports)
@@ -411,7 +430,8 @@ def build_plan(graph: DataflowGraph) -> Plan:
                       kh * kw * c * ibits if wkind == "window" else c, op=op,
                       steps=kh * kw, windows=oh * ow, pixels=ih * iw, channels=c,
                       image=(ih, iw), padded=(ih + 2 * ph, iw + 2 * pw), kernel=(kh, kw),
-                      stride=(sh, sw), padding=(ph, pw), positions=(ih + 2 * ph) * (iw + 2 * pw))
+                      stride=(sh, sw), padding=(ph, pw), positions=(ih + 2 * ph) * (iw + 2 * pw),
+                      family=plan.family)
             out_width = c
             if isinstance(op, BinaryConv):
                 pe, simd = _fold(graph, name, op)
@@ -428,7 +448,8 @@ def build_plan(graph: DataflowGraph) -> Plan:
                 else:
                     src = add(name, "mvtu", [src], [kh * kw * c * ibits], oh * ow, oh * ow,
                               out_width, op=op, cycles=(op.channels // pe) * (op.k // simd),
-                              latency=pipe.mvtu_latency(simd), **common)
+                              latency=pipe.mvtu_latency(simd), **common,
+                              **_memories(plan, op, pe, simd))
                 streams[name] = _Stream(src, tuple(op.out_shape), out_bits, 1, oh * ow,
                                         out_width)
             else:
@@ -468,7 +489,8 @@ def build_plan(graph: DataflowGraph) -> Plan:
                              + max(1, (op.channels - 1).bit_length())) if score \
                     else op.channels * out_bits
                 src = add(name, kind, [src], [s_in.width], count, 1, out_width, op=op,
-                          cycles=f, latency=lat, count=count, **common)
+                          cycles=f, latency=lat, count=count, **common,
+                          **_memories(plan, op, pe, simd))
             streams[name] = _Stream(src, (op.channels, 1, 1), out_bits, 1, 1,
                                     op.channels * out_bits)
         elif kind in ("add", "concat"):

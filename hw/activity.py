@@ -38,8 +38,9 @@ _SEQ_BODY = re.compile(r"always\s+@\(posedge\s+[^)]*\)(.*?)(?=\n\s*(?:always|ass
 _ASSIGN = re.compile(r"(\\\S+|[\w$]+)\s*(?:\[[^\]]*\])?\s*<=")
 _INPUT = re.compile(r"^\s*input\s+(?:\[[^\]]*\]\s+)?(\\\S+|[\w$]+)\s*;", re.M)
 _MANGLED = re.compile(r"__0([0-9a-fA-F]{2})")
-_MEMORY = re.compile(r"^\s*reg\s+(?:\[(\d+):(\d+)\]\s+)?(\\\S+|[\w$]+)\s*\[(\d+):(\d+)\]\s*;",
-                     re.M)
+_MEMORY = re.compile(r"^((?:[ \t]*\(\*[^\n]*\*\)[ \t]*\n)*)\s*reg\s+(?:\[(\d+):(\d+)\]\s+)?"
+                     r"(\\\S+|[\w$]+)\s*\[(\d+):(\d+)\]\s*;", re.M)
+_ROM_STYLE = re.compile(r'rom_style\s*=\s*"(\w+)"')
 _ASSIGN_WIRE = re.compile(r"^\s*assign\s+(\\\S+|[\w$]+)\s*=\s*(.*?);\s*$", re.M)
 _OPERATOR = re.compile(r"[\^&|+\-?<>=*/%!]")
 _CLOCKS = frozenset(("clk", "rst"))
@@ -53,7 +54,8 @@ def _clean(name: str) -> str:
 def parse_verilog(text: str) -> dict:
     """Return ``{module name: {"ffs", "memories", "inputs", "aliases"}}`` of Amaranth-emitted
     Verilog: flip-flop signals (assigned in an ``always @(posedge …)`` block), memories
-    ``{name: (width, depth)}``, input ports, and aliases (wires assigned a copy, slice,
+    ``{name: (width, depth, style)}`` (style ``"bram"`` or ``"logic"`` as the memory's
+    ``rom_style`` attribute says, else None), input ports, and aliases (wires assigned a copy, slice,
     concatenation or inversion of other signals: the same net after synthesis, an inverter
     being absorbed into the LUT that reads it)."""
     out = {}
@@ -66,9 +68,11 @@ def parse_verilog(text: str) -> dict:
             ffs.update(_clean(a) for a in _ASSIGN.findall(block.group(1)))
         mems = {}
         for m in _MEMORY.finditer(body):
-            width = abs(int(m.group(1)) - int(m.group(2))) + 1 if m.group(1) else 1
-            depth = abs(int(m.group(5)) - int(m.group(4))) + 1
-            mems[_clean(m.group(3))] = (width, depth)
+            width = abs(int(m.group(2)) - int(m.group(3))) + 1 if m.group(2) else 1
+            depth = abs(int(m.group(6)) - int(m.group(5))) + 1
+            style = _ROM_STYLE.search(m.group(1))
+            style = {"block": "bram", "logic": "logic"}.get(style.group(1)) if style else None
+            mems[_clean(m.group(4))] = (width, depth, style)
         inputs = {_clean(m) for m in _INPUT.findall(body)}
         aliases = set()
         for m in _ASSIGN_WIRE.finditer(body):
@@ -114,8 +118,8 @@ class ActivityResult(dict):
 
     Keys: ``frames``, ``cycles`` (the run's cycles), ``cycles_per_frame`` (cycles between the
     first and the last output over frames − 1, or cycles / frames), ``blocks`` ({block: {"node",
-    "ff_bits", "ff_toggles", "net_bits", "net_toggles", "memories": [(name, width, depth)]}}; the
-    toggles are totals over the run), ``classes`` and ``scores`` (the run's answers),
+    "ff_bits", "ff_toggles", "net_bits", "net_toggles", "memories": [(name, width, depth,
+    style)]}}; the toggles are totals over the run), ``classes`` and ``scores`` (the run's answers),
     ``wall_s``.
     """
 
@@ -180,8 +184,8 @@ def run_activity(rtl_dir: str | os.PathLike, frames: np.ndarray,
     for module, info in modules.items():
         block = _block_of(module)
         if block in blocks:
-            for name, (width, depth) in sorted(info["memories"].items()):
-                blocks[block]["memories"].append((name, width, depth))
+            for name, (width, depth, style) in sorted(info["memories"].items()):
+                blocks[block]["memories"].append((name, width, depth, style))
     n = int(res["classes"].shape[0])
     out = res["out_cycles"]
     cpf = float(out[-1] - out[0]) / (n - 1) if n > 1 else float(res["cycles"]) / max(n, 1)

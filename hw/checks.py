@@ -12,7 +12,7 @@ import functools
 import numpy as np
 from amaranth.hdl import Const, Mux
 
-from ..compiler.costs import LOGIC_ROM_DEPTH
+from ..compiler.memory import ROM_STYLES, rom_style
 
 __all__ = [
     "check_input_bits",
@@ -22,16 +22,30 @@ __all__ = [
     "positive_int",
     "quiet_on_error",
     "rom_attrs",
+    "rom_styles",
     "silence",
     "weight_matrix",
 ]
 
 
-def rom_attrs(depth: int) -> dict:
-    """Memory attributes of a ROM of ``depth`` words: ``rom_style = "logic"`` below
-    :data:`~bnnforge.compiler.costs.LOGIC_ROM_DEPTH` words, else none (Yosys picks block RAM).
-    """
-    return {"rom_style": "logic"} if depth < LOGIC_ROM_DEPTH else {}
+def rom_attrs(width: int, depth: int, style: str | None = None) -> dict:
+    """Memory attributes of a ROM of ``depth`` words of ``width`` bits in ``style`` (``None``:
+    :func:`~bnnforge.compiler.memory.rom_style`'s choice without a board): ``rom_style =
+    "logic"`` or ``"block"``, so that Yosys builds what the cost model priced."""
+    style = rom_style(width, depth) if style is None else style
+    return {"logic": {"rom_style": "logic"}, "bram": {"rom_style": "block"}}.get(style, {})
+
+
+def rom_styles(roms) -> dict:
+    """Check a component's ``roms`` argument: ``None`` or ``{"weights" / "thresholds":
+    style}`` with styles from :data:`~bnnforge.compiler.memory.ROM_STYLES`."""
+    if roms is None:
+        return {}
+    if not isinstance(roms, dict) or not set(roms) <= {"weights", "thresholds"} or \
+            not all(v in ROM_STYLES for v in roms.values()):
+        raise ValueError(f"roms must map 'weights' / 'thresholds' to one of "
+                         f"{', '.join(ROM_STYLES)}, not {roms!r}")
+    return dict(roms)
 
 
 def quiet_on_error(init):

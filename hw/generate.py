@@ -42,7 +42,7 @@ def _mvtu(b: dict):
         kw["count"] = b["count"]
     thresholds = None if b.get("emit") == "popcount" else op.thresholds
     return MVTU(op.k, op.channels, b["pe"], b["simd"], op.weights, thresholds, op.input_bits,
-                pipeline=b.get("pipeline"), **kw)
+                pipeline=b.get("pipeline"), roms=b.get("roms"), **kw)
 
 
 def _mst(b: dict):
@@ -68,7 +68,7 @@ def _score(b: dict):
     op = b["op"]
     return ScoreUnit(op.k, op.channels, b["pe"], b["simd"], op.weights, op.mul, op.add,
                      op.input_bits, score_width=op.score_bits, count=b["count"],
-                     pipeline=b.get("pipeline"))
+                     pipeline=b.get("pipeline"), roms=b.get("roms"))
 
 
 def _join(b: dict):

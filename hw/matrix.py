@@ -36,6 +36,7 @@ from .checks import (
     positive_int,
     quiet_on_error,
     rom_attrs,
+    rom_styles,
     weight_matrix,
 )
 from .streams import delay, register_output, shift_in
@@ -43,11 +44,18 @@ from .streams import delay, register_output, shift_in
 __all__ = ["MVTU", "ScoreUnit", "adder_tree"]
 
 
+def _one_bit(v) -> bool:
+    shape = Shape.cast(v.shape())
+    return shape.width == 1 and not shape.signed
+
+
 def adder_tree(m: Module, terms: list, en, name: str,
                levels_per_stage: int = TREE_LEVELS_PER_STAGE) -> tuple[object, int]:
     """Sum ``terms`` in a balanced tree of two-input adders, pipelined as the contract says.
 
-    Level l adds neighbouring pairs of level l - 1 (an odd last one passes through); a register
+    Level l adds neighbouring pairs of level l - 1 (an odd last one passes through; two
+    one-bit terms are added as a half adder in logic, ``Cat(a ^ b, a & b)``, so that synthesis
+    can merge it with the XNORs in front instead of starting a carry chain); a register
     follows every ``levels_per_stage``-th level (the pipeline's
     :attr:`~bnnforge.compiler.pipeline.Pipeline.tree_levels`) and the last level, loading in
     cycles where ``en`` is high. Registers are reset-less (datapath) and named
@@ -65,7 +73,12 @@ def adder_tree(m: Module, terms: list, en, name: str,
         reg = level % levels_per_stage == 0 or level == levels
         nxt = []
         for i in range(0, len(terms), 2):
-            e = terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] + 0
+            if i + 1 == len(terms):
+                e = terms[i] + 0
+            elif _one_bit(terms[i]) and _one_bit(terms[i + 1]):
+                e = Cat(terms[i] ^ terms[i + 1], terms[i] & terms[i + 1])   # a half adder
+            else:
+                e = terms[i] + terms[i + 1]
             sig = Signal(e.shape(), name=f"{name}_l{level}_{i // 2}", reset_less=reg)
             if reg:
                 with m.If(en):
@@ -82,9 +95,11 @@ class _MatrixBase(wiring.Component):
     """Shared checks and datapath of :class:`MVTU` and :class:`ScoreUnit`."""
 
     def _check(self, k, channels, pe, simd, weights, input_bits, what, count=1,
-               input_ram=None, pipeline=None):
+               input_ram=None, pipeline=None, roms=None):
         #: the :class:`~bnnforge.compiler.pipeline.Pipeline` (where the registers are)
         self.pipeline = pipeline_for(pipeline)
+        #: where the ROMs go, ``{"weights" / "thresholds": style}`` (a missing one: by cost)
+        self.roms = rom_styles(roms)
         self.k = positive_int("K", k)
         self.count = positive_int("count", count)
         if self.k % self.count:
@@ -191,7 +206,7 @@ class _MatrixBase(wiring.Component):
             m.d.comb += w.eq(words[0])
         else:
             rom = Memory(shape=unsigned(pe * simd), depth=len(words), init=words,
-                         attrs=rom_attrs(len(words)))
+                         attrs=rom_attrs(pe * simd, len(words), self.roms.get("weights")))
             m.submodules.weights = rom
             rd = rom.read_port(domain="sync")
             # the word of step (n, s) is n*folds + s: a counter, not a multiply-add
@@ -394,6 +409,11 @@ class MVTU(_MatrixBase):
         Where the pipeline registers go (:class:`~bnnforge.compiler.pipeline.Pipeline`, or a
         name or FPGA family for :func:`~bnnforge.compiler.pipeline.pipeline_for`; ``None``:
         ``generic``): adder levels per tree stage, the ROM data register, the compare register.
+    roms : dict or None
+        Where the weight and threshold ROMs go: ``{"weights": style, "thresholds": style}``
+        with styles ``"bram"`` (marked ``rom_style = "block"``), ``"logic"`` or ``"const"``, as
+        the hardware plan chose them (:func:`~bnnforge.compiler.memory.rom_style`); a ROM not
+        named is placed by that rule without a board. The timing is the same either way.
 
     Ports
     -----
@@ -439,9 +459,9 @@ class MVTU(_MatrixBase):
 
     @quiet_on_error
     def __init__(self, k, channels, pe, simd, weights, thresholds, input_bits=1, count=1,
-                 input_ram=None, row_class=None, col_class=None, pipeline=None):
+                 input_ram=None, row_class=None, col_class=None, pipeline=None, roms=None):
         self._check(k, channels, pe, simd, weights, input_bits, "channels", count, input_ram,
-                    pipeline)
+                    pipeline, roms)
         lo, hi = self.acc_range
         if (row_class is None) != (col_class is None):
             raise ValueError("row_class and col_class go together: give both or neither")
@@ -540,7 +560,7 @@ class MVTU(_MatrixBase):
                         word |= (row[g * pe + p] & ((1 << tw) - 1)) << (p * tw)
                     init.append(word)
             rom = Memory(shape=unsigned(pe * tw), depth=len(init), init=init,
-                         attrs=rom_attrs(len(init)))
+                         attrs=rom_attrs(pe * tw, len(init), self.roms.get("thresholds")))
             m.submodules.thresholds = rom
             rd = rom.read_port(domain="sync")
             addr = n_before if tag is None else ctl_before[4] * groups + n_before
@@ -594,9 +614,9 @@ class ScoreUnit(_MatrixBase):
         kept as ``score_width``-bit two's complement (wrapping).
     score_width : int
         Bits per score (default 32).
-    count, input_ram, pipeline
-        Transfers per input vector, where the input buffer is and the pipeline, as for
-        :class:`MVTU`.
+    count, input_ram, pipeline, roms
+        Transfers per input vector, where the input buffer is, the pipeline and where the
+        weight ROM goes (``{"weights": style}``), as for :class:`MVTU`.
 
     Ports
     -----
@@ -623,9 +643,9 @@ class ScoreUnit(_MatrixBase):
 
     @quiet_on_error
     def __init__(self, k, classes, pe, simd, weights, mul, add, input_bits=1, score_width=32,
-                 count=1, input_ram=None, pipeline=None):
+                 count=1, input_ram=None, pipeline=None, roms=None):
         self._check(k, classes, pe, simd, weights, input_bits, "classes", count, input_ram,
-                    pipeline)
+                    pipeline, roms)
         self.score_width = positive_int("score_width", score_width)
         self.mul = int_list("mul", mul, self.channels)
         self.add = int_list("add", add, self.channels)

@@ -15,14 +15,16 @@ its source and marked measured-derived or estimate; docs/design.md §5):
 The **operation-count model** (:func:`estimate_energy`, used by ``bnnforge sim``) takes the
 operations of every block of the hardware plan (:data:`bnnforge.compiler.plan.KINDS`) times the
 tokens the timing simulation moved, and turns each operation into zero-delay toggles with
-:data:`OP_TOGGLES` (an assumed activity: random data); ROM bits read are block-RAM bits; the
+:data:`OP_TOGGLES` (an assumed activity: random data); ROM bits read are block-RAM bits where
+the plan put the ROM in block RAM, logic toggles where it put it in logic; the
 clock load counts the plan's cost-table logic cells (:func:`bnnforge.compiler.costs.block_luts`).
 
 The **activity model** (:func:`activity_energy`, used by ``bnnforge energy``) takes the toggles
 a Verilator run of the emitted Verilog counted per block (:mod:`bnnforge.hw.activity`):
 flip-flop and net toggles, flip-flop bits for the clock load, and one read of every block-RAM
-memory (a ROM of at least ``LOGIC_ROM_DEPTH`` words) per cycle (the RTL enables its read port
-in every enabled cycle). Smaller ROMs are logic: their reads show up as toggles.
+memory per cycle (the RTL enables its read port in every enabled cycle): a memory the Verilog
+marks ``rom_style = "block"``, or an unmarked one that
+:func:`~bnnforge.compiler.memory.rom_style` would put there. ROMs in logic show up as toggles.
 
 Both are estimates of the FPGA core rail only (no I/O, no board). Their ratio per layer says
 how far the op model's assumed activity is from the data's.
@@ -31,7 +33,8 @@ how far the op model's assumed activity is from the data's.
 from __future__ import annotations
 
 from ..boards.profiles import ENERGY_KEYS, FAMILY_ENERGY
-from ..compiler.costs import LOGIC_ROM_DEPTH, block_luts
+from ..compiler.costs import block_luts
+from ..compiler.memory import rom_style
 from ..compiler.ir import DataflowGraph
 from ..compiler.plan import build_plan
 from .timing import TimingResult, simulate_timing
@@ -43,15 +46,17 @@ __all__ = ["COUNT_NAMES", "DEFAULT_COEFFICIENTS", "OP_TOGGLES", "TERM_BASIS", "a
 #: an XNOR output or an adder sum bit toggles with probability 1/2; an accumulator add moves
 #: about 8 of its bits, a threshold compare about 2 (its borrow chain); a score multiply-add is
 #: priced as the measured 8x8 multiply (~100 cells at 1/2); a register bit written toggles with
-#: probability 1/2 (a flip-flop: no glitch factor). ROM bits are block-RAM bits (no toggles).
+#: probability 1/2 (a flip-flop: no glitch factor). ROM bits read from block RAM are priced
+#: per bit read (no toggles); from a ROM in logic, as a LUT output toggling with probability 1/2.
 OP_TOGGLES = {"xnor": 0.5, "popcount_bits": 0.5, "acc_adds": 8.0, "compares": 2.0,
-              "score_ops": 50.0, "register_bits": 0.5}
+              "score_ops": 50.0, "logic_rom_bits": 0.5, "register_bits": 0.5}
 
 #: count name -> how the op model prices it
 COUNT_NAMES = {"xnor": "toggle_pj", "popcount_bits": "toggle_pj", "acc_adds": "toggle_pj",
                "compares": "toggle_pj", "score_ops": "toggle_pj",
                "weight_rom_bits": "bram_pj_per_bit_read",
-               "threshold_rom_bits": "bram_pj_per_bit_read", "register_bits": "toggle_pj"}
+               "threshold_rom_bits": "bram_pj_per_bit_read", "logic_rom_bits": "toggle_pj",
+               "register_bits": "toggle_pj"}
 
 #: breakdown terms that are not operation counts
 
@@ -244,8 +249,10 @@ def activity_energy(activity: dict, *, coefficients: dict | None = None,
         lay["logic"] += block["net_toggles"] / n * g * coef["toggle_pj"] / 1000.0
         lay["ff"] += block["ff_toggles"] / n * coef["toggle_pj"] / 1000.0
         lay["clock_cells"] += block["ff_bits"] * coef["clock_pj_per_cell_cycle"] * cpf / 1000.0
-        for _name, width, depth in block["memories"]:
-            if depth >= LOGIC_ROM_DEPTH:
+        for mem in block["memories"]:           # (name, width, depth[, style])
+            width, depth = mem[1], mem[2]
+            style = mem[3] if len(mem) > 3 else None
+            if (style or rom_style(width, depth)) == "bram":
                 lay["bram"] += width * cpf * coef["bram_pj_per_bit_read"] / 1000.0
     breakdown = {k: sum(lay[k] for lay in layers.values())
                  for k in ("logic", "ff", "bram", "clock_cells")}

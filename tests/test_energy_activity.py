@@ -126,6 +126,9 @@ def test_parse_verilog_finds_flip_flops_memories_and_aliases():
   output [3:0] y;
   reg [3:0] acc = 4'h0;
   reg [7:0] weights [0:255];
+  (* rom_style = "logic" *)
+  (* src = "matrix.py:561" *)
+  reg [6:0] thresholds [7:0];
   wire [3:0] w;
   wire [3:0] s;
   assign w = a[3:0];
@@ -137,7 +140,7 @@ endmodule
 """
     info = parse_verilog(text)["top.s3_fc0_mvtu"]
     assert info["ffs"] == {"acc"}
-    assert info["memories"] == {"weights": (8, 256)}
+    assert info["memories"] == {"weights": (8, 256, None), "thresholds": (7, 8, "logic")}
     assert info["aliases"] == {"w", "y"}
     assert info["inputs"] == {"clk", "a"}
 
