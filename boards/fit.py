@@ -6,7 +6,8 @@ targets and sizes each candidate with :func:`~bnnforge.boards.estimate.estimate_
 against the board's logic cells less a routing headroom, and with
 :func:`~bnnforge.boards.estimate.estimate_design_brams` against its block RAMs (counted in the
 family's blocks), at the board's design clock. Each ROM goes to block RAM or logic by cost, a
-block RAM priced for the family (:data:`~bnnforge.compiler.memory.BRAM_PRICE`). The graph may branch: every matrix stage on every branch is folded for the target.
+block RAM priced for the family (:data:`~bnnforge.compiler.memory.BRAM_PRICE`). The graph may
+branch: every matrix stage on every branch is folded for the target.
 """
 
 from __future__ import annotations

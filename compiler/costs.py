@@ -21,34 +21,35 @@ import math
 
 from .cycles import input_buffer_in_ram, input_ram_word
 from .ir import ScoreLayer, _Matrix
-from .memory import BRAM_CELLS, RAM_BLOCK_BITS, ram_blocks, rom_cost, rom_style
+from .memory import bram_price, ram_blocks, rom_cost, rom_style
 from .pipeline import PIPELINES, pipeline_for
 
-__all__ = ["BRAM_CELLS", "COSTS", "RAM_BLOCK_BITS", "TABLE_CELLS_PER_BYTE", "block_brams",
-           "block_luts", "emits_popcount", "estimate_brams", "estimate_fork_luts",
-           "estimate_join_luts", "estimate_luts", "estimate_mst_luts", "folding_cost",
-           "matrix_roms", "mst_eligible", "pipeline_cells", "ram_blocks"]
+__all__ = ["COSTS", "TABLE_CELLS_PER_BYTE", "block_brams", "block_luts", "emits_popcount",
+           "estimate_brams", "estimate_fork_luts", "estimate_join_luts", "estimate_luts",
+           "estimate_mst_luts", "folding_cost", "matrix_roms", "mst_eligible", "pipeline_cells",
+           "ram_blocks"]
 
 #: Logic cells of a matrix unit's sequencer, control pipeline and handshakes.
 _CONTROL_CELLS = 48
 
-def matrix_roms(op, pe: int, simd: int, family: str | None = None,
-                bram_cells: int | None = None) -> dict[str, tuple[int, int, str]]:
+def matrix_roms(op, pe: int, simd: int,
+                family: str | None = None) -> dict[str, tuple[int, int, str]]:
     """The ROMs of a matrix stage at a folding: ``{"weights": (width, depth, style)}`` and,
-    unless it emits popcounts, ``"thresholds"``; each ROM's style by
-    :func:`~bnnforge.compiler.memory.rom_style` on ``family`` at ``bram_cells`` a block RAM."""
+    for a stage that compares with thresholds (not the score layer, not one that emits
+    popcounts), ``"thresholds"``; each ROM's style by
+    :func:`~bnnforge.compiler.memory.rom_style` on ``family``."""
     groups, folds = op.channels // pe, op.k // simd
     roms = {"weights": (pe * simd, groups * folds)}
-    if not emits_popcount(op):
+    if not emits_popcount(op) and not isinstance(op, ScoreLayer):
         roms["thresholds"] = (pe * _acc_bits(op), groups * getattr(op, "classes", 1))
-    return {k: (w, d, rom_style(w, d, family, bram_cells)) for k, (w, d) in roms.items()}
+    return {k: (w, d, rom_style(w, d, family)) for k, (w, d) in roms.items()}
 
 
-def _rom_cells(op, pe, simd, family, bram_cells, roms) -> tuple[int, int]:
+def _rom_cells(op, pe, simd, family, roms) -> tuple[int, int]:
     """(logic cells, block RAMs) of a matrix stage's ROMs, in the styles ``roms`` names
     (``{"weights": style, ...}``, e.g. a plan block's choice) or else by cost."""
     cells = blocks = 0
-    for key, (w, d, style) in matrix_roms(op, pe, simd, family, bram_cells).items():
+    for key, (w, d, style) in matrix_roms(op, pe, simd, family).items():
         c, b = rom_cost(w, d, (roms or {}).get(key, style), family)
         cells, blocks = cells + c, blocks + b
     return cells, blocks
@@ -95,8 +96,7 @@ def pipeline_cells(op, pe: int, simd: int, pipeline=None) -> int:
 
 
 def estimate_luts(op, pe: int, simd: int, count: int = 1, pipeline=None,
-                  family: str | None = None, bram_cells: int | None = None,
-                  roms: dict | None = None) -> int:
+                  family: str | None = None, roms: dict | None = None) -> int:
     """Rough logic-cell (LUT4 + flip-flop) estimate of a matrix stage at a folding.
 
     Per lane: SIMD XNORs and a SIMD-input popcount tree with its pipeline registers (about 3
@@ -106,10 +106,10 @@ def estimate_luts(op, pe: int, simd: int, count: int = 1, pipeline=None,
     2·K·b registers and a word select, or a block RAM with a gather register
     (:func:`input_buffer_in_ram`). Weights and thresholds (:func:`matrix_roms`): a ROM in logic
     at 16 bits a cell, one in block RAM counted by :func:`estimate_brams`, not here; each where
-    :func:`~bnnforge.compiler.memory.rom_style` puts it on ``family`` with a block RAM priced at
-    ``bram_cells`` (or as ``roms`` says: ``{"weights": style, "thresholds": style}``, a plan
-    block's choice). A planning figure, not a synthesis result; calibrated on the iCEBreaker
-    tfc build (within ~5% of nextpnr's logic cells).
+    :func:`~bnnforge.compiler.memory.rom_style` puts it on ``family`` (or as ``roms`` says:
+    ``{"weights": style, "thresholds": style}``, a plan block's choice). A planning figure,
+    not a synthesis result; calibrated on the iCEBreaker tfc build (within ~5% of nextpnr's
+    logic cells).
 
     A stage that emits popcounts (:func:`emits_popcount`) has no threshold comparator and no
     threshold ROM, and adds an output register of C·bit_length(K) bits.
@@ -122,7 +122,7 @@ def estimate_luts(op, pe: int, simd: int, count: int = 1, pipeline=None,
     popcount = emits_popcount(op)
     lane = simd * per_bit + (2 if popcount else 3) * acc_bits
     datapath = pe * lane + 2 * op.channels + _CONTROL_CELLS
-    rom = _rom_cells(op, pe, simd, family, bram_cells, roms)[0]
+    rom = _rom_cells(op, pe, simd, family, roms)[0]
     if popcount:
         datapath += op.channels * int(op.k).bit_length()
     if getattr(op, "classes", 1) > 1:   # pad-class counters and the class register
@@ -135,23 +135,23 @@ def estimate_luts(op, pe: int, simd: int, count: int = 1, pipeline=None,
 
 
 def estimate_brams(op, pe: int, simd: int, count: int = 1, family: str | None = None,
-                   bram_cells: int | None = None, roms: dict | None = None) -> int:
+                   roms: dict | None = None) -> int:
     """Block RAMs of ``family`` (:func:`~bnnforge.compiler.memory.ram_blocks`; ``None``:
     4-kbit iCE40 blocks) of a matrix stage at a folding: its weight and threshold ROMs that
     sit in block RAM (:func:`estimate_luts` says which), and an input buffer in RAM. A stage
     that emits popcounts has no threshold ROM."""
-    return (_rom_cells(op, pe, simd, family, bram_cells, roms)[1]
+    return (_rom_cells(op, pe, simd, family, roms)[1]
             + _buffer_cells(op, simd, count, family)[1])
 
 
 def folding_cost(op, pe: int, simd: int, count: int = 1, pipeline=None,
-                 family: str | None = None, bram_cells: int | None = None) -> int:
+                 family: str | None = None) -> int:
     """What :class:`~bnnforge.compiler.folding.ChooseFolding` minimises: :func:`estimate_luts`
-    plus ``bram_cells`` (``None``: :data:`~bnnforge.compiler.memory.BRAM_CELLS`) per block of
-    :func:`estimate_brams`, the ROMs each in its cheaper home."""
-    price = BRAM_CELLS if bram_cells is None else int(bram_cells)
-    return estimate_luts(op, pe, simd, count, pipeline, family, bram_cells) + \
-        price * estimate_brams(op, pe, simd, count, family, bram_cells)
+    plus each block of :func:`estimate_brams` at the price
+    :func:`~bnnforge.compiler.memory.rom_style` weighs it with on ``family``
+    (:func:`~bnnforge.compiler.memory.bram_price`), the ROMs each in its cheaper home."""
+    return estimate_luts(op, pe, simd, count, pipeline, family) + \
+        bram_price(family) * estimate_brams(op, pe, simd, count, family)
 
 
 def mst_eligible(op) -> bool:
@@ -338,5 +338,6 @@ def block_luts(block: dict) -> int:
 
 
 def block_brams(block: dict) -> int:
-    """Block RAMs (of the block's ``family``; 4-kbit iCE40 blocks without one) of one block of the hardware plan (:data:`COSTS`)."""
+    """Block RAMs (of the block's ``family``; 4-kbit iCE40 blocks without one) of one block of
+    the hardware plan (:data:`COSTS`)."""
     return int(_rule(block)[1](block))

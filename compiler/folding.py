@@ -136,7 +136,7 @@ class ChooseFolding:
         if len(fold) > 2 and fold[2]:
             return estimate_mst_luts(op, self._tree(graph, name))
         return estimate_luts(op, fold[0], fold[1], count, graph.meta.get("pipeline"),
-                             graph.meta.get("family"), graph.meta.get("bram_cells"))
+                             graph.meta.get("family"))
 
     @staticmethod
     def _check_override(name: str, op, pe: int, simd: int) -> None:
@@ -151,18 +151,17 @@ class ChooseFolding:
             raise FoldingError(f"illegal folding {name}={pe},{simd}: {'; '.join(bad)}")
 
     @staticmethod
-    def cheapest(op, target: int, count: int = 1, pipeline=None, family: str | None = None,
-                 bram_cells: int | None = None) -> tuple[int, int] | None:
+    def cheapest(op, target: int, count: int = 1, pipeline=None,
+                 family: str | None = None) -> tuple[int, int] | None:
         """The folding of least :func:`folding_cost` (``count`` input transfers per vector, the
-        graph's ``pipeline``, ROMs on ``family`` with a block RAM at ``bram_cells``) that meets
-        ``target`` cycles per frame."""
+        graph's ``pipeline``, ROMs and RAMs on ``family``) that meets ``target`` cycles per
+        frame."""
         best = None
         for pe in divisors(op.channels):
             for simd in divisors(op.k):
                 if stage_cycles(op, pe, simd) > target:
                     continue
-                key = (folding_cost(op, pe, simd, count, pipeline, family, bram_cells),
-                       pe * simd, pe)
+                key = (folding_cost(op, pe, simd, count, pipeline, family), pe * simd, pe)
                 if best is None or key < best[0]:
                     best = (key, (pe, simd))
         return None if best is None else best[1]
@@ -184,9 +183,8 @@ class ChooseFolding:
             if name in self.overrides and name != graph.input_node():
                 folds[name] = self.overrides[name]
                 continue
-            pipe = graph.meta.get("pipeline")
-            memory = (graph.meta.get("family"), graph.meta.get("bram_cells"))
-            choice = self.cheapest(op, target, counts[name], pipe, *memory)
+            pipe, family = graph.meta.get("pipeline"), graph.meta.get("family")
+            choice = self.cheapest(op, target, counts[name], pipe, family)
             if choice is None:
                 fastest = stage_cycles(op, op.channels, op.k)
                 raise FoldingError(
@@ -195,7 +193,7 @@ class ChooseFolding:
                     "the throughput target")
             if self.mst and mst_eligible(op) and \
                     estimate_mst_luts(op, self._tree(graph, name)) < \
-                    folding_cost(op, *choice, counts[name], pipe, *memory):
+                    folding_cost(op, *choice, counts[name], pipe, family):
                 choice = (op.channels, op.k, True)        # one vector a cycle: meets target
             folds[name] = choice
         return folds

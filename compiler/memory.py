@@ -18,8 +18,8 @@ its blocks and goes to block RAM.
 
 from __future__ import annotations
 
-__all__ = ["BLOCK_SHAPES", "BRAM_CELLS", "BRAM_PRICE", "RAM_BLOCK_BITS", "ROM_STYLES",
-           "ram_blocks", "rom_cost", "rom_style"]
+__all__ = ["BLOCK_SHAPES", "BRAM_CELLS", "BRAM_PRICE", "ROM_STYLES", "bram_price", "ram_blocks",
+           "rom_cost", "rom_style"]
 
 #: Block RAM shapes (width, depth) a ROM or RAM may use, per block family: iCE40 SB_RAM40_4K
 #: (4 kbit) and ECP5 DP16KD (18 kbit: 36 bits wide as a pseudo-dual-port ROM).
@@ -27,9 +27,6 @@ BLOCK_SHAPES = {
     "ice40": ((16, 256), (8, 512), (4, 1024), (2, 2048)),
     "ecp5": ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)),
 }
-
-#: Bits of the iCE40 block RAM (the unit of :func:`ram_blocks` without a family).
-RAM_BLOCK_BITS = 4096
 
 #: Logic cells a block RAM is priced at without a board: about a UP5K's cells per block (the
 #: default rule then puts a ROM of 128 words or more of 16-bit multiples in block RAM).
@@ -57,6 +54,12 @@ def ram_blocks(width: int, depth: int, family: str | None = None) -> int:
     return min(-(-width // w) * -(-depth // d) for w, d in _shapes(family))
 
 
+def bram_price(family: str | None = None) -> int:
+    """Logic cells a block RAM of ``family`` is priced at (:data:`BRAM_PRICE`;
+    :data:`BRAM_CELLS` for another family or none)."""
+    return BRAM_PRICE.get(family, BRAM_CELLS)
+
+
 def rom_cost(width: int, depth: int, style: str, family: str | None = None) -> tuple[int, int]:
     """(logic cells, block RAMs of ``family``) of a ROM of ``depth`` words of ``width`` bits
     built in ``style`` (:data:`ROM_STYLES`)."""
@@ -77,6 +80,6 @@ def rom_style(width: int, depth: int, family: str | None = None,
     ``"logic"``."""
     if depth <= 1:
         return "const"
-    price = BRAM_PRICE.get(family, BRAM_CELLS) if bram_cells is None else int(bram_cells)
+    price = bram_price(family) if bram_cells is None else int(bram_cells)
     logic, _ = rom_cost(width, depth, "logic")
     return "bram" if price * ram_blocks(width, depth, family) <= logic else "logic"

@@ -209,9 +209,8 @@ class Plan:
     class_width: int = 0
     pipeline: str = "generic"
     #: the FPGA family the ROMs and RAMs are sized for (``graph.meta["family"]``; None: iCE40
-    #: blocks) and the price of a block RAM in logic cells (``graph.meta["bram_cells"]``)
+    #: blocks)
     family: str | None = None
-    bram_cells: int | None = None
 
     def __iter__(self):
         return iter(self.blocks)
@@ -265,11 +264,10 @@ def _fold(graph: DataflowGraph, name: str, op) -> tuple[int, int]:
     return int(pe), int(simd)
 
 
-def _memories(plan: "Plan", op, pe: int, simd: int) -> dict:
+def _memories(plan: Plan, op, pe: int, simd: int) -> dict:
     """A matrix block's ``family`` and ``roms`` (``{"weights": style, "thresholds": style}``:
-    where each ROM goes, :func:`~bnnforge.compiler.costs.matrix_roms` on the plan's family at
-    its block-RAM price)."""
-    roms = matrix_roms(op, pe, simd, plan.family, plan.bram_cells)
+    where each ROM goes, :func:`~bnnforge.compiler.costs.matrix_roms` on the plan's family)."""
+    roms = matrix_roms(op, pe, simd, plan.family)
     return {"family": plan.family, "roms": {k: v[2] for k, v in roms.items()}}
 
 
@@ -358,8 +356,7 @@ def build_plan(graph: DataflowGraph) -> Plan:
     pipe = pipeline_for(graph.meta.get("pipeline"))
     plan = Plan(in_channels=c_in, pixels_per_frame=h * w, pixels_per_transfer=per0,
                 transfer_width=8 * c_in * per0, transfers_per_frame=h * w // per0,
-                pipeline=pipe.name, family=graph.meta.get("family"),
-                bram_cells=graph.meta.get("bram_cells"))
+                pipeline=pipe.name, family=graph.meta.get("family"))
     blocks = plan.blocks
     streams: dict[str, _Stream] = {}
     taken: dict[str, int] = {}          # node -> consumers served so far (fork ports)

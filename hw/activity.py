@@ -55,8 +55,8 @@ def parse_verilog(text: str) -> dict:
     """Return ``{module name: {"ffs", "memories", "inputs", "aliases"}}`` of Amaranth-emitted
     Verilog: flip-flop signals (assigned in an ``always @(posedge …)`` block), memories
     ``{name: (width, depth, style)}`` (style ``"bram"`` or ``"logic"`` as the memory's
-    ``rom_style`` attribute says, else None), input ports, and aliases (wires assigned a copy, slice,
-    concatenation or inversion of other signals: the same net after synthesis, an inverter
+    ``rom_style`` attribute says, else None), input ports, and aliases (wires assigned a copy,
+    slice, concatenation or inversion of other signals: the same net after synthesis, an inverter
     being absorbed into the LUT that reads it)."""
     out = {}
     starts = [(m.start(), _clean(m.group(1))) for m in _MODULE.finditer(text)]

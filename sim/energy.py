@@ -34,8 +34,8 @@ from __future__ import annotations
 
 from ..boards.profiles import ENERGY_KEYS, FAMILY_ENERGY
 from ..compiler.costs import block_luts
-from ..compiler.memory import rom_style
 from ..compiler.ir import DataflowGraph
+from ..compiler.memory import rom_style
 from ..compiler.plan import build_plan
 from .timing import TimingResult, simulate_timing
 
@@ -57,9 +57,6 @@ COUNT_NAMES = {"xnor": "toggle_pj", "popcount_bits": "toggle_pj", "acc_adds": "t
                "weight_rom_bits": "bram_pj_per_bit_read",
                "threshold_rom_bits": "bram_pj_per_bit_read", "logic_rom_bits": "toggle_pj",
                "register_bits": "toggle_pj"}
-
-#: breakdown terms that are not operation counts
-
 
 def _flat(entries) -> dict:
     out = {k: float(v["value"]) for k, v in entries.items()}
@@ -249,9 +246,7 @@ def activity_energy(activity: dict, *, coefficients: dict | None = None,
         lay["logic"] += block["net_toggles"] / n * g * coef["toggle_pj"] / 1000.0
         lay["ff"] += block["ff_toggles"] / n * coef["toggle_pj"] / 1000.0
         lay["clock_cells"] += block["ff_bits"] * coef["clock_pj_per_cell_cycle"] * cpf / 1000.0
-        for mem in block["memories"]:           # (name, width, depth[, style])
-            width, depth = mem[1], mem[2]
-            style = mem[3] if len(mem) > 3 else None
+        for _name, width, depth, style in block["memories"]:
             if (style or rom_style(width, depth)) == "bram":
                 lay["bram"] += width * cpf * coef["bram_pj_per_bit_read"] / 1000.0
     breakdown = {k: sum(lay[k] for lay in layers.values())

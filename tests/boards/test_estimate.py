@@ -8,7 +8,6 @@ from dag_graphs import concat_net, forked_input_net, residual_net, side_branch_n
 from torch import nn
 
 import bnnforge
-from bnnforge.boards.fit import fit_board
 from bnnforge.boards import (
     HEADROOM,
     estimate_design_brams,
@@ -16,6 +15,7 @@ from bnnforge.boards import (
     fit_to_board,
     get_board,
 )
+from bnnforge.boards.fit import fit_board
 from bnnforge.compiler.costs import (
     COSTS,
     TABLE_CELLS_PER_BYTE,

@@ -6,14 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from amaranth.back import verilog
-from conftest import randomize_model, small_mlp
 
 import bnnforge
 from bnnforge.boards import estimate_design_brams, get_board
 from bnnforge.boards.fit import fit_board
 from bnnforge.compiler.costs import estimate_brams, estimate_luts, matrix_roms
 from bnnforge.compiler.folding import ChooseFolding
-from bnnforge.compiler.memory import BRAM_CELLS, BRAM_PRICE, ram_blocks, rom_cost, rom_style
+from bnnforge.compiler.memory import bram_price, ram_blocks, rom_cost, rom_style
 from bnnforge.compiler.plan import KINDS, build_plan
 from bnnforge.hw.activity import parse_verilog
 from bnnforge.hw.checks import silence
@@ -21,6 +20,7 @@ from bnnforge.hw.generate import FACTORIES
 from bnnforge.hw.matrix import MVTU
 from bnnforge.nn import archs
 from bnnforge.sim.energy import activity_energy
+from conftest import randomize_model
 
 MNIST = (1, 28, 28)
 
@@ -48,7 +48,7 @@ def test_rom_style_takes_the_cheaper(width, depth, family, want):
     if want != "const":
         logic = rom_cost(width, depth, "logic")[0]
         blocks = rom_cost(width, depth, "bram", family)[1]
-        price = BRAM_PRICE.get(family, BRAM_CELLS)
+        price = bram_price(family)
         assert (want == "bram") == (price * blocks <= logic)
 
 
@@ -105,12 +105,12 @@ def test_the_ulx3s_tfc_at_a_million_frames_keeps_its_weights_in_logic(tfc):
 @pytest.mark.parametrize("style,attr", [("bram", "block"), ("logic", "logic")])
 def test_the_verilog_marks_each_rom_as_chosen(style, attr):
     w = np.random.default_rng(0).integers(0, 2, (8, 64)).astype(bool)
-    unit = MVTU(64, 8, 1, 16, w, list(range(28, 36)), roms={"weights": style})
-    mems = parse_verilog(verilog.convert(unit, name="top"))["top"]["memories"]
+    text = verilog.convert(MVTU(64, 8, 1, 16, w, list(range(28, 36)), roms={"weights": style}),
+                           name="top")
+    mems = parse_verilog(text)["top"]["memories"]
     assert mems["weights"] == (16, 32, style)
     assert mems["thresholds"][2] == rom_style(7, 8)             # not named: by cost
-    assert f'rom_style = "{attr}"' in verilog.convert(
-        MVTU(64, 8, 1, 16, w, list(range(28, 36)), roms={"weights": style}), name="top")
+    assert f'rom_style = "{attr}"' in text
 
 
 def test_a_bad_rom_style_is_refused():
@@ -119,14 +119,16 @@ def test_a_bad_rom_style_is_refused():
         MVTU(64, 8, 1, 16, w, [0] * 8, roms={"weights": "lutram"})
 
 
-def test_the_generator_follows_the_plan():
-    g = ChooseFolding().apply(bnnforge.lower(randomize_model(small_mlp(), 3), (1, 8, 8)))
-    g.meta["bram_cells"] = 1                         # every ROM of two words or more to BRAM
-    for b in _matrix_blocks(g):
+def test_the_generator_follows_the_plan(tfc):
+    blocks = _matrix_blocks(ChooseFolding().apply(tfc))
+    styles = {v for b in blocks for v in b["roms"].values()}
+    assert {"bram", "logic"} <= styles                 # both homes occur in this plan
+    for b in blocks:
         unit = FACTORIES[b["kind"]](b)
         silence(unit)
         assert unit.roms == b["roms"]
-        assert all(v in ("bram", "const") for v in b["roms"].values())
+    # the score layer compares no thresholds: it has no threshold ROM to place
+    assert set(blocks[-1]["roms"]) == {"weights"}
 
 
 def test_energy_reads_block_ram_where_the_verilog_put_it():

@@ -121,7 +121,8 @@ def _activity(net: int, ff: int, frames: int = 4) -> dict:
     return {"frames": frames, "cycles_per_frame": 100.0, "blocks": {
         "s3_fc0_mvtu": {"node": "fc0", "ff_bits": 10, "ff_toggles": ff * frames,
                         "net_bits": 50, "net_toggles": net * frames,
-                        "memories": [("weights", 16, 256), ("thresholds", 8, 16)]}}}
+                        "memories": [("weights", 16, 256, None),
+                                     ("thresholds", 8, 16, None)]}}}
 
 
 def test_activity_energy_prices_toggles():
