@@ -22,7 +22,7 @@ import math
 from .cycles import input_buffer_in_ram, input_ram_word
 from .ir import ScoreLayer, _Matrix
 from .memory import bram_price, ram_blocks, rom_cost, rom_style
-from .pipeline import PIPELINES, pipeline_for
+from .pipeline import PIPELINES, output_slots, pipeline_for
 
 __all__ = ["COSTS", "TABLE_CELLS_PER_BYTE", "block_brams", "block_luts", "emits_popcount",
            "estimate_brams", "estimate_fork_luts", "estimate_join_luts", "estimate_luts",
@@ -128,8 +128,21 @@ def estimate_luts(op, pe: int, simd: int, count: int = 1, pipeline=None,
     if getattr(op, "classes", 1) > 1:   # pad-class counters and the class register
         _, oh, ow = op.out_shape
         datapath += 2 * (int(oh).bit_length() + int(ow).bit_length() + op.classes.bit_length())
+    pipe = pipeline_for(pipeline)
+    f = (op.channels // pe) * (op.k // simd)
     if isinstance(op, ScoreLayer):
-        datapath += op.channels * 40
+        # a lane's score (mul·s + add: one expression, or one per class when they differ) and
+        # its compare with the running best
+        uniform = op.mul is None or \
+            len({(int(a), int(b)) for a, b in zip(op.mul, op.add, strict=True)}) == 1
+        datapath += 40 * (pe if uniform else op.channels)
+        lat = pipe.score_latency(simd, pe, op.k // simd)
+        out_width = op.channels * (op.score_bits or 32)
+    else:
+        lat = pipe.mvtu_latency(simd)
+        out_width = op.channels * (int(op.k).bit_length() if popcount else 1)
+    # an output queue of more than one result (a fast unit: F < latency + 2)
+    datapath += (output_slots(f, lat) - 1) * out_width
     return int(datapath + rom + _buffer_cells(op, simd, count, family)[0]
                + pipeline_cells(op, pe, simd, pipeline))
 
@@ -277,11 +290,13 @@ def _matrix_brams(b: dict) -> int:
 
 
 def _score_luts(b: dict) -> int:
-    """A matrix unit plus three copies of the scores (accumulators, scaled scores, output);
+    """A matrix unit plus two copies of the scores (the collected scores and the output
+    register), the lane scores with their copies along the argmax tree and the running best;
     synthesis keeps only the bits a score can reach, about bit_length(2K + 1) + 1."""
     op = b["op"]
-    live = op.channels * min(op.score_bits, (2 * op.k + 1).bit_length() + 1)
-    return _matrix_luts(b) + 3 * live
+    bits = min(op.score_bits, (2 * op.k + 1).bit_length() + 1)
+    a = pipeline_for(b.get("pipeline")).argmax_stages(b["pe"])
+    return _matrix_luts(b) + 2 * op.channels * bits + b["pe"] * bits * (1 + 2 * a) + 2 * bits
 
 
 def _none(b: dict) -> int:

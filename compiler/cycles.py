@@ -26,9 +26,9 @@ import math
 from .ir import BinaryConv, DataflowGraph, InputLayer, MaxPool, ScoreLayer, _Matrix
 
 __all__ = ["JOIN_KINDS", "MAX_INPUT_RAM_WORD", "consumers", "input_buffer_in_ram",
-           "input_ram_word", "matrix_ops", "pipeline_cycles", "pixels_per_transfer",
-           "producers", "stage_cycles", "transfers_per_vector", "vectors_per_frame",
-           "window_cycles"]
+           "input_ram_word", "input_word_transfers", "matrix_ops", "pipeline_cycles",
+           "pixels_per_transfer", "producers", "stage_cycles", "transfers_per_vector",
+           "vectors_per_frame", "window_cycles"]
 
 #: Kinds that join streams of a branching graph: one token per pixel in and out, no folding.
 JOIN_KINDS = ("add", "concat")
@@ -129,6 +129,20 @@ def input_ram_word(k: int, count: int, simd: int) -> int:
     """Elements per word of a matrix unit's input RAM: lcm(K/count, SIMD), so that whole
     transfers fill a word and whole SIMD steps read it."""
     return math.lcm(k // count, simd)
+
+
+def input_word_transfers(k: int, count: int, simd: int, input_bits: int = 1,
+                         ram: bool | None = None) -> int:
+    """Transfers a matrix unit gathers into one word of its input RAM, when that is more
+    than one (else 0): only a word's last transfer then waits for room in the buffer (the
+    unit's ``word_transfers``; docs/design.md §4). ``ram``: whether the buffer is in RAM
+    (``None``: :func:`input_buffer_in_ram`)."""
+    if ram is None:
+        ram = input_buffer_in_ram(k, count, simd, input_bits)
+    if not ram:
+        return 0
+    per = input_ram_word(k, count, simd) // (k // count)
+    return per if per > 1 else 0
 
 
 def input_buffer_in_ram(k: int, count: int, simd: int, input_bits: int = 1) -> bool:

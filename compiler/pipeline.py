@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["ARGMAX_LEVELS_PER_STAGE", "PIPELINES", "TREE_LEVELS_PER_STAGE", "Pipeline",
-           "argmax_stages", "pipeline_for", "tree_stages"]
+           "argmax_stages", "output_slots", "pipeline_for", "tree_stages"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,8 @@ class Pipeline:
         carry chain and the compare's are no longer one path. One more stage, no more
         registers (in popcount mode the counts also leave from the accumulator registers).
     argmax_levels : int
-        Comparator levels of the score unit's argmax between two registers.
+        Comparator levels of the score unit's argmax tree (over the PE lanes of a group)
+        between two registers.
     operand_register : bool
         Without ``rom_register``: register the operand once more (after the input buffer's
         word select) and read the weight ROM one cycle later from a registered address instead
@@ -77,9 +78,10 @@ class Pipeline:
                 bits += n * (level + term_bits)
         return bits
 
-    def argmax_stages(self, classes: int) -> int:
-        """Registers inside the argmax tree over ``classes`` scores (see :func:`argmax_stages`)."""
-        return argmax_stages(classes, self.argmax_levels)
+    def argmax_stages(self, lanes: int) -> int:
+        """Registers of the argmax tree over a group's ``lanes`` scores (see
+        :func:`argmax_stages`)."""
+        return argmax_stages(lanes, self.argmax_levels)
 
     @property
     def extra(self) -> int:
@@ -90,9 +92,14 @@ class Pipeline:
         """Enabled cycles from an MVTU's last step to its output register being written."""
         return self.tree_stages(simd) + 1 + self.extra
 
-    def score_latency(self, simd: int, classes: int) -> int:
-        """Enabled cycles from a score unit's last step to its output register being written."""
-        return self.tree_stages(simd) + 3 + self.operand_stage + self.argmax_stages(classes)
+    def score_latency(self, simd: int, pe: int, folds: int = 1) -> int:
+        """Cycles from a score unit's last step to its output register being written: the
+        MVTU's stages to the accumulate stage, the accumulators, the lane scores' register,
+        the argmax tree over the PE lanes (:meth:`argmax_stages`) and the running best, whose
+        compare takes a stage of its own with ``compare_register`` when groups come at least
+        two cycles apart (``folds`` = K/SIMD > 1)."""
+        split = int(bool(self.compare_register) and folds > 1)
+        return self.tree_stages(simd) + 3 + self.operand_stage + self.argmax_stages(pe) + split
 
     def mst_latency(self, k: int, depth: int) -> int:
         """Enabled cycles from an MST layer's input handshake to its output register."""
@@ -118,16 +125,26 @@ def tree_stages(simd: int, levels: int = TREE_LEVELS_PER_STAGE) -> int:
     return -(-n // levels)
 
 
-def argmax_stages(classes: int, levels: int = ARGMAX_LEVELS_PER_STAGE) -> int:
-    """Return the pipeline registers inside the argmax tree over ``classes`` scores.
+def argmax_stages(lanes: int, levels: int = ARGMAX_LEVELS_PER_STAGE) -> int:
+    """Return the pipeline registers of the argmax tree over ``lanes`` scores.
 
-    The tree has ``L = ceil(log2(classes))`` comparator levels; a register follows every
-    ``levels`` levels except the last group, which feeds the output register:
-    ``max(0, ceil(L / levels) - 1)`` — with one level a stage: 0 for up to 2 classes, 1 for
-    3..4, 3 for 9..16 (10 classes: 3), 5 for 33..64.
+    The tree has ``L = ceil(log2(lanes))`` comparator levels and a register after every
+    ``levels`` levels and after the last: ``ceil(L / levels)`` — with one level a stage: 0 for
+    one lane, 1 for 2, 2 for 3..4, 4 for 9..16.
     """
-    n = (classes - 1).bit_length()
-    return max(0, -(-n // levels) - 1)
+    n = (lanes - 1).bit_length()
+    return -(-n // levels)
+
+
+def output_slots(cycles: int, latency: int) -> int:
+    """Results a matrix unit's output queue holds: ``max(1, ceil((latency + 2) / cycles))``.
+
+    A matrix unit issues a vector's last step only when a slot is free for its result (a
+    credit), so its pipeline never stalls; with this many slots a consumer that takes every
+    result at once never delays a last step (``cycles`` = F, the initiation interval;
+    ``latency`` = the cycles from the last step to the result's write).
+    """
+    return max(1, -(-(latency + 2) // cycles))
 
 
 #: The pipelines, by name. ``compact``: the first generator's (three adder levels a stage,
@@ -137,7 +154,7 @@ def argmax_stages(classes: int, levels: int = ARGMAX_LEVELS_PER_STAGE) -> int:
 PIPELINES = {
     "compact": Pipeline("compact", 3, 0, False),
     "ice40": Pipeline("ice40", 2, 0, True, operand_register=True),
-    "ecp5": Pipeline("ecp5", 2, 1, True),
+    "ecp5": Pipeline("ecp5", 2, 2, True),
     "generic": Pipeline("generic", 2, 1, True),
 }
 

@@ -36,8 +36,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .costs import matrix_roms
+from .cycles import input_word_transfers
 from .ir import BinaryConv, BinaryDense, DataflowGraph, InputLayer, MaxPool, ScoreLayer
-from .pipeline import pipeline_for
+from .pipeline import output_slots, pipeline_for
 
 __all__ = ["KINDS", "BlockKind", "Plan", "PlanError", "build_plan"]
 
@@ -99,7 +100,8 @@ def _ops_matrix(b: dict) -> dict:
     if b["kind"] == "score":
         c["score_ops"] = ch * vectors
         c["compares"] = (ch - 1) * vectors
-        c["register_bits"] = (base + ch * (acc + 2 * 32)) * vectors
+        # the lane scores, the collected scores and the output register, once a class
+        c["register_bits"] = (base + ch * (acc + 2 * int(b["op"].score_bits))) * vectors
         return c
     lane_bits = int(k).bit_length() if b.get("emit") == "popcount" else 1
     shift = groups * (groups - 1) * pe * lane_bits
@@ -443,9 +445,11 @@ def build_plan(graph: DataflowGraph) -> Plan:
                     src = add(name, "mst", [src], [kh * kw * c * ibits], oh * ow, oh * ow,
                               out_width, op=op, **common, **mst)
                 else:
+                    f = (op.channels // pe) * (op.k // simd)
+                    lat = pipe.mvtu_latency(simd)
                     src = add(name, "mvtu", [src], [kh * kw * c * ibits], oh * ow, oh * ow,
-                              out_width, op=op, cycles=(op.channels // pe) * (op.k // simd),
-                              latency=pipe.mvtu_latency(simd), **common,
+                              out_width, op=op, cycles=f, latency=lat,
+                              slots=output_slots(f, lat), word_transfers=0, **common,
                               **_memories(plan, op, pe, simd))
                 streams[name] = _Stream(src, tuple(op.out_shape), out_bits, 1, oh * ow,
                                         out_width)
@@ -480,14 +484,16 @@ def build_plan(graph: DataflowGraph) -> Plan:
             else:
                 kind = "score" if score else "mvtu"
                 f = (op.channels // pe) * (op.k // simd)
-                lat = pipe.score_latency(simd, op.channels) if score \
+                lat = pipe.score_latency(simd, pe, op.k // simd) if score \
                     else pipe.mvtu_latency(simd)
                 out_width = (op.channels * op.score_bits
                              + max(1, (op.channels - 1).bit_length())) if score \
                     else op.channels * out_bits
                 src = add(name, kind, [src], [s_in.width], count, 1, out_width, op=op,
-                          cycles=f, latency=lat, count=count, **common,
-                          **_memories(plan, op, pe, simd))
+                          cycles=f, latency=lat, slots=output_slots(f, lat), count=count,
+                          word_transfers=input_word_transfers(op.k, count, simd,
+                                                              op.input_bits),
+                          **common, **_memories(plan, op, pe, simd))
             streams[name] = _Stream(src, (op.channels, 1, 1), out_bits, 1, 1,
                                     op.channels * out_bits)
         elif kind in ("add", "concat"):

@@ -4,11 +4,15 @@ Every block takes an ``i_stream`` and gives an ``o_stream`` (:mod:`amaranth.lib.
 *transfer* (handshake) happens in a cycle whose ``valid`` and ``ready`` are both high when sampled
 at that cycle's rising clock edge. Cycles are numbered by these edges.
 
-Common timing rule ("global stall"): a block with an output register ``O`` holds a flag ``ov``
-(``o_stream.valid``). A cycle is *enabled* when ``not (ov and not o_ready)``, i.e. when the output
-register is empty or being accepted. Every internal pipeline register advances only in enabled
-cycles; in a disabled cycle nothing inside moves (the input side may still accept into an empty
-input buffer where a block says so). Thus a block never drops or duplicates a token.
+Timing rule of the matrix units ("issue on credit"): the datapath never stalls. A step issued in
+cycle t reaches every pipeline register a fixed number of cycles later, whatever the consumer
+does; the registers load every cycle (a valid flag travels beside them), so no clock enable
+fans out from the output handshake to the datapath. Back-pressure acts at one point: the unit
+keeps an output queue of ``slots`` results (:func:`~bnnforge.compiler.pipeline.output_slots`)
+and issues a vector's *last* step only while a slot is free for its result (a credit: results
+issued but not yet taken by the consumer number fewer than ``slots``); the vector's other steps,
+and the input buffer, go on. ``i_stream.ready`` and ``o_stream.valid`` are functions of the unit's
+own registers, so no combinational path runs from a consumer's ``ready`` to a producer.
 
 Datapath registers (operands, adder-tree stages, accumulators, held scores) are reset-less: a
 valid flag travels beside them, and leaving them out of the reset lets the iCE40 packer share
@@ -23,12 +27,19 @@ from __future__ import annotations
 
 import numpy as np
 from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..compiler.cycles import MAX_INPUT_RAM_WORD, input_buffer_in_ram, input_ram_word
-from ..compiler.pipeline import TREE_LEVELS_PER_STAGE, pipeline_for
+from ..compiler.cycles import (
+    MAX_INPUT_RAM_WORD,
+    input_buffer_in_ram,
+    input_ram_word,
+    input_word_transfers,
+)
+from ..compiler.memory import rom_style
+from ..compiler.pipeline import TREE_LEVELS_PER_STAGE, output_slots, pipeline_for
+from .bram import BlockROM
 from .checks import (
     check_input_bits,
     const_lookup,
@@ -39,7 +50,7 @@ from .checks import (
     rom_styles,
     weight_matrix,
 )
-from .streams import delay, register_output, shift_in
+from .streams import delay, shift_in
 
 __all__ = ["MVTU", "ScoreUnit", "adder_tree"]
 
@@ -47,6 +58,49 @@ __all__ = ["MVTU", "ScoreUnit", "adder_tree"]
 def _one_bit(v) -> bool:
     shape = Shape.cast(v.shape())
     return shape.width == 1 and not shape.signed
+
+
+def _load(m: Module, en, stmts) -> None:
+    """``stmts`` in the sync domain, in the cycles ``en`` is high (every cycle for ``None``)."""
+    if en is None:
+        m.d.sync += stmts
+    else:
+        with m.If(en):
+            m.d.sync += stmts
+
+
+def _wrap_counter(m: Module, n: int, en, name: str) -> tuple:
+    """A counter over 0 .. ``n`` - 1 that advances in the cycles ``en`` is high and wraps to 0,
+    and a flag registered beside it, high while it is at ``n`` - 1 (no comparator behind
+    it). Returns ``(value, last)``; for ``n`` = 1, ``(Const(0), Const(1))``."""
+    if n == 1:
+        return Const(0, 1), Const(1)
+    value = Signal(range(n), name=name)
+    last = Signal(name=f"{name}_last")
+    with m.If(en):
+        m.d.sync += [value.eq(Mux(last, 0, value + 1)), last.eq(~last & (value == n - 2))]
+    return value, last
+
+
+def _rom_read(m: Module, name: str, width: int, words: list, style, addr, registers: int):
+    """The word of a ROM (``words``, in ``style``; ``None``: by
+    :func:`~bnnforge.compiler.memory.rom_style`) at ``addr``, ``1 + registers`` cycles after
+    ``addr`` is presented: a synchronous read and ``registers`` data registers. A block-RAM
+    ROM with a register is a :class:`~bnnforge.hw.bram.BlockROM`, whose register is the
+    block's own output register on ECP5."""
+    depth = len(words)
+    style = style or rom_style(width, depth)
+    attrs = rom_attrs(width, depth, style)
+    if style == "bram" and registers >= 1:
+        rom = BlockROM(width, depth, words, attrs=attrs)
+        m.submodules[name] = rom
+        m.d.comb += [rom.addr.eq(addr), rom.en.eq(1)]
+        return delay(m, None, rom.data, registers - 1, f"{name}_reg", True)
+    rom = Memory(shape=unsigned(width), depth=depth, init=words, attrs=attrs)
+    m.submodules[name] = rom
+    rd = rom.read_port(domain="sync")
+    m.d.comb += [rd.addr.eq(addr), rd.en.eq(1)]
+    return delay(m, None, rd.data, registers, f"{name}_reg", True)
 
 
 def adder_tree(m: Module, terms: list, en, name: str,
@@ -58,8 +112,8 @@ def adder_tree(m: Module, terms: list, en, name: str,
     can merge it with the XNORs in front instead of starting a carry chain); a register
     follows every ``levels_per_stage``-th level (the pipeline's
     :attr:`~bnnforge.compiler.pipeline.Pipeline.tree_levels`) and the last level, loading in
-    cycles where ``en`` is high. Registers are reset-less (datapath) and named
-    ``{name}_l{level}_{i}``. Returns ``(sum, registers)``: ``registers`` =
+    cycles where ``en`` is high (every cycle for ``en=None``). Registers are reset-less
+    (datapath) and named ``{name}_l{level}_{i}``. Returns ``(sum, registers)``: ``registers`` =
     :func:`~bnnforge.compiler.pipeline.tree_stages`\\(len(terms), levels_per_stage) for two
     terms or more; one term is returned as it is and no term as ``Const(0, 1)``, both with 0
     registers.
@@ -81,8 +135,7 @@ def adder_tree(m: Module, terms: list, en, name: str,
                 e = terms[i] + terms[i + 1]
             sig = Signal(e.shape(), name=f"{name}_l{level}_{i // 2}", reset_less=reg)
             if reg:
-                with m.If(en):
-                    m.d.sync += sig.eq(e)
+                _load(m, en, sig.eq(e))
             else:
                 m.d.comb += sig.eq(e)
             nxt.append(sig)
@@ -128,69 +181,76 @@ class _MatrixBase(wiring.Component):
                              f"input_bits={self.input_bits} do not give that")
         #: whether the input buffer and held vector are a block RAM (else registers)
         self.input_ram = bool(input_ram)
+        #: transfers gathered into one input-RAM word when more than one (else 0): only a
+        #: word's last transfer waits for room in the buffer
+        self.word_transfers = input_word_transfers(self.k, self.count, self.simd,
+                                                   self.input_bits, self.input_ram)
         if self.input_bits == 1:
             self.acc_range = (0, self.k)
         else:
             self.acc_range = (-255 * self.k, 255 * self.k)
 
-    def _engine(self, m: Module, en: Signal, tag: Signal | None = None, tail: int = 0):
+    def _engine(self, m: Module, tag: Signal | None = None, tail: int = 0):
         """Build input buffer, sequencer, ROM, adder trees and accumulators.
 
         Returns (sums, ctl, depth): ``sums`` the per-lane accumulator values including the
         current step (comb, valid at the accumulate stage ``depth``), and ``ctl`` the control
-        signals of every stage, ``ctl[i]`` = (valid, n, last_s, first_s) of the step issued i
-        enabled cycles earlier, for i = 0 .. depth + ``tail`` (the stages a caller adds after
-        the accumulate stage). Stage 0 issues a step (the weight ROM reads word n·F/G + s, a
+        signals of every stage, ``ctl[i]`` = (valid, n, last_s, first_s, final) of the step
+        issued i
+        cycles earlier, for i = 0 .. depth + ``tail`` (the stages a caller adds after the
+        accumulate stage). Stage 0 issues a step (the weight ROM reads word n·F/G + s, a
         counter); stage 1 holds the operand and the ROM data; the pipeline's ``operand_stage``
         registers delay both further (ROM data registers, or a registered ROM address with
-        ``operand_register``); the XNORs and the adder tree
-        follow, then the accumulate stage. With ``tag`` (a signal the caller sets when a vector
-        is taken, see ``self._take``), each ctl tuple gets a fifth element: the tag of the
-        vector that stage belongs to.
+        ``operand_register``); the XNORs and the adder tree follow, then the accumulate stage.
+        With ``tag`` (a signal the caller sets when a vector is taken, see ``self._take``), each
+        ctl tuple gets a fifth element: the tag of the vector that stage belongs to.
+
+        A vector's last step issues only with ``self._credit`` high (the caller's output queue
+        has a slot for its result, :meth:`_queue`); ``self._use`` is high in the cycles it does.
+        Nothing else waits: every register after the issue loads every cycle.
         """
         b, pe, simd = self.input_bits, self.pe, self.simd
         groups, folds = self.groups, self.folds
-        i_s = self.i_stream
 
-        # -- input buffer (collects `count` transfers) and current vector --------------------
+        # -- sequencer: step s of group n; flags registered beside the counters, so that the
+        # issue / take / ready logic is one LUT of flip-flops ----------------------------------
         busy = Signal()
-        n = Signal(range(groups))
-        s = Signal(range(folds))
-        # s == folds - 1 and n == groups - 1 as flags registered beside the counters (no
-        # comparator on the take / ready path)
-        last_s = Const(1) if folds == 1 else Signal(name="last_s")
-        last_n = Const(1) if groups == 1 else Signal(name="last_n")
-        last_step = Signal()
+        credit = self._credit = Signal()
+        use = self._use = Signal()
+        final = Signal(init=int(folds == 1 and groups == 1), name="final")   # the last step
+        final_ok = Signal()
         take = Signal()
         ibuf_full = Signal()
-        m.d.comb += [
-            last_step.eq(busy & last_s & last_n),
-            take.eq(en & ibuf_full & (~busy | last_step)),
-            i_s.ready.eq(~ibuf_full | take),
-        ]
         issue = Signal()
-        m.d.comb += issue.eq(en & busy)
+        m.d.comb += [
+            final_ok.eq(final & credit),              # the last step may issue
+            issue.eq(busy & (~final | credit)),
+            use.eq(busy & final_ok),
+            take.eq(ibuf_full & (~busy | final_ok)),
+        ]
         self._take = take
-        with m.If(en), m.If(~busy | last_step):
+        with m.If(~busy | final_ok):
             m.d.sync += busy.eq(take)
-        with m.If(take):
-            m.d.sync += [s.eq(0), n.eq(0)]
-            if folds > 1:
-                m.d.sync += last_s.eq(0)
-            if groups > 1:
-                m.d.sync += last_n.eq(0)
-        with m.Elif(issue):
-            if folds > 1:
-                m.d.sync += [s.eq(Mux(last_s, 0, s + 1)), last_s.eq(~last_s & (s == folds - 2))]
-            if groups > 1:
-                with m.If(last_s):
-                    m.d.sync += [n.eq(Mux(last_n, 0, n + 1)),
-                                 last_n.eq(~last_n & (n == groups - 2))]
-        # x: the SIMD elements of step s, valid the enabled cycle after it was issued
+        # the counters run on issue alone: a vector's last step wraps them to 0, ready for the
+        # next (no reset on take)
+        s, last_s = _wrap_counter(m, folds, issue, "s")
+        n, last_n = _wrap_counter(m, groups, issue & last_s, "n")
+        if folds > 1 or groups > 1:
+            nxt_s = Const(1) if folds == 1 else ~last_s & (s == folds - 2)
+            nxt_n = Const(1) if groups == 1 else \
+                Mux(last_s, ~last_n & (n == groups - 2), last_n)
+            with m.If(issue):
+                m.d.sync += final.eq(nxt_s & nxt_n)
+        first_s = Const(1)
+        if folds > 1:
+            first_s = Signal(init=1, name="first_s")    # s == 0, registered beside s
+            with m.If(issue):
+                m.d.sync += first_s.eq(last_s)
+        # x: the SIMD elements of step s, valid the cycle after it was issued
         if self.input_ram:
-            x = self._ram_buffer(m, en, ibuf_full, take, issue, last_s)
+            x = self._ram_buffer(m, ibuf_full, take, issue)
         else:
-            x = self._register_buffer(m, en, ibuf_full, take, s)
+            x = self._register_buffer(m, ibuf_full, take, s)
 
         # -- weight ROM: word n*folds + s holds lane p's SIMD bits at [p*SIMD, (p+1)*SIMD) --
         words = []
@@ -205,34 +265,28 @@ class _MatrixBase(wiring.Component):
         if len(words) == 1:
             m.d.comb += w.eq(words[0])
         else:
-            rom = Memory(shape=unsigned(pe * simd), depth=len(words), init=words,
-                         attrs=rom_attrs(pe * simd, len(words), self.roms.get("weights")))
-            m.submodules.weights = rom
-            rd = rom.read_port(domain="sync")
             # the word of step (n, s) is n*folds + s: a counter, not a multiply-add
             addr = Signal(range(len(words)))
             with m.If(issue):
-                m.d.sync += addr.eq(Mux(last_s & last_n, 0, addr + 1))
+                m.d.sync += addr.eq(Mux(final, 0, addr + 1))
             if self.pipeline.operand_stage > rom_reg:
-                addr = delay(m, en, addr, 1, "w_addr", True)    # read a cycle later instead
-            data = delay(m, en, rd.data, rom_reg, "w_reg", True)
-            m.d.comb += [rd.addr.eq(addr), rd.en.eq(en), w.eq(data)]
-        x = delay(m, en, x, self.pipeline.operand_stage, "x_reg", True)
+                addr = delay(m, None, addr, 1, "w_addr", True)    # read a cycle later instead
+            m.d.comb += w.eq(_rom_read(m, "weights", pe * simd, words, self.roms.get("weights"),
+                                       addr, rom_reg))
+        x = delay(m, None, x, self.pipeline.operand_stage, "x_reg", True)
 
-        # control pipeline: ctl[0] at issue, ctl[i] i enabled cycles later
+        # control pipeline: ctl[0] at issue, ctl[i] i cycles later
         def ctl_regs(i):
             regs = (Signal(name=f"ctl{i}_valid"), Signal(range(groups), name=f"ctl{i}_n"),
-                    Signal(name=f"ctl{i}_last_s"), Signal(name=f"ctl{i}_first_s"))
+                    Signal(name=f"ctl{i}_last_s"), Signal(name=f"ctl{i}_first_s"),
+                    Signal(name=f"ctl{i}_final"))
             return regs if tag is None else (*regs, Signal.like(tag, name=f"ctl{i}_tag"))
-        first_s = Signal()
-        m.d.comb += first_s.eq(s == 0)
-        ctl = [(issue, n, last_s, first_s)] if tag is None else \
-            [(issue, n, last_s, first_s, tag)]
+        ctl = [(issue, n, last_s, first_s, final)] if tag is None else \
+            [(issue, n, last_s, first_s, final, tag)]
         depth = 1 + self.pipeline.operand_stage + self.tree_stages
         for i in range(1, depth + tail + 1):
             regs = ctl_regs(i)
-            with m.If(en):
-                m.d.sync += [r.eq(p) for r, p in zip(regs, ctl[-1], strict=True)]
+            m.d.sync += [r.eq(p) for r, p in zip(regs, ctl[-1], strict=True)]
             ctl.append(regs)
 
         # -- per-lane XNOR / signed terms and adder tree ---------------------------------------
@@ -252,34 +306,65 @@ class _MatrixBase(wiring.Component):
                     q = x[8 * i:8 * i + 8]
                     m.d.comb += t.eq(Mux(wl[i], q, -q))
                     terms.append(t)
-            partial, _ = adder_tree(m, terms, en, f"lane{p}", self.pipeline.tree_levels)
+            partial, _ = adder_tree(m, terms, None, f"lane{p}", self.pipeline.tree_levels)
             acc = Signal(Shape.cast(range(self.acc_range[0], self.acc_range[1] + 1)),
                          name=f"acc{p}", reset_less=True)
             total = Signal.like(acc, name=f"sum{p}")
             valid, _, _, first = ctl[depth][:4]
             m.d.comb += total.eq(Mux(first, 0, acc) + partial)
-            with m.If(en & valid):
+            with m.If(valid):
                 m.d.sync += acc.eq(total)
             sums.append(total)
             self._accs.append(acc)
         return sums, ctl, depth
 
-    def _register_buffer(self, m, en, ibuf_full, take, s):
+    def _queue(self, m: Module, put, word):
+        """The output queue of ``self.slots`` results and the credit of :meth:`_engine`.
+
+        ``word`` enters in a cycle ``put`` is high (a slot is always free then: its last step
+        took a credit) and is offered from the next cycle, in order; ``o_stream.valid`` is high
+        while a result is held. Returns the word at the head (a register, or the FIFO's read
+        data), for the caller to put on ``o_stream.payload``.
+        """
+        o = self.o_stream
+        slots = self.slots
+        taken = Signal()
+        m.d.comb += taken.eq(o.valid & o.ready)
+        if slots == 1:
+            head = Signal(len(word), name="out", reset_less=True)
+            with m.If(put):
+                m.d.sync += [o.valid.eq(1), head.eq(word)]
+            with m.Elif(taken):
+                m.d.sync += o.valid.eq(0)
+            free = Signal(init=1, name="free")
+            with m.If(self._use):
+                m.d.sync += free.eq(0)
+            with m.Elif(taken):
+                m.d.sync += free.eq(1)
+            m.d.comb += self._credit.eq(free)
+            return head
+        m.submodules.queue = q = fifo.SyncFIFO(width=len(word), depth=slots)
+        m.d.comb += [q.w_data.eq(word), q.w_en.eq(put), o.valid.eq(q.r_rdy),
+                     q.r_en.eq(o.ready)]
+        free = Signal(range(slots + 1), init=slots, name="free")
+        m.d.sync += free.eq(free - self._use + taken)
+        m.d.comb += self._credit.eq(free != 0)
+        return q.r_data
+
+    def _register_buffer(self, m, ibuf_full, take, s):
         """Input buffer and held vector in registers (2·K·b flip-flops); step s reads word s of
         the held vector through a word select. Returns the registered operand."""
         k, b, simd, folds, count = self.k, self.input_bits, self.simd, self.folds, self.count
         i_s = self.i_stream
         ibuf = Signal(k * b, reset_less=True)
         cur = Signal(k * b, reset_less=True)
+        m.d.comb += i_s.ready.eq(~ibuf_full | take)
         accepted = i_s.valid & i_s.ready
         if count > 1:
             ew = k * b // count
-            idx = Signal(range(count))
-            last_e = Signal()
-            m.d.comb += last_e.eq(idx == count - 1)
+            _, last_e = _wrap_counter(m, count, accepted, "idx")
             with m.If(accepted):
-                m.d.sync += [ibuf.eq(Cat(ibuf[ew:], i_s.payload)), ibuf_full.eq(last_e),
-                             idx.eq(Mux(last_e, 0, idx + 1))]
+                m.d.sync += [ibuf.eq(Cat(ibuf[ew:], i_s.payload)), ibuf_full.eq(last_e)]
             with m.Elif(take):
                 m.d.sync += ibuf_full.eq(0)
         else:
@@ -290,16 +375,15 @@ class _MatrixBase(wiring.Component):
         with m.If(take):
             m.d.sync += cur.eq(ibuf)
         x = Signal(simd * b, reset_less=True)
-        with m.If(en):
-            m.d.sync += x.eq(cur.word_select(s, simd * b) if folds > 1 else cur)
+        m.d.sync += x.eq(cur.word_select(s, simd * b) if folds > 1 else cur)
         return x
 
-    def _ram_buffer(self, m, en, ibuf_full, take, issue, last_s):
+    def _ram_buffer(self, m, ibuf_full, take, issue):
         """Input buffer and held vector as two banks of a block RAM (see
         :func:`~bnnforge.compiler.cycles.input_ram_word`): transfers are gathered into words
         of L = lcm(K/count, SIMD) elements, one write per word, into the bank being filled;
         step s reads word s·SIMD // L of the held bank (a synchronous read, so the operand is
-        valid the enabled cycle after the step is issued, as in the register buffer) and selects
+        valid the cycle after the step is issued, as in the register buffer) and selects
         its SIMD elements. Returns the operand."""
         k, b, simd, count = self.k, self.input_bits, self.simd, self.count
         i_s = self.i_stream
@@ -313,54 +397,42 @@ class _MatrixBase(wiring.Component):
         accepted = Signal()
         m.d.comb += accepted.eq(i_s.valid & i_s.ready)
 
-        # write side: gather per_word transfers, then write one word into bank `wbank`
+        # write side: gather per_word transfers, then write one word into bank `wbank`; a
+        # transfer that does not complete a word goes into the gather register whenever it
+        # comes, so with per_word > 1 only a word's last transfer waits for room in the bank
+        # (and ``ready`` is a function of flip-flops alone)
         wbank = Signal()
-        wword = Signal(range(words))
-        last_word = Signal()
-        m.d.comb += last_word.eq(wword == words - 1)
         if per_word > 1:
             gather = Signal((per_word - 1) * ew * b, reset_less=True)
-            wsub = Signal(range(per_word))
-            last_sub = Signal()
-            m.d.comb += [last_sub.eq(wsub == per_word - 1), wp.data.eq(Cat(gather, i_s.payload))]
+            _, last_sub = _wrap_counter(m, per_word, accepted, "wsub")
+            m.d.comb += [wp.data.eq(Cat(gather, i_s.payload)),
+                         i_s.ready.eq(~ibuf_full | ~last_sub)]
             with m.If(accepted):
-                m.d.sync += [gather.eq(Cat(gather[ew * b:], i_s.payload)),
-                             wsub.eq(Mux(last_sub, 0, wsub + 1))]
+                m.d.sync += gather.eq(Cat(gather[ew * b:], i_s.payload))
         else:
             last_sub = Const(1)
-            m.d.comb += wp.data.eq(i_s.payload)
-        m.d.comb += [wp.addr.eq(Mux(wbank, words + wword, wword)),
-                     wp.en.eq(accepted & last_sub)]
-        with m.If(accepted & last_sub):
-            m.d.sync += wword.eq(Mux(last_word, 0, wword + 1))
-            with m.If(last_word):
-                m.d.sync += [wbank.eq(~wbank), ibuf_full.eq(1)]
-        with m.If(take & ~(accepted & last_sub & last_word)):
+            m.d.comb += [wp.data.eq(i_s.payload), i_s.ready.eq(~ibuf_full | take)]
+        put = Signal()
+        m.d.comb += put.eq(accepted & last_sub)
+        wword, last_word = _wrap_counter(m, words, put, "wword")
+        m.d.comb += [wp.addr.eq(Mux(wbank, words + wword, wword)), wp.en.eq(put)]
+        with m.If(put & last_word):
+            m.d.sync += [wbank.eq(~wbank), ibuf_full.eq(1)]
+        with m.Elif(take):
             m.d.sync += ibuf_full.eq(0)
 
-        # read side: the held vector is the bank filled before the one being written
+        # read side: the held vector is the bank filled before the one being written; the
+        # words and their SIMD-wide parts in order, wrapping to 0 at a vector's last step
         rbank = Signal()
-        rword = Signal(range(words))
-        rsub = Signal(range(subs))
         with m.If(take):
-            m.d.sync += [rbank.eq(~wbank), rword.eq(0), rsub.eq(0)]
-        with m.Elif(issue):
-            with m.If(last_s):
-                m.d.sync += [rword.eq(0), rsub.eq(0)]
-            with m.Else():
-                if subs > 1:
-                    last_rsub = rsub == subs - 1
-                    m.d.sync += rsub.eq(Mux(last_rsub, 0, rsub + 1))
-                    with m.If(last_rsub):
-                        m.d.sync += rword.eq(rword + 1)
-                else:
-                    m.d.sync += rword.eq(rword + 1)
-        m.d.comb += [rp.addr.eq(Mux(rbank, words + rword, rword)), rp.en.eq(en)]
+            m.d.sync += rbank.eq(~wbank)
+        rsub, last_rsub = _wrap_counter(m, subs, issue, "rsub")
+        rword, _ = _wrap_counter(m, words, issue & last_rsub, "rword")
+        m.d.comb += [rp.addr.eq(Mux(rbank, words + rword, rword)), rp.en.eq(1)]
         if subs == 1:
             return rp.data
         sel = Signal(range(subs), reset_less=True)
-        with m.If(en):
-            m.d.sync += sel.eq(rsub)
+        m.d.sync += sel.eq(rsub)
         x = Signal(simd * b)
         m.d.comb += x.eq(rp.data.word_select(sel, simd * b))
         return x
@@ -434,26 +506,31 @@ class MVTU(_MatrixBase):
     Timing
     ------
     Let F = C/PE * K/SIMD (attribute ``cycles``), d = ``pipeline.tree_stages(SIMD)``
-    (attribute ``tree_stages``), r = 1 with the pipeline's ROM register (else 0) and c = 1 with
-    its compare register. "Enabled cycle": see the module docstring (``o_stream.valid`` low,
-    or high with ``o_stream.ready`` high).
+    (attribute ``tree_stages``), r = 1 with the pipeline's ROM register (else 0), c = 1 with
+    its compare register, L = ``pipeline.mvtu_latency(SIMD)`` = d + 1 + r + c, and
+    Q = ``output_slots(F, L)`` (attribute ``slots``). The datapath never stalls (module
+    docstring): only a vector's last step waits, for a free output slot.
 
-    * Input buffer (one vector): ``i_stream.ready = not ibuf_full or take``, where ``take`` is
-      high in an enabled cycle with ``ibuf_full`` and the engine idle or issuing its last step;
-      ``ibuf_full`` rises the cycle after the ``count``-th transfer of a vector is accepted.
-      So the first transfer of vector j is accepted from the cycle vector j-1 was taken (the
-      buffer is free), the others whenever offered. A vector whose last transfer is accepted in
-      cycle a is in the buffer from cycle a+1.
-    * A vector taken in cycle t has its F steps issued in the next F enabled cycles
-      (the first is the first enabled cycle after t). Back-to-back: the next vector is taken in
-      the cycle of the previous vector's last step, so II = F cycles.
-    * The result is written to the output register L = ``pipeline.mvtu_latency(SIMD)`` =
-      d + 1 + r + c enabled cycles after the last step was issued, and ``o_stream.valid``
-      rises in the next cycle. Without stalls, a vector whose last transfer is accepted at
-      cycle a into an empty, idle unit leaves ``o_stream.valid`` high from cycle
-      ``a + F + 2 + L`` (attribute ``latency = F + 2 + L``).
-    * It stays valid until accepted; in every cycle it is not accepted, the whole pipeline
-      (steps, ROM, accumulators) holds. Tokens are never dropped or duplicated.
+    * Input buffer (one vector): ``ibuf_full`` rises the cycle after the ``count``-th transfer
+      of a vector is accepted and falls after the cycle ``take`` is high (a cycle with
+      ``ibuf_full`` and the engine idle or issuing its last step). ``i_stream.ready = not
+      ibuf_full or take``: the first transfer of vector j is accepted from the cycle vector
+      j-1 was taken (the buffer is free), the others whenever offered. In RAM with W =
+      ``word_transfers`` > 1 transfers a RAM word (attribute; 0 otherwise), ``i_stream.ready
+      = not ibuf_full or not (the next transfer completes a word)``: a transfer that completes
+      a word (every W-th of a vector) is accepted from the cycle after vector j-1 was taken,
+      the others whenever offered. A vector whose last transfer is accepted in cycle a is in
+      the buffer from cycle a+1: it is taken in cycle T_j = max(a + 1, L_{j-1}) (L_{j-1}: the
+      cycle of the previous vector's last step).
+    * Its first F - 1 steps issue in the cycles T_j + 1 … T_j + F - 1; its last step in cycle
+      L_j = max(T_j + F, H_{j-Q} + 1), where H_i is the cycle result i is taken from
+      ``o_stream`` (a credit: at most Q results issued and not yet taken). Back-to-back, the
+      next vector is taken in the cycle of the previous vector's last step, so II = F.
+    * The result enters the output queue L cycles after its last step and is offered from
+      V_j = max(L_j + L + 1, H_{j-1} + 1), in order, until taken. A vector whose last transfer
+      is accepted at cycle a into an empty, idle unit is offered from ``a + F + 2 + L``
+      (attribute ``latency = F + 2 + L``). With Q = ceil((L + 2) / F) a consumer that takes
+      every result at once never delays a last step. Tokens are never dropped or duplicated.
     * Popcount mode has exactly this timing (the counts take the place of the compare).
     """
 
@@ -506,19 +583,18 @@ class MVTU(_MatrixBase):
         self.lane_bits = self.count_bits if self.popcount else 1
         self.out_width = self.channels * self.lane_bits
         self.latency = self.cycles + 2 + self.pipeline.mvtu_latency(self.simd)
+        #: results the output queue holds (:func:`~bnnforge.compiler.pipeline.output_slots`)
+        self.slots = output_slots(self.cycles, self.pipeline.mvtu_latency(self.simd))
         super().__init__({"i_stream": In(stream.Signature(self.k * self.input_bits
                                                           // self.count)),
                           "o_stream": Out(stream.Signature(self.out_width))})
 
     def elaborate(self, platform):
         m = Module()
-        o = self.o_stream
-        en = Signal()
-        m.d.comb += en.eq(~(o.valid & ~o.ready))
         classes = len(self.class_thresholds)
         tag = Signal(range(classes), name="pad_class") if classes > 1 else None
         cmp_reg = int(self.pipeline.compare_register)
-        sums, ctl, depth = self._engine(m, en, tag, tail=cmp_reg)
+        sums, ctl, depth = self._engine(m, tag, tail=cmp_reg)
         if cmp_reg:
             # compare the accumulator registers one stage later: the accumulate adder and the
             # compare are no longer one path
@@ -529,14 +605,14 @@ class MVTU(_MatrixBase):
             lanes = Signal(pe * self.lane_bits)
             m.d.comb += lanes.eq(Cat(*sums))
         else:
-            lanes = self._compare(m, en, sums, ctl, stage, tag)
-        valid, n, last_s = ctl[stage][:3]
-        self._output(m, en, lanes, valid, n, last_s)
+            lanes = self._compare(m, sums, ctl, stage, tag)
+        valid, _, last_s, _, final = ctl[stage][:5]
+        self._output(m, lanes, valid, last_s, final)
         return m
 
-    def _compare(self, m, en, sums, ctl, stage, tag):
-        """The threshold compare at ``stage``: PE bits. The threshold ROM is read one enabled
-        cycle earlier (at ``ctl[stage - 1]``), and one more for each of the pipeline's
+    def _compare(self, m, sums, ctl, stage, tag):
+        """The threshold compare at ``stage``: PE bits. The threshold ROM is read one cycle
+        earlier (at ``ctl[stage - 1]``), and one more for each of the pipeline's
         ``rom_register`` data registers."""
         classes = len(self.class_thresholds)
         rom_reg = int(self.pipeline.rom_register)
@@ -559,30 +635,25 @@ class MVTU(_MatrixBase):
                     for p in range(pe):
                         word |= (row[g * pe + p] & ((1 << tw) - 1)) << (p * tw)
                     init.append(word)
-            rom = Memory(shape=unsigned(pe * tw), depth=len(init), init=init,
-                         attrs=rom_attrs(pe * tw, len(init), self.roms.get("thresholds")))
-            m.submodules.thresholds = rom
-            rd = rom.read_port(domain="sync")
-            addr = n_before if tag is None else ctl_before[4] * groups + n_before
-            m.d.comb += [rd.addr.eq(addr), rd.en.eq(en)]
-            data = delay(m, en, rd.data, rom_reg, "thr_reg", True)
+            addr = n_before if tag is None else ctl_before[5] * groups + n_before
+            data = _rom_read(m, "thresholds", pe * tw, init, self.roms.get("thresholds"), addr,
+                             rom_reg)
             for p in range(pe):
                 m.d.comb += tsig[p].eq(data[p * tw:(p + 1) * tw])
         bits = Signal(pe)
         m.d.comb += bits.eq(Cat(*[sums[p] >= tsig[p] for p in range(pe)]))
         return bits
 
-    def _output(self, m, en, lanes, valid, n, last_s):
-        """Collect the C/PE groups' lanes (PE · lane_bits each) into the output register."""
-        o = self.o_stream
+    def _output(self, m, lanes, valid, last_s, final):
+        """Collect the C/PE groups' lanes (PE · lane_bits each) into the output queue."""
         groups = self.groups
         done = Signal()
-        m.d.comb += done.eq(valid & last_s & (n == groups - 1))
+        m.d.comb += done.eq(valid & final)
         # groups 0..G-2 shift in (one clock enable for all: iCE40 tiles share one)
         full, shift = shift_in(lanes, groups, "obits", reset_less=True)
-        with m.If(en & valid & last_s):
+        with m.If(valid & last_s):
             m.d.sync += shift
-        register_output(m, o, en, done, full)
+        m.d.comb += self.o_stream.payload.eq(self._queue(m, done, full))
 
     def _class_counters(self, m, tag):
         """Count taken vectors per frame (output row oy, column ox; a frame is
@@ -630,15 +701,22 @@ class ScoreUnit(_MatrixBase):
     reachable score (from the accumulator range, mul and add; at most ``score_width``) and
     sign-extended to ``score_width`` on the output, so the argmax compares narrow values.
 
+    The argmax runs group by group: each group's PE scores go through an argmax tree (lowest
+    lane wins ties) and a running best keeps the first group's best or a later group's if
+    strictly greater, so a lower class index wins ties; the scores are collected in a shift
+    register beside it.
+
     Timing
     ------
-    Exactly :class:`MVTU`'s up to the accumulate stage (no compare register), then more
-    register stages: the completed accumulators, then the scores, then a =
-    ``pipeline.argmax_stages(classes)`` registers inside the argmax tree (one every
-    ``pipeline.argmax_levels`` comparator levels; the scores travel beside it), then the output
-    register. II = F = classes/PE * K/SIMD, ``latency = F + 2 +
-    pipeline.score_latency(SIMD, classes) = F + 5 + d + r + a``; the same global stall rule and
-    one-vector input buffer.
+    Exactly :class:`MVTU`'s (the same credit rule, output queue of ``slots`` results and
+    one-vector input buffer) up to the accumulate stage, then: the accumulators (one stage), the
+    PE lane scores ``mul·s + add`` (a register), a = ``pipeline.argmax_stages(PE)`` registers
+    of the argmax tree over the lanes (one every ``pipeline.argmax_levels`` comparator levels
+    and after the last), and the running best, written with the last group's scores into the
+    output queue; with the pipeline's compare register and K/SIMD > 1 the compare with the
+    running best is registered a stage before its update (c = 1, else 0). II = F = classes/PE *
+    K/SIMD; L = ``pipeline.score_latency(SIMD, PE, K/SIMD)`` = d + 3 + r + a + c,
+    ``latency = F + 2 + L``.
     """
 
     @quiet_on_error
@@ -650,8 +728,14 @@ class ScoreUnit(_MatrixBase):
         self.mul = int_list("mul", mul, self.channels)
         self.add = int_list("add", add, self.channels)
         self.class_width = max(1, (self.channels - 1).bit_length())
-        self.argmax_stages = self.pipeline.argmax_stages(self.channels)
-        self.latency = self.cycles + 2 + self.pipeline.score_latency(self.simd, self.channels)
+        self.argmax_stages = self.pipeline.argmax_stages(self.pe)
+        #: the running best's compare registered a stage before its update (the pipeline's
+        #: compare register, with groups at least two cycles apart: K/SIMD > 1)
+        self.split_compare = bool(self.pipeline.compare_register) and self.folds > 1
+        lat = self.pipeline.score_latency(self.simd, self.pe, self.folds)
+        self.latency = self.cycles + 2 + lat
+        #: results the output queue holds (:func:`~bnnforge.compiler.pipeline.output_slots`)
+        self.slots = output_slots(self.cycles, lat)
         if self.input_bits == 1:
             s_lo, s_hi = -self.k, self.k
         else:
@@ -666,54 +750,39 @@ class ScoreUnit(_MatrixBase):
             "o_stream": Out(stream.Signature(self.channels * self.score_width
                                              + self.class_width))})
 
+    def _lane_score(self, acc, n, p):
+        """Lane ``p``'s score of group ``n`` from its accumulator: ``mul_c·s + add_c`` for
+        class c = n·PE + p (one expression when every group's lane p shares mul and add)."""
+        a = acc.as_signed() if Shape.cast(acc.shape()).signed else acc
+        sval = 2 * a - self.k if self.input_bits == 1 else a
+        pairs = [(self.mul[g * self.pe + p], self.add[g * self.pe + p])
+                 for g in range(self.groups)]
+        out = sval * pairs[0][0] + pairs[0][1]
+        for g in range(1, self.groups):
+            if pairs[g] != pairs[g - 1]:
+                out = Mux(n >= g, sval * pairs[g][0] + pairs[g][1], out)
+        return out
+
     def elaborate(self, platform):
         m = Module()
-        o = self.o_stream
-        en = Signal()
-        m.d.comb += en.eq(~(o.valid & ~o.ready))
-        sums, ctl, depth = self._engine(m, en)
-        valid, n, last_s, _ = ctl[depth]
-        pe, groups, classes, sw = self.pe, self.groups, self.channels, self.score_width
-        acc_shape = sums[0].shape()
-        cur = Cat(*sums)
-        aw = acc_shape.width
-        done = Signal()
-        m.d.comb += done.eq(valid & last_s & (n == groups - 1))
-        if groups > 1:
-            # groups 0..G-2 shift in (one clock enable)
-            partial = Signal(aw * (classes - pe), reset_less=True)
-            with m.If(en & valid & last_s):
-                m.d.sync += partial.eq(Cat(partial[pe * aw:], cur))
-            full = Cat(partial, cur)
-        else:
-            full = cur
-        # stage V1: completed accumulators
-        v1 = Signal()
-        accs = Signal(aw * classes, reset_less=True)
-        with m.If(en):
-            m.d.sync += v1.eq(done)
-            with m.If(done):
-                m.d.sync += accs.eq(full)
-        # stage V2: scores, held in score_bits (every reachable score fits: exact)
-        v2 = Signal()
-        rw = self.score_bits
-        scores = [Signal(signed(rw), name=f"score{c}", reset_less=True) for c in range(classes)]
-        with m.If(en):
-            m.d.sync += v2.eq(v1)
-            with m.If(v1):
-                for c in range(classes):
-                    a = accs[c * aw:(c + 1) * aw]
-                    a = a.as_signed() if acc_shape.signed else a
-                    sval = 2 * a - self.k if self.input_bits == 1 else a
-                    e = sval * self.mul[c] + self.add[c]
-                    m.d.sync += scores[c].eq(e[:rw].as_signed())
-        # argmax tree (lower index wins ties), a register every pipeline.argmax_levels levels;
-        # the scores travel beside it; the last levels feed the output register
-        cw = self.class_width
-        nodes = [(sc, Const(c, cw)) for c, sc in enumerate(scores)]
-        valid, carried = v2, scores
-        level = 0
-        levels = (classes - 1).bit_length()
+        pe, groups, classes = self.pe, self.groups, self.channels
+        rw, cw, a = self.score_bits, self.class_width, self.argmax_stages
+        sums, ctl, depth = self._engine(m, tail=2 + a + int(self.split_compare))
+        # stage depth + 1: the accumulators hold each lane's total of the step
+        _, n1, _, _ = ctl[depth + 1][:4]
+        # the group's first flag, registered beside the lane scores (no comparator on the
+        # running best's enable)
+        flags = Signal(1)
+        m.d.comb += flags.eq(n1 == 0)
+        lane = [Signal(signed(rw), name=f"lane_score{p}", reset_less=True) for p in range(pe)]
+        m.d.sync += [lane[p].eq(self._lane_score(self._accs[p], n1, p)[:rw].as_signed())
+                     for p in range(pe)]
+        # stage depth + 2 ...: the argmax tree over the lanes, a register every argmax_levels
+        # comparator levels and after the last (lower lane wins ties)
+        lw = max(1, (pe - 1).bit_length())
+        nodes = [(v, Const(p, lw)) for p, v in enumerate(lane)]
+        level, stage = 0, 0
+        levels = (pe - 1).bit_length()
         while len(nodes) > 1:
             level += 1
             nxt = []
@@ -722,39 +791,56 @@ class ScoreUnit(_MatrixBase):
                     nxt.append(nodes[i])
                     continue
                 (va, ia), (vb, ib) = nodes[i], nodes[i + 1]
-                v = Signal(signed(rw), name=f"best_l{level}_{i // 2}")
-                idx = Signal(cw, name=f"best_i{level}_{i // 2}")
                 pick_b = vb > va
-                m.d.comb += [v.eq(Mux(pick_b, vb, va)), idx.eq(Mux(pick_b, ib, ia))]
-                nxt.append((v, idx))
+                nxt.append((Mux(pick_b, vb, va), Mux(pick_b, ib, ia)))
             nodes = nxt
-            if level % self.pipeline.argmax_levels == 0 and level < levels:
-                stage = level // self.pipeline.argmax_levels
-                rv = Signal(name=f"argmax{stage}_valid")
+            if level % self.pipeline.argmax_levels == 0 or level == levels:
+                stage += 1
                 regs = [(Signal(signed(rw), name=f"argmax{stage}_v{i}", reset_less=True),
-                         Signal(cw, name=f"argmax{stage}_i{i}", reset_less=True))
+                         Signal(lw, name=f"argmax{stage}_i{i}", reset_less=True))
                         for i in range(len(nodes))]
-                held = [Signal(signed(rw), name=f"argmax{stage}_score{c}", reset_less=True)
-                        for c in range(classes)]
-                with m.If(en):
-                    m.d.sync += rv.eq(valid)
-                    with m.If(valid):
-                        for (rv_, ri), (nv, ni) in zip(regs, nodes, strict=True):
-                            m.d.sync += [rv_.eq(nv), ri.eq(ni)]
-                        m.d.sync += [h.eq(c) for h, c in zip(held, carried, strict=True)]
-                valid, carried, nodes = rv, held, regs
-        # output register: narrow scores and the class; sign-extended onto the payload
-        out_scores = [Signal(signed(rw), name=f"out_score{c}", reset_less=True)
-                      for c in range(classes)]
-        out_class = Signal(cw, reset_less=True)
-        with m.If(en):
-            m.d.sync += o.valid.eq(valid)
-            with m.If(valid):
-                m.d.sync += [h.eq(c) for h, c in zip(out_scores, carried, strict=True)]
-                m.d.sync += out_class.eq(nodes[0][1])
-        wide = [Signal(signed(sw), name=f"o_score{c}") for c in range(classes)]
-        m.d.comb += [wv.eq(nv) for wv, nv in zip(wide, out_scores, strict=True)]
-        m.d.comb += o.payload.eq(Cat(*wide, out_class))
+                m.d.sync += [x for (rv, ri), (nv, ni) in zip(regs, nodes, strict=True)
+                             for x in (rv.eq(nv), ri.eq(ni))]
+                nodes = regs
+        best_v, best_lane = nodes[0]
+        # the lane scores beside the tree, and the running best over the groups
+        scores = delay(m, None, Cat(*lane), a, "lane_scores", True)
+        first_g = delay(m, None, flags, 1 + a, "group_first", True)
+        stage = depth + 2 + a
+        _, n, _, _, _ = ctl[stage][:5]
+        cls = Signal(cw)
+        m.d.comb += cls.eq(n * pe + best_lane if groups > 1 else best_lane)
+        best = Signal(signed(rw), name="best", reset_less=True)
+        best_c = Signal(cw, name="best_class", reset_less=True)
+        if self.split_compare:
+            # compare with the running best here, update it a stage later (the previous group
+            # is at least two cycles ahead, so its update is in)
+            gt = Signal(name="best_gt", reset_less=True)
+            m.d.sync += gt.eq(best_v > best)
+            cls, first_g = delay(m, None, cls, 1, "cand_class", True), \
+                delay(m, None, first_g, 1, "cand_first", True)
+            best_v = delay(m, None, best_v, 1, "cand_score", True)
+            scores = delay(m, None, scores, 1, "cand_scores", True)
+            stage += 1
+        else:
+            gt = best_v > best
+        valid, _, last_s, _, final = ctl[stage][:5]
+        group = Signal()
+        m.d.comb += group.eq(valid & last_s)
+        take_new = Signal()
+        m.d.comb += take_new.eq(first_g | gt)
+        with m.If(group & take_new):
+            m.d.sync += [best.eq(best_v), best_c.eq(cls)]
+        held, shift = shift_in(scores, groups, "held_scores", reset_less=True)
+        with m.If(group):
+            m.d.sync += shift
+        done = Signal()
+        m.d.comb += done.eq(valid & final)
+        word = Cat(held, Mux(take_new, cls, best_c))
+        head = self._queue(m, done, word)
+        # narrow scores sign-extended onto the payload, the class above them
+        wide = [Signal(signed(self.score_width), name=f"o_score{c}") for c in range(classes)]
+        m.d.comb += [wv.eq(head[c * rw:(c + 1) * rw].as_signed())
+                     for c, wv in enumerate(wide)]
+        m.d.comb += self.o_stream.payload.eq(Cat(*wide, head[classes * rw:]))
         return m
-
-

@@ -45,14 +45,18 @@ def shift_in(data, count: int, name: str, reset_less: bool = False) -> tuple:
 
 def delay(m: Module, enable, value, n: int, name: str, reset_less: bool = False):
     """``value`` through ``n`` registers (``{name}0`` … or ``name`` alone when ``n`` is 1) that
-    load in the cycles ``enable`` is high; a constant needs none."""
+    load in the cycles ``enable`` is high (every cycle when ``enable`` is ``None``); a
+    constant needs none."""
     for i in range(n):
         if isinstance(value, Const):
             return value
         reg = Signal(value.shape(), name=name if n == 1 else f"{name}{i}",
                      reset_less=reset_less)
-        with m.If(enable):
+        if enable is None:
             m.d.sync += reg.eq(value)
+        else:
+            with m.If(enable):
+                m.d.sync += reg.eq(value)
         value = reg
     return value
 

@@ -24,7 +24,7 @@ repeat (what ``bnnforge.host.classify`` does by default).
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -302,12 +302,16 @@ class BoardTop(wiring.Component):
             fields.append(s)
         word = Signal(8 * self.answer_bytes)
         m.d.comb += word.eq(Cat(*fields))
-        shreg = Signal(8 * self.answer_bytes, reset_less=True)
-        left = Signal(range(self.answer_bytes + 1))
-        m.d.comb += [acc.o_stream.ready.eq(left == 0),
-                     tx.i_stream.payload.eq(shreg[:8]), tx.i_stream.valid.eq(left != 0)]
-        with m.If(acc.o_stream.valid & acc.o_stream.ready):
-            m.d.sync += [shreg.eq(word), left.eq(self.answer_bytes)]
-        with m.Elif(tx.i_stream.valid & tx.i_stream.ready):
-            m.d.sync += [shreg.eq(shreg >> 8), left.eq(left - 1)]
+        # the answer stays in the accelerator's output register while its bytes go out (no
+        # copy): a byte counter selects each, and the last byte's handshake takes the answer
+        idx = Signal(range(self.answer_bytes))
+        last = Signal()
+        sent = Signal()
+        m.d.comb += [last.eq(idx == self.answer_bytes - 1),
+                     tx.i_stream.payload.eq(word.word_select(idx, 8)),
+                     tx.i_stream.valid.eq(acc.o_stream.valid),
+                     sent.eq(tx.i_stream.valid & tx.i_stream.ready),
+                     acc.o_stream.ready.eq(sent & last)]
+        with m.If(sent):
+            m.d.sync += idx.eq(Mux(last, 0, idx + 1))
         return m

@@ -19,8 +19,9 @@ place: the run stops there, with every handshake that does happen, and names the
 blocks that wait on one another (:class:`Deadlock`).
 
 Blocks with an input side that runs ahead of the output side in hardware (a FIFO accepts while
-its head waits; a matrix unit fills its input buffer while it computes) have two processes, so
-no waiting is modelled that the hardware does not do. A window generator takes its pixels in
+its head waits; a matrix unit fills its input buffer while it computes and issues steps while its
+output queue waits) have two or three processes, so no waiting is modelled that the hardware
+does not do. A window generator takes its pixels in
 the steps that also make its windows (the global stall holds both), so it is one process.
 
 Once the stimulus is constant the state after each output is keyed relative to that output's
@@ -175,6 +176,7 @@ class _Node:
         self.down: list[list[int]] = []      # consumers' hs, per output port
         self.frames = 0                      # frames in the run (a window walks the last tail)
         self.T: list[int] = []               # matrix unit: cycle each vector leaves the buffer
+        self.L: list[int] = []               # matrix unit: cycle of each vector's last step
         self.en = Enable()                   # the global stall of a block with an output register
         self.st: tuple = ()                  # scalars a process carries from token to token
 
@@ -186,7 +188,8 @@ class _Node:
         if k in ("window", "maxpool"):
             return [(self._window(), [self.V, self.hs[0]])]
         if k in ("mvtu", "score"):
-            return [(self._matrix_in(), [self.hs[0]]), (self._matrix_out(), [self.V, self.T])]
+            return [(self._matrix_in(), [self.hs[0]]), (self._matrix_steps(), [self.T, self.L]),
+                    (self._matrix_out(), [self.V])]
         fn = {"deserializer": self._deserializer, "serializer": self._serializer,
               "mst": self._mst,
               "add": self._join, "concat": self._concat, "fork": self._fork}[k]
@@ -257,8 +260,24 @@ class _Node:
 
     def _matrix_in(self):
         up, hs, T, count = self.up[0], self.hs[0], self.T, self.spec.get("count", 1)
+        wt = self.spec.get("word_transfers", 0)
         j = 0
         while True:
+            if wt:
+                # a RAM word's last transfer waits for the buffer (the cycle after the take)
+                for e in range(count):
+                    p = j * count + e
+                    while len(up) <= p:
+                        yield up, p
+                    a = up[p]
+                    if (e + 1) % wt == 0 and j:
+                        while len(T) < j:
+                            yield T, j - 1
+                        if T[j - 1] + 1 > a:
+                            a = T[j - 1] + 1
+                    hs.append(a)
+                j += 1
+                continue
             t = _NEG
             if j:
                 while len(T) < j:
@@ -267,37 +286,45 @@ class _Node:
             yield from _gather(up, hs, j * count, count, t)
             j += 1
 
-    def _matrix_out(self):
+    def _matrix_steps(self):
+        """When each vector is taken (T) and its last step issues (L): T_j = max(a_j + 1,
+        L_{j-1}) for a_j its last transfer's handshake; L_j = max(T_j + F, H_{j-Q} + 1), H the
+        output handshakes, Q the output slots (the credit)."""
         s = self.spec
-        hs, out, V, T = self.hs[0], self.down[0], self.V, self.T
-        f, lat, count = s["cycles"], s["latency"], s.get("count", 1)
-        en = self.en
-        last = w = _NEG
+        hs, out, T, L = self.hs[0], self.down[0], self.T, self.L
+        f, count, q = s["cycles"], s.get("count", 1), s["slots"]
+        last = _NEG
         j = 0
         while True:
             e = (j + 1) * count - 1
             while len(hs) <= e:
                 yield hs, e
-            x = hs[e] + 1 if hs[e] + 1 > last else last
-            en.prune(last)
-            early = False
-            if j and len(out) < j:
-                # the previous result waits downstream: the cycles up to its write are known
-                t = en.first(x)
-                if t <= w:
-                    T.append(t)          # the vector leaves the buffer before that matters
-                    early = True
+            t = hs[e] + 1 if hs[e] + 1 > last else last
+            T.append(t)
+            last = t + f
+            if j >= q:
+                while len(out) <= j - q:
+                    yield out, j - q
+                if out[j - q] + 1 > last:
+                    last = out[j - q] + 1
+            L.append(last)
+            j += 1
+
+    def _matrix_out(self):
+        """Result j is offered from max(L_j + latency + 1, H_{j-1} + 1): in order from the
+        output queue."""
+        L, out, V, lat = self.L, self.down[0], self.V, self.spec["latency"]
+        j = 0
+        while True:
+            while len(L) <= j:
+                yield L, j
+            v = L[j] + lat + 1
+            if j:
                 while len(out) < j:
                     yield out, j - 1
-            if j:
-                en.add(w, out[j - 1])
-            t = en.first(x)
-            if not early:
-                T.append(t)
-            last = en.advance(t, f)
-            w = en.advance(last, lat)
-            V.append(w + 1)
-            self.st = (last, w)
+                if out[j - 1] + 1 > v:
+                    v = out[j - 1] + 1
+            V.append(v)
             j += 1
 
     def _window(self):
@@ -486,7 +513,7 @@ def run_plan(blocks: list, frames: int, tokens: int, gaps, nxt, periodic: bool =
         lists.append((node.V, b["out_tokens"]))
         lists += [(h, b["tokens"]) for h in node.hs]
         if b["kind"] in ("mvtu", "score"):
-            lists.append((node.T, b["out_tokens"]))
+            lists += [(node.T, b["out_tokens"]), (node.L, b["out_tokens"])]
     # how far back from its end a process may read a list (values written ahead of their
     # reader included); everything not listed below reads the last one or two
     back = {id(lst): 4 for lst, _ in lists}
@@ -514,6 +541,8 @@ def run_plan(blocks: list, frames: int, tokens: int, gaps, nxt, periodic: bool =
                           tuple(_rel(x, ref) for x in lst[max(0, n - back[id(lst)]):])))
         for node in nodes.values():
             parts.append((tuple(_rel(x, ref) for x in node.st), node.en.state(ref)))
+            if node.kind in ("mvtu", "score") and node.L:
+                parts.append(_matrix_key(node, ref))
         return tuple(parts)
 
     def sink():
@@ -604,6 +633,20 @@ def run_plan(blocks: list, frames: int, tokens: int, gaps, nxt, periodic: bool =
 
 def _rel(v: int, ref: int):
     return None if v <= _NEG // 2 else v - ref
+
+
+def _matrix_key(node, ref) -> tuple:
+    """What a matrix unit's processes will still read: the last steps whose offers are not
+    computed yet, and the output handshakes they or later last steps compare with (the
+    credits), each clamped from below to the earliest value that can still make a
+    difference, so that old handshakes from before a stall key alike."""
+    L, V, out = node.L, node.V, node.down[0]
+    kl, kv, q = len(L), len(V), node.spec["slots"]
+    lat = node.spec["latency"]
+    floor = L[-1] if kv >= kl else min(L[-1], L[kv] + lat)
+    lo = max(0, min(kv - 1, kl - q))
+    return (kl - kv, tuple(_rel(x, ref) for x in L[max(0, kv - 1):]),
+            tuple(_rel(max(x, floor), ref) for x in out[lo:]))
 
 
 def extend(values: list, per_frame: int, frames: int, periodic) -> np.ndarray:

@@ -13,7 +13,9 @@ most tokens the FIFO held in the last run that kept the throughput, plus one: wi
 the run replays exactly, so the bound is safe. The search gallops up from the smallest depth
 (1, 2, 4, 8 … tokens more), where most FIFOs end, then bisects: one or two trials for most.
 Stages with several inputs (a residual join) have a FIFO per input port (``fifo_depth`` a
-list); a depth that deadlocks counts as no throughput.
+list); a depth that deadlocks counts as no throughput. In front of a matrix unit (and of a FIFO
+with a matrix unit behind it) depth 0 is tried too: a matrix unit's ``ready`` comes from its own
+registers (docs/design.md §4), so removing the FIFO adds no combinational path between stages.
 
 Unlike FINN's RTL-simulation-based sizing (hours), each trial is a timing simulation that stops
 as soon as the pipeline's state repeats, so a whole network sizes in seconds.
@@ -28,7 +30,7 @@ from ..compiler.plan import build_plan
 from .dataflow import Deadlock
 from .timing import simulate_timing
 
-__all__ = ["SizeFifos", "steady_cycles_per_frame"]
+__all__ = ["SizeFifos", "steady_cycles_per_frame", "zero_depth_sites"]
 
 #: frames of a trial when the plan forks: its deep skip FIFOs take many frames to settle into
 #: a repeating state, so a trial stops here and reads the steady state over the second half
@@ -60,6 +62,46 @@ def _steady(res) -> Fraction:
     return Fraction(int(out[-1] - out[half]), len(out) - 1 - half)
 
 
+#: block kinds whose input ``ready`` is a function of their own registers (not of their
+#: output's ``ready``)
+_REGISTERED_READY = ("mvtu", "score")
+_WIRES = ("threshold", "table")
+
+
+def zero_depth_sites(graph: DataflowGraph) -> set:
+    """The input ports ``(node, port)`` whose FIFO may be removed without a combinational
+    ``ready`` path through the stage: the first block behind it (wires skipped) is a matrix
+    unit, or a FIFO with one behind it (whatever depth that FIFO gets)."""
+    probe = graph.copy()
+    for name in probe.order():                  # every FIFO present, to see what follows it
+        d = probe.attrs(name).get("fifo_depth", 2)
+        probe.attrs(name)["fifo_depth"] = [max(1, v) for v in d] if isinstance(d, list) \
+            else max(1, d)
+    blocks = build_plan(probe).blocks
+    after: dict[str, list] = {}
+    for b in blocks:
+        for src, _ in b["inputs"]:
+            after.setdefault(src, []).append(b)
+
+    def registered(name: str, fifos: int) -> bool:
+        nxt = after.get(name, [])
+        if len(nxt) != 1:
+            return False
+        b = nxt[0]
+        if b["kind"] in _WIRES:
+            return registered(b["name"], fifos)
+        if b["kind"] == "fifo":
+            return fifos == 0 and registered(b["name"], 1)
+        return b["kind"] in _REGISTERED_READY
+
+    sites = set()
+    for b in blocks:
+        if b["kind"] == "fifo" and registered(b["name"], 0):
+            suffix = b["name"].rsplit(":fifo", 1)[-1]
+            sites.add((b["node"], int(suffix) if suffix else 0))
+    return sites
+
+
 def _set(graph: DataflowGraph, node: str, port: int, ports: int, depth: int) -> None:
     if ports == 1:
         graph.attrs(node)["fifo_depth"] = int(depth)
@@ -78,7 +120,9 @@ class SizeFifos:
     min_depth
         The smallest depth considered. The default 1 keeps a register between every pair of
         stages (depth 0 removes the FIFO, so ``ready`` runs combinationally through both
-        stages); 0 allows removing FIFOs where throughput does not need them.
+        stages), except in front of a matrix unit, whose ``ready`` is registered anyway
+        (:func:`zero_depth_sites`); 0 allows removing FIFOs anywhere throughput does not need
+        them.
     deep
         The depth that stands for "very deep" (default: two frames of the stage's tokens, at
         least 64; a join's ports two more frames per window or pool in the plan).
@@ -114,6 +158,7 @@ class SizeFifos:
     def apply(self, graph: DataflowGraph) -> DataflowGraph:
         out = graph.copy()
         plan = build_plan(out)
+        zero_ok = zero_depth_sites(out)
         frames = self.frames if plan.is_chain() else min(self.frames, DAG_FRAMES)
         # every input port of every stage, in graph order, and the tokens a frame it carries
         tokens: dict[str, int] = {}
@@ -142,7 +187,7 @@ class SizeFifos:
             # that run never held more than occ tokens here: occ + 1 slots replay it exactly
             hi = max(min(out.fifo_depths(name)[p], occ.get(key, 0) + 1), max(1, self.min_depth))
             _set(out, name, p, n, hi)
-            if self.min_depth == 0:
+            if self.min_depth == 0 or (name, p) in zero_ok:
                 _set(out, name, p, n, 0)
                 cpf, seen = self._trial(out, frames)
                 if cpf <= target:                  # no FIFO at all keeps the throughput

@@ -33,10 +33,12 @@ the input table are wires).
 Each block offers output token ``j`` from a cycle ``V_j`` on (and holds it), and is ready for
 input token ``j`` from a cycle ``r_j`` on (every block's input ``ready`` is a step for one token:
 once high it stays high until that token's handshake), so the handshake is ``max(V_j, r_j)``;
-only the accelerator's output meets the arbitrary ``out_ready``. Blocks with an output register
-stall globally: a cycle is *disabled* while the output register holds a token that is not
-accepted, i.e. in ``[w + 1, b - 1]`` for an output written at the edge of cycle ``w`` and
-handshaken in cycle ``b``; pipelines advance in enabled cycles only. Per block:
+only the accelerator's output meets the arbitrary ``out_ready``. Window generators, max-pools,
+deserializers and MST layers stall globally: a cycle is *disabled* while the output register
+holds a token that is not accepted, i.e. in ``[w + 1, b - 1]`` for an output written at the
+edge of cycle ``w`` and handshaken in cycle ``b``; their pipelines advance in enabled cycles
+only. Matrix units never stall their pipeline; they issue a vector's last step on a credit.
+Per block:
 
 * FIFO of depth D: input ``j`` ready from ``out[j-D] + 1``; output ``j`` valid from
   ``max(in[j] + 1, out[j-1] + 1)`` (no bypass: a read frees no room in its own cycle).
@@ -47,14 +49,18 @@ handshaken in cycle ``b``; pipelines advance in enabled cycles only. Per block:
   ``j`` is accepted from the handshake cycle of element ``j·count - 1`` (the previous word's
   last); element 0 of a word is offered from the cycle after the word's handshake, element
   ``e > 0`` from the cycle after element ``e - 1``'s handshake.
-* MVTU (F = C/PE · K/SIMD steps per vector, ``count`` transfers per vector): the first
-  transfer of vector ``j`` is ready from the cycle ``t[j-1]`` the previous vector left the
-  input buffer, the others whenever offered; with ``a[j]`` the handshake of
-  its last transfer, vector ``j`` leaves the buffer (``t[j]``) in the first enabled cycle
-  >= max(a[j] + 1, L[j-1]) where ``L`` is the cycle of a vector's last step; its F steps take
-  the next F enabled cycles; the result is written the block's ``latency`` enabled cycles
-  after the last step (:class:`~bnnforge.compiler.pipeline.Pipeline`: ``mvtu_latency``,
-  ``score_latency``; the plan block carries it).
+* MVTU and score unit (F = C/PE · K/SIMD steps per vector, ``count`` transfers per vector,
+  an output queue of Q = ``slots`` results): the first transfer of vector ``j`` is ready from
+  the cycle ``t[j-1]`` the previous vector left the input buffer, the others whenever offered
+  (with ``word_transfers`` = W > 1, every W-th transfer is ready from ``t[j-1] + 1``, the
+  others whenever offered);
+  with ``a[j]`` the handshake of its last transfer, vector ``j`` leaves the buffer in cycle
+  ``t[j] = max(a[j] + 1, L[j-1])``, where ``L`` is the cycle of a vector's last step; its
+  other steps take the next F - 1 cycles and its last step waits for a credit:
+  ``L[j] = max(t[j] + F, b[j-Q] + 1)`` with ``b`` the output handshakes; the result is
+  offered from ``max(L[j] + latency + 1, b[j-1] + 1)`` (``latency``: the cycles from the last
+  step to the write, :class:`~bnnforge.compiler.pipeline.Pipeline` ``mvtu_latency`` /
+  ``score_latency``; the plan block carries it and ``slots``).
 * MST layer (``mst``: PE = C, SIMD = K, a pipeline of L = ``Pipeline.mst_latency`` registers
   after its input register, ``ready`` = enabled): input ``j`` is accepted in the
   first enabled cycle >= its offer; its result is written L enabled cycles later (a whole
@@ -220,42 +226,52 @@ class _Serializer(_Block):
 
 
 class _Matrix(_Block):
-    """MVTU or score unit (collecting ``count`` input transfers per vector)."""
+    """MVTU or score unit (collecting ``count`` input transfers per vector; issue on credit)."""
 
     def __init__(self, spec):
         super().__init__(spec)
         self.f = spec["cycles"]
         self.lat = spec["latency"]
         self.count = spec.get("count", 1)
-        self.en = Enable()
+        self.slots = spec["slots"]
+        self.words = spec.get("word_transfers", 0)
         self.t = _NEG
         self.last = _NEG
-        self.w = _NEG
 
     def offer(self, j: int) -> int:
-        en = self.en
-        if j:
-            en.add(self.w, self.down_hs[j - 1])
-        up, hs, base = self.up, self.hs, j * self.count
-        v = up.offer(base)
-        a = v if v > self.t else self.t
-        hs.append(a)
-        for e in range(base + 1, base + self.count):
-            a = up.offer(e)
+        up, hs, base, wt = self.up, self.hs, j * self.count, self.words
+        if wt:      # a RAM word's last transfer waits for the buffer (the cycle after a take)
+            r = self.t + 1
+            for e in range(self.count):
+                a = up.offer(base + e)
+                if (e + 1) % wt == 0 and r > a:
+                    a = r
+                hs.append(a)
+        else:       # the first transfer waits for the buffer (from the take on)
+            v = up.offer(base)
+            a = v if v > self.t else self.t
             hs.append(a)
-        x = a + 1 if a + 1 > self.last else self.last
-        en.prune(self.last)
-        t = en.first(x)
-        last = en.advance(t, self.f)
-        w = en.advance(last, self.lat)
-        self.t, self.last, self.w = t, last, w
-        return w + 1
+            for e in range(base + 1, base + self.count):
+                a = up.offer(e)
+                hs.append(a)
+        t = a + 1 if a + 1 > self.last else self.last
+        last = t + self.f
+        down, q = self.down_hs, self.slots
+        if j >= q and down[j - q] + 1 > last:
+            last = down[j - q] + 1
+        v = last + self.lat + 1
+        if j and down[j - 1] + 1 > v:
+            v = down[j - 1] + 1
+        self.t, self.last = t, last
+        return v
 
     def state(self, ref):
+        # the handshakes of the last ``slots`` results (the credits ahead); one no later than
+        # the last step cannot delay a later step or offer, so it is keyed as that step
         n = len(self.hs) // self.count
-        b = self.down_hs[n - 1] - ref if n and len(self.down_hs) >= n else None
-        return (_rel(self.t, ref), _rel(self.last, ref), _rel(self.w, ref), b,
-                self.en.state(ref))
+        down = self.down_hs[max(0, n - self.slots):n] if len(self.down_hs) >= n else None
+        return (_rel(self.t, ref), _rel(self.last, ref),
+                None if down is None else tuple(_rel(max(x, self.last), ref) for x in down))
 
 
 class _Window(_Block):

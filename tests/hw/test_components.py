@@ -255,8 +255,10 @@ def test_score_unit_timing_and_errors(pipe):
     out, ic, oc = simulate_stream(dut, [pack(v, 1) for v in x], len(x))
     scores = (2 * accumulate(x, w, 1) - 8) * np.array(mul) + np.array(add)
     assert [decode_scores(word, 4)[0] for word in out] == scores.tolist()
+    # the argmax runs over a group's PE = 2 lanes, then a running best over the groups (its
+    # compare a stage of its own with the compare register: K/SIMD = 2 steps a group)
     assert dut.latency == dut.cycles + 5 + tree_stages(4, pipe.tree_levels) + \
-        pipe.operand_stage + argmax_stages(4)
+        pipe.operand_stage + argmax_stages(2, pipe.argmax_levels) + pipe.compare_register
     assert oc[0] - ic[0] == dut.latency and np.all(np.diff(oc) == dut.cycles)
     again = ScoreUnit(8, 4, 2, 4, w, mul, add, pipeline=pipe)
     assert simulate_stream(again, [pack(v, 1) for v in x], len(x), seed=4, idle=0.4,
@@ -269,12 +271,13 @@ def test_score_unit_timing_and_errors(pipe):
 
 def test_argmax_stages_and_narrow_scores():
     assert [argmax_stages(n) for n in (1, 2, 3, 4, 5, 10, 16, 17, 64, 65)] == \
-        [0, 0, 1, 1, 2, 3, 3, 4, 5, 6]
+        [0, 1, 2, 2, 3, 4, 4, 5, 6, 7]
     rng = np.random.default_rng(9)
     w = rng.integers(0, 2, (10, 64)).astype(bool)
     dut = ScoreUnit(64, 10, 10, 64, w, [1] * 10, [0] * 10)
     assert dut.score_bits == 8                  # scores in [-64, 64]
-    assert dut.latency == 1 + 5 + tree_stages(64, 2) + 1 + 3   # generic: one ROM register
+    # generic: one ROM register; an argmax tree of 4 levels over the 10 lanes
+    assert dut.latency == 1 + 5 + tree_stages(64, 2) + 1 + 4
     x = random_inputs(rng, 6, 64, 1)
     out, ic, oc = simulate_stream(dut, [pack(v, 1) for v in x], len(x), idle=0.2, stall=0.5)
     scores = 2 * accumulate(x, w, 1) - 64

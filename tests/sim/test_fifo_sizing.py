@@ -6,6 +6,7 @@ import pytest
 import bnnforge
 from bnnforge.compiler.folding import ChooseFolding
 from bnnforge.sim import SizeFifos, simulate_timing, steady_cycles_per_frame
+from bnnforge.sim.fifo_sizing import zero_depth_sites
 from conftest import random_frames, randomize_model, small_cnn, small_mlp
 
 
@@ -39,7 +40,10 @@ def test_sized_fifos_keep_throughput_and_are_minimal(name, min_depth):
     sized = sizer.apply(graph)
     depths = {n: sized.attrs(n)["fifo_depth"] for n in sized.order()}
     assert set(depths) == set(graph.order())
-    assert all(d >= min_depth for d in depths.values())
+    # at min_depth 1, depth 0 only where the stage's ready is registered (a matrix unit)
+    sites = zero_depth_sites(graph)
+    floor = {n: 0 if (n, 0) in sites else min_depth for n in depths}
+    assert all(d >= floor[n] for n, d in depths.items())
     deep = graph.copy()
     for n in deep.order():
         deep.attrs(n)["fifo_depth"] = 500
@@ -52,9 +56,9 @@ def test_sized_fifos_keep_throughput_and_are_minimal(name, min_depth):
     assert run.output_cycles[-1] - run.output_cycles[20] == \
         ref.output_cycles[-1] - ref.output_cycles[20]
     for n, d in depths.items():
-        if d == min_depth:
+        if d == floor[n]:
             continue                                # already minimal
-        for less in sorted({d - 1, min_depth}):     # one token less (and no FIFO) is slower
+        for less in sorted({d - 1, floor[n]}):      # one token less (and no FIFO) is slower
             smaller = sized.copy()
             smaller.attrs(n)["fifo_depth"] = less
             assert steady_cycles_per_frame(smaller) > target, (n, d, less)
@@ -67,12 +71,26 @@ def test_sized_fifos_keep_throughput_and_are_minimal(name, min_depth):
 def test_pixel_bound_pipeline_needs_two_slots():
     graph = graphs()["mlp-parallel"]
     sized = SizeFifos(min_depth=1).apply(graph)
-    # a depth-1 FIFO takes a token every other cycle (a read frees no room in its own cycle)
-    assert sized.attrs("input")["fifo_depth"] == 2
+    # the input reaches fc0's matrix unit through a wire: no FIFO needed at all
+    assert sized.attrs("input")["fifo_depth"] == 0 and sized.attrs("fc0")["fifo_depth"] == 0
     assert steady_cycles_per_frame(sized) == 64
+    # a depth-1 FIFO takes a token every other cycle (a read frees no room in its own cycle)
     half = sized.copy()
     half.attrs("input")["fifo_depth"] = 1
     assert steady_cycles_per_frame(half) == 128
+    half.attrs("input")["fifo_depth"] = 2
+    assert steady_cycles_per_frame(half) == 64
+
+
+def test_no_fifo_in_front_of_matrix_units_only():
+    graph = graphs()["cnn-serial"]
+    sized = SizeFifos().apply(graph)
+    ok = {n: (n, 0) in zero_depth_sites(sized) for n in graph.order()}
+    # dense stages read through their matrix unit's registered ready; a convolution's window
+    # and a max-pool pass ready through combinationally
+    assert ok == {"input": False, "conv0": False, "pool0": False, "conv1": False,
+                  "fc0": True, "scores": True}
+    assert [sized.attrs(n)["fifo_depth"] for n in ("fc0", "scores")] == [0, 0]
 
 
 def test_no_fifo_beats_a_one_slot_fifo():
