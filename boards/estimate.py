@@ -4,37 +4,25 @@ The accelerator is priced block by block: :func:`~bnnforge.compiler.plan.build_p
 blocks (the FIFO in front of every input port, the input table, window generators and max-pools,
 matrix units, MST layers, forks and joins) and :data:`~bnnforge.compiler.costs.COSTS` holds one
 cost rule per block kind. This module adds what the board puts around the accelerator: the UART
-and the answer shift register. :func:`_suggestion` turns an estimate that does not fit into a fix
-(a LUT budget, a frame rate, a bigger board).
+and the answer's byte multiplexer. :func:`_suggestion` turns an estimate that does not fit into a
+fix (a LUT budget, a frame rate, a bigger board).
 """
 
 from __future__ import annotations
 
 import math
 
-from ..compiler.costs import block_brams, block_luts
+from ..compiler.costs import Resources, block_brams, block_resources, family_cells
 from ..compiler.cycles import matrix_ops, pipeline_cycles
 from ..compiler.folding import ChooseFolding, FoldingError
 from ..compiler.ir import DataflowGraph
 from ..compiler.plan import Plan, build_plan
 from .profiles import BOARDS, BoardProfile
 
-__all__ = ["LUT_CALIBRATION", "estimate_design_brams", "estimate_design_luts"]
+__all__ = ["design_resources", "estimate_design_brams", "estimate_design_luts"]
 
-#: UART receiver and transmitter, pixel assembler and control (iCE40 logic cells).
-_UART_LUTS = 150
-
-#: What nextpnr counts per estimated logic cell, by family (``luts_used``: ICESTORM_LC on
-#: iCE40, TRELLIS_COMB on ECP5), from our builds with the family's pipeline: iCEBreaker tfc at
-#: 30k-100k frames/s 1.06-1.08; ULX3S-85F 0.61 (tfc at 200k frames/s), 0.66 (sfc at 535k
-#: and 684k, weights in block RAM) and 1.52 (tfc at 1M, weights in LUT ROMs). The estimate
-#: counts a register bit as a cell, which an ECP5 slice packs beside any LUT, and a LUT ROM at
-#: 16 bits a LUT4: one factor cannot fit both kinds of design, so ECP5 takes 0.8 (every build
-#: above within -20%..+32%; the 20% routing headroom covers the underestimate). Since the
-#: half-adder tree level the CI's ULX3S tfc at 200k frames/s (562 cycles, 7 DP16KD, 2,798 FFs)
-#: places in 2,008 TRELLIS_COMB against 2,844 estimated: +42%. Counting LUTs and flip-flops
-#: apart (max(LUTs, FFs / 2) on ECP5) is the open fix.
-LUT_CALIBRATION = {"ice40up": 1.08, "ice40hx": 1.08, "ecp5": 0.8}
+#: UART receiver and transmitter, pixel assembler and control: LUT4s and registers.
+_UART = Resources(luts=110, regs=60)
 
 
 def _plan(graph: DataflowGraph) -> Plan:
@@ -46,30 +34,41 @@ def _plan(graph: DataflowGraph) -> Plan:
     return build_plan(graph)
 
 
-def _answer_cells(plan: Plan) -> int:
-    """The board top's answer shift register: every score in whole bytes, and the class byte."""
-    return plan.classes * 8 * -(-plan.score_width // 8) + 8
+def _answer(plan: Plan) -> Resources:
+    """The board top's answer: a byte counter and a multiplexer over the class byte and every
+    score's bytes (read in place from the accelerator's output register), and the byte
+    register."""
+    answer_bytes = 1 + plan.classes * -(-plan.score_width // 8)
+    return Resources(luts=4 * answer_bytes + 8, regs=8)
+
+
+def design_resources(graph: DataflowGraph) -> Resources:
+    """LUT4s and flip-flops of the board design (:class:`~bnnforge.compiler.costs.Resources`):
+    the blocks of :func:`~bnnforge.compiler.plan.build_plan` priced by
+    :data:`~bnnforge.compiler.costs.COSTS`, the board top's answer multiplexer and the UART."""
+    plan = _plan(graph)
+    total = _UART + _answer(plan)
+    for b in plan.blocks:
+        total = total + block_resources(b)
+    return total
 
 
 def estimate_design_luts(graph: DataflowGraph, family: str | None = None) -> int:
-    """Rough logic-cell (LUT4 + FF) count of the board design; with ``family``, scaled to what
-    nextpnr reports for that FPGA family (:data:`LUT_CALIBRATION`).
+    """Logic cells of the board design in nextpnr's count for ``family`` (ICESTORM_LC on
+    iCE40, TRELLIS_COMB on ECP5; :func:`~bnnforge.compiler.costs.family_cells` of
+    :func:`design_resources`; ``None``: the iCE40 count).
 
-    The sum of :func:`~bnnforge.compiler.costs.block_luts` over the blocks of
-    :func:`~bnnforge.compiler.plan.build_plan` (see :data:`~bnnforge.compiler.costs.COSTS`: a
-    FIFO ``depth x width`` bits in front of every input port, window generators, matrix units
-    with their small ROMs and input buffers, the score stage's copies of the scores, forks and
-    joins), plus the board top's answer shift register and the UART, about 150 cells. One
-    register bit is taken as one logic cell. Calibrated on iCE40 builds (chains) against
-    nextpnr's ICESTORM_LC count; the fork and join figures are not calibrated yet.
+    The sum over the blocks of :func:`~bnnforge.compiler.plan.build_plan` (see
+    :data:`~bnnforge.compiler.costs.COSTS`: a FIFO in front of every input port that has one,
+    window generators, matrix units with their ROMs in logic, input buffers and output
+    queues, forks and joins), the board top's answer multiplexer and the UART. Calibrated on
+    our builds per family (docs/design.md, "Resource estimates").
 
     Raises :class:`~bnnforge.compiler.folding.FoldingError` when a matrix stage has no folding,
     and :class:`~bnnforge.compiler.plan.PlanError` when the graph cannot be built as it stands
     (e.g. thresholds not folded).
     """
-    plan = _plan(graph)
-    cells = _UART_LUTS + _answer_cells(plan) + sum(block_luts(b) for b in plan.blocks)
-    return cells if family is None else round(cells * LUT_CALIBRATION.get(family, 1.0))
+    return family_cells(design_resources(graph), family)
 
 
 def estimate_design_brams(graph: DataflowGraph) -> int:

@@ -1,15 +1,23 @@
-"""Resource cost model: logic cells and block RAMs of a node at a folding, and of a plan block.
+"""Resource cost model: logic and block RAMs of a node at a folding, and of a plan block.
 
-Planning figures, not synthesis results: a matrix stage's datapath, ROMs and input buffer
-(:func:`estimate_luts`, :func:`estimate_brams`), an MST-compressed layer
-(:func:`estimate_mst_luts`), the joins of a branching graph (:func:`estimate_join_luts`) and the
-fork of a stream read by several nodes (:func:`estimate_fork_luts`). One register bit counts as
-one logic cell (LUT4 + flip-flop). :class:`~bnnforge.compiler.folding.ChooseFolding` minimises
+Planning figures, not synthesis results. Logic is counted in two parts
+(:class:`Resources`): LUT4 equivalents (``luts``; a carry-chain cell counts one) with the
+flip-flops they feed (``ffs``), and the flip-flops that hold or move data (``regs``: shift and
+holding registers, buffers, FIFOs, output queues, ROM data registers). nextpnr counts the two
+differently per family: on iCE40 a holding register takes a logic cell (ICESTORM_LC) of its
+own, on ECP5 a slice packs flip-flops beside any LUT, so TRELLIS_COMB counts the LUTs alone
+(:data:`FAMILY_CELLS`, :func:`family_cells`; an ECP5 build with 3,100 more flip-flops kept its
+TRELLIS_COMB count). One factor per family could not fit both kinds of design.
+
+A matrix stage (:func:`matrix_resources`, :func:`estimate_luts`, :func:`estimate_brams`), an
+MST-compressed layer (:func:`estimate_mst_luts`), the joins of a branching graph
+(:func:`estimate_join_luts`) and the fork of a stream read by several nodes
+(:func:`estimate_fork_luts`). :class:`~bnnforge.compiler.folding.ChooseFolding` minimises
 :func:`folding_cost`.
 
-:data:`COSTS` prices every block kind of the hardware plan (:mod:`bnnforge.compiler.plan`) with
-those functions, one rule per kind; :func:`block_luts` and :func:`block_brams` look a block up in
-it, and the board estimates (:mod:`bnnforge.boards.estimate`) add them over the plan.
+:data:`COSTS` prices every block kind of the hardware plan (:mod:`bnnforge.compiler.plan`), one
+rule per kind; :func:`block_resources`, :func:`block_luts` and :func:`block_brams` look a block
+up in it, and the board estimates (:mod:`bnnforge.boards.estimate`) add them over the plan.
 
 Where each ROM sits (block RAM or logic) is :func:`~bnnforge.compiler.memory.rom_style`'s
 choice by cost, the one rule the plan and the generator follow too.
@@ -18,19 +26,71 @@ choice by cost, the one rule the plan and the generator follow too.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from .cycles import input_buffer_in_ram, input_ram_word
 from .ir import ScoreLayer, _Matrix
 from .memory import bram_price, ram_blocks, rom_cost, rom_style
-from .pipeline import PIPELINES, output_slots, pipeline_for
+from .pipeline import output_slots, pipeline_for
 
-__all__ = ["COSTS", "TABLE_CELLS_PER_BYTE", "block_brams", "block_luts", "emits_popcount",
-           "estimate_brams", "estimate_fork_luts", "estimate_join_luts", "estimate_luts",
-           "estimate_mst_luts", "folding_cost", "matrix_roms", "mst_eligible", "pipeline_cells",
-           "ram_blocks"]
+__all__ = ["COSTS", "FAMILY_CELLS", "LANE_LUTS", "TABLE_CELLS_PER_BYTE", "Resources",
+           "block_brams", "block_luts", "block_resources", "emits_popcount", "estimate_brams",
+           "estimate_fork_luts", "estimate_join_luts", "estimate_luts", "estimate_mst_luts",
+           "family_cells", "folding_cost", "lane_luts", "matrix_resources", "matrix_roms",
+           "mst_eligible", "ram_blocks"]
 
-#: Logic cells of a matrix unit's sequencer, control pipeline and handshakes.
-_CONTROL_CELLS = 48
+
+class Resources(NamedTuple):
+    """A block's logic, counted apart so each family can price it as nextpnr counts it.
+
+    ``luts``: LUT4 equivalents of logic (a carry-chain cell counts one). ``ffs``: flip-flops
+    fed by their own LUT (they share its logic cell). ``regs``: flip-flops that hold or move
+    data (shift and holding registers, buffers, queues, ROM data registers): on iCE40 each
+    takes a logic cell of its own; an ECP5 slice packs them beside any LUT.
+    """
+
+    luts: float = 0
+    ffs: float = 0
+    regs: float = 0
+
+    def __add__(self, other):
+        return Resources(self.luts + other.luts, self.ffs + other.ffs, self.regs + other.regs)
+
+
+#: What nextpnr counts per LUT4 equivalent and per holding register, by FPGA family
+#: (``luts_used``: ICESTORM_LC on iCE40, TRELLIS_COMB on ECP5; its packer adds a few cells per
+#: carry chain and wide function on ECP5); calibrated on our builds (docs/design.md,
+#: "Resource estimates"). No family: the iCE40 count.
+FAMILY_CELLS = {None: (1.0, 1.0), "ice40up": (1.0, 1.0), "ice40hx": (1.0, 1.0),
+                "ecp5": (1.1, 0.0)}
+
+#: LUT4 equivalents per input bit of a binary lane, by lane shape
+#: (:attr:`~bnnforge.compiler.pipeline.Pipeline.lanes`) and block family: the carry-chain
+#: popcount (``hw/popcount.py``; placed: ~2.45 on ECP5 with chains of 4 CCU2C, ~2.3 cells on
+#: iCE40) or the binary adder tree (~4.5 on ECP5, ~2.8 on iCE40).
+LANE_LUTS = {("ecp5", "ecp5"): 2.45, ("ice40", "ice40"): 2.3, ("ecp5", "ice40"): 2.3,
+             ("ice40", "ecp5"): 2.45, ("adder", "ecp5"): 4.5, ("adder", "ice40"): 2.8}
+
+#: LUT4s and flip-flops of a matrix unit's sequencer, credit and handshakes.
+_CONTROL = (40, 30)
+
+
+def family_cells(res: Resources, family: str | None = None) -> int:
+    """``res`` in nextpnr's logic-cell count for ``family`` (:data:`FAMILY_CELLS`)."""
+    lut, reg = FAMILY_CELLS.get(family, FAMILY_CELLS[None])
+    return round(lut * res.luts + reg * res.regs)
+
+
+def emits_popcount(op) -> bool:
+    """Whether a matrix stage outputs its channels' popcounts (``emit="popcount"``, feeding an
+    ``add`` join) rather than thresholded bits."""
+    return getattr(op, "emit", "bits") == "popcount"
+
+
+def _acc_bits(op) -> int:
+    """Bits of a lane's accumulator (and threshold comparator): log2(K) + 2."""
+    return max(1, math.ceil(math.log2(op.k * (255 if op.in_bits == 8 else 1) + 1))) + 2
+
 
 def matrix_roms(op, pe: int, simd: int,
                 family: str | None = None) -> dict[str, tuple[int, int, str]]:
@@ -45,106 +105,113 @@ def matrix_roms(op, pe: int, simd: int,
     return {k: (w, d, rom_style(w, d, family)) for k, (w, d) in roms.items()}
 
 
-def _rom_cells(op, pe, simd, family, roms) -> tuple[int, int]:
-    """(logic cells, block RAMs) of a matrix stage's ROMs, in the styles ``roms`` names
-    (``{"weights": style, ...}``, e.g. a plan block's choice) or else by cost."""
-    cells = blocks = 0
-    for key, (w, d, style) in matrix_roms(op, pe, simd, family).items():
-        c, b = rom_cost(w, d, (roms or {}).get(key, style), family)
-        cells, blocks = cells + c, blocks + b
-    return cells, blocks
+def lane_luts(simd: int, input_bits: int, pipeline=None, family: str | None = None) -> float:
+    """LUT4 equivalents of one lane over ``simd`` inputs: a binary lane by its shape and
+    family (:data:`LANE_LUTS`), an 8-bit lane's signed adder tree about 10 an element."""
+    if input_bits != 1:
+        return 10.0 * simd
+    if simd <= 1:
+        return 0.0
+    shape = pipeline_for(pipeline).lanes
+    return LANE_LUTS[(shape, "ecp5" if family == "ecp5" else "ice40")] * simd
 
 
-def _buffer_cells(op, simd: int, count: int, family: str | None = None) -> tuple[int, int]:
-    """(logic cells, block RAMs) of a matrix unit's input buffer and held vector."""
-    k, b = op.k, op.input_bits
+def _mux_luts(ways: int) -> int:
+    """LUT4s of a ways-to-1 multiplexer of one bit (a LUT4 picks one of two with its select;
+    wider ones take about (ways - 1) / 2 with the families' wide-function multiplexers)."""
+    return 0 if ways <= 1 else -(-(ways - 1) // 2)
+
+
+def _buffer(op, simd: int, count: int) -> tuple[Resources, bool]:
+    """A matrix unit's input buffer and held vector: (:class:`Resources`, in block RAM):
+    registers (2·K·b), or two banks of a block RAM with a gather register and a word
+    select."""
+    k, b = op.k, op.in_bits
     if input_buffer_in_ram(k, count, simd, b):
-        ew = k // count
         word = input_ram_word(k, count, simd)
-        subs = word // simd
-        cells = (word - ew) * b + 2 * word * b + simd * b * ((subs - 1 + 2) // 3)
-        return cells, ram_blocks(word * b, 2 * (k // word), family)
-    folds = k // simd
-    return 2 * k * b + simd * b + simd * b * ((folds - 1 + 2) // 3), 0
+        return Resources(luts=simd * b * _mux_luts(word // simd),
+                         regs=(word - k // count) * b), True
+    return Resources(regs=2 * k * b), False
 
 
-def emits_popcount(op) -> bool:
-    """Whether a matrix stage outputs its channels' popcounts (``emit="popcount"``, feeding an
-    ``add`` join) rather than thresholded bits."""
-    return getattr(op, "emit", "bits") == "popcount"
+def matrix_resources(op, pe: int, simd: int, count: int = 1, pipeline=None,
+                     family: str | None = None, roms: dict | None = None) -> Resources:
+    """LUT4s and flip-flops of a matrix stage at a folding (:class:`Resources`).
 
-
-def _acc_bits(op) -> int:
-    """Bits of a lane's accumulator (and threshold comparator): log2(K) + 2."""
-    return max(1, math.ceil(math.log2(op.k * (255 if op.in_bits == 8 else 1) + 1))) + 2
-
-
-def pipeline_cells(op, pe: int, simd: int, pipeline=None) -> int:
-    """Logic cells (one a register bit) a :class:`~bnnforge.compiler.pipeline.Pipeline` adds to
-    a matrix stage over the ``compact`` one the base estimate was calibrated on: the extra
-    adder-tree registers of every lane, the ROM data and second operand registers
-    (``rom_register`` x PE·SIMD, ``operand_stage`` x SIMD·b bits, the ROM address with
-    ``operand_register``); the compare stage reuses the accumulators."""
+    PE lanes of SIMD XNORs and a popcount (:func:`lane_luts`; 8-bit inputs: a signed adder
+    tree) with their pipeline registers; per lane an accumulator (with K/SIMD > 1 steps a
+    vector) and a threshold compare of log2(K) + 2 bits (a score unit: the lane's score and
+    its compare with the running best); the operand's word select and registers; the input
+    buffer and held vector (2·K·b registers, or a block RAM with a gather register:
+    :func:`~bnnforge.compiler.cycles.input_buffer_in_ram`); the ROMs in logic
+    (``ceil(bits / 16)`` LUT4s, :func:`matrix_roms`, in the styles ``roms`` names) and the
+    fabric data registers of those in block RAM (the pipeline's ``rom_register``, one of them
+    the block's own on ECP5); the output: C/PE groups gathered in a shift register and a queue
+    of :func:`~bnnforge.compiler.pipeline.output_slots` results (a score unit: the collected
+    scores, the lane scores beside the argmax tree and the running best); the sequencer.
+    """
     pipe = pipeline_for(pipeline)
-    compact = PIPELINES["compact"]
-    term = 1 if op.in_bits == 1 else 10
-    tree = pe * (pipe.tree_register_bits(simd, term) - compact.tree_register_bits(simd, term))
-    rom = pipe.operand_stage * simd * op.in_bits + int(pipe.rom_register) * pe * simd
-    if pipe.operand_stage > int(pipe.rom_register):     # the ROM read from a registered address
-        rom += int((op.channels // pe) * (op.k // simd)).bit_length()
-    return tree + rom
+    b, acc = op.in_bits, _acc_bits(op)
+    groups, folds = op.channels // pe, op.k // simd
+    popcount, score = emits_popcount(op), isinstance(op, ScoreLayer)
+    luts = pe * lane_luts(simd, b, pipe, family)
+    ffs = pe * pipe.tree_register_bits(simd, 1 if b == 1 else 10)
+    regs = 0.0
+    # accumulate (a carry chain and its register) and the compare with the threshold
+    if folds > 1:
+        luts, ffs = luts + pe * acc, ffs + pe * acc
+    else:
+        regs += pe * acc
+    if not popcount and not score:
+        luts += pe * acc
+    # the operand: a word select when K/SIMD > 1, then its registers
+    luts += simd * b * _mux_luts(folds)
+    stages = 1 + pipe.operand_stage
+    if folds > 1:
+        ffs, stages = ffs + simd * b, stages - 1
+    regs += stages * simd * b
+    # the ROMs: in logic, or the fabric data registers of those in block RAM
+    for key, (width, depth, style) in matrix_roms(op, pe, simd, family).items():
+        style = (roms or {}).get(key, style)
+        luts += rom_cost(width, depth, style, family)[0]
+        if style == "bram" and depth > 1:
+            own = 1 if family == "ecp5" and pipe.rom_register else 0
+            regs += max(0, int(pipe.rom_register) - own) * width
+    # the input buffer and the held vector
+    buf, _ = _buffer(op, simd, count)
+    luts, regs = luts + buf.luts, regs + buf.regs
+    # the output
+    if score:
+        uniform = op.mul is None or \
+            len({(int(m), int(a)) for m, a in zip(op.mul, op.add, strict=True)}) == 1
+        rw = min(op.score_bits or 32, (2 * op.k + 1).bit_length() + 1)
+        a = pipe.argmax_stages(pe)
+        # the lane scores (one affine a lane, or one a class), the argmax tree and the best
+        luts += 30 * (pe if uniform else op.channels) + (pe + 1) * rw
+        lat = pipe.score_latency(simd, pe, folds, b)
+        out_width = op.channels * rw + max(1, (op.channels - 1).bit_length())
+        regs += pe * rw * (1 + 2 * a) + (op.channels - pe) * rw + 2 * rw
+    else:
+        lane_bits = int(op.k).bit_length() if popcount else 1
+        lat = pipe.mvtu_latency(simd, b)
+        out_width = op.channels * lane_bits
+        regs += (groups - 1) * pe * lane_bits
+    regs += output_slots(groups * folds, lat) * out_width
+    if getattr(op, "classes", 1) > 1:   # pad-class counters and the class register
+        _, oh, ow = op.out_shape
+        luts += 2 * (int(oh).bit_length() + int(ow).bit_length() + op.classes.bit_length())
+    return Resources(luts + _CONTROL[0], ffs + _CONTROL[1], regs)
 
 
 def estimate_luts(op, pe: int, simd: int, count: int = 1, pipeline=None,
                   family: str | None = None, roms: dict | None = None) -> int:
-    """Rough logic-cell (LUT4 + flip-flop) estimate of a matrix stage at a folding.
-
-    Per lane: SIMD XNORs and a SIMD-input popcount tree with its pipeline registers (about 3
-    cells per input bit; 8-bit inputs cost about 10 per element), an accumulator and a threshold
-    comparator of log2(K) + 2 bits; per channel an output bit and the output register; about
-    48 cells of control. The input buffer and held vector (``count`` transfers a vector):
-    2·K·b registers and a word select, or a block RAM with a gather register
-    (:func:`input_buffer_in_ram`). Weights and thresholds (:func:`matrix_roms`): a ROM in logic
-    at 16 bits a cell, one in block RAM counted by :func:`estimate_brams`, not here; each where
-    :func:`~bnnforge.compiler.memory.rom_style` puts it on ``family`` (or as ``roms`` says:
-    ``{"weights": style, "thresholds": style}``, a plan block's choice). A planning figure,
-    not a synthesis result; calibrated on the iCEBreaker tfc build (within ~5% of nextpnr's
-    logic cells).
-
-    A stage that emits popcounts (:func:`emits_popcount`) has no threshold comparator and no
-    threshold ROM, and adds an output register of C·bit_length(K) bits.
-
+    """Logic cells of a matrix stage at a folding, in nextpnr's count for ``family``
+    (:func:`family_cells` of :func:`matrix_resources`; no family: the iCE40 count). A
+    planning figure, not a synthesis result (docs/design.md, "Resource estimates"). A stage
+    that emits popcounts has no threshold comparator and no threshold ROM, and wider outputs.
     ``pipeline`` (a :class:`~bnnforge.compiler.pipeline.Pipeline` or its name; ``None``:
-    ``generic``) adds its registers (:func:`pipeline_cells`).
-    """
-    acc_bits = _acc_bits(op)
-    per_bit = 10 if op.in_bits == 8 else 3
-    popcount = emits_popcount(op)
-    lane = simd * per_bit + (2 if popcount else 3) * acc_bits
-    datapath = pe * lane + 2 * op.channels + _CONTROL_CELLS
-    rom = _rom_cells(op, pe, simd, family, roms)[0]
-    if popcount:
-        datapath += op.channels * int(op.k).bit_length()
-    if getattr(op, "classes", 1) > 1:   # pad-class counters and the class register
-        _, oh, ow = op.out_shape
-        datapath += 2 * (int(oh).bit_length() + int(ow).bit_length() + op.classes.bit_length())
-    pipe = pipeline_for(pipeline)
-    f = (op.channels // pe) * (op.k // simd)
-    if isinstance(op, ScoreLayer):
-        # a lane's score (mul·s + add: one expression, or one per class when they differ) and
-        # its compare with the running best
-        uniform = op.mul is None or \
-            len({(int(a), int(b)) for a, b in zip(op.mul, op.add, strict=True)}) == 1
-        datapath += 40 * (pe if uniform else op.channels)
-        lat = pipe.score_latency(simd, pe, op.k // simd)
-        out_width = op.channels * (op.score_bits or 32)
-    else:
-        lat = pipe.mvtu_latency(simd)
-        out_width = op.channels * (int(op.k).bit_length() if popcount else 1)
-    # an output queue of more than one result (a fast unit: F < latency + 2)
-    datapath += (output_slots(f, lat) - 1) * out_width
-    return int(datapath + rom + _buffer_cells(op, simd, count, family)[0]
-               + pipeline_cells(op, pe, simd, pipeline))
+    ``generic``) sets its registers and lane shape."""
+    return family_cells(matrix_resources(op, pe, simd, count, pipeline, family, roms), family)
 
 
 def estimate_brams(op, pe: int, simd: int, count: int = 1, family: str | None = None,
@@ -153,8 +220,13 @@ def estimate_brams(op, pe: int, simd: int, count: int = 1, family: str | None = 
     4-kbit iCE40 blocks) of a matrix stage at a folding: its weight and threshold ROMs that
     sit in block RAM (:func:`estimate_luts` says which), and an input buffer in RAM. A stage
     that emits popcounts has no threshold ROM."""
-    return (_rom_cells(op, pe, simd, family, roms)[1]
-            + _buffer_cells(op, simd, count, family)[1])
+    blocks = 0
+    for key, (w, d, style) in matrix_roms(op, pe, simd, family).items():
+        blocks += rom_cost(w, d, (roms or {}).get(key, style), family)[1]
+    if _buffer(op, simd, count)[1]:
+        word = input_ram_word(op.k, count, simd)
+        blocks += ram_blocks(word * op.in_bits, 2 * (op.k // word), family)
+    return blocks
 
 
 def folding_cost(op, pe: int, simd: int, count: int = 1, pipeline=None,
@@ -180,9 +252,9 @@ def estimate_mst_luts(op, tree=None) -> int:
 
     ``tree`` is an :class:`~bnnforge.compiler.mst.MSTResult` or the ``mst`` node attribute
     (``weight``, ``roots``); ``None`` computes ``layer_tree(op)`` (:mod:`bnnforge.compiler.mst`).
-    Costed like :func:`estimate_luts`: about 2 LUTs per popcount input bit over the tree's
-    ``K * roots + weight`` positions, a threshold comparator per channel and an adder per child
-    of log2(K) + 2 bits; the weights are constants in the logic, so there is no ROM.
+    About 2 LUTs per popcount input bit over the tree's ``K * roots + weight`` positions, a
+    threshold comparator per channel and an adder per child of log2(K) + 2 bits; the weights
+    are constants in the logic, so there is no ROM.
     """
     from .mst import layer_tree
 
@@ -208,6 +280,17 @@ def _join_selects(op) -> int:
     return int(op.short_k) + 1
 
 
+def _join(op) -> Resources:
+    kind = getattr(op, "kind", None)
+    if kind == "concat":
+        return Resources()
+    if kind != "add":
+        raise ValueError(f"estimate_join_luts costs 'add' and 'concat' nodes, not {kind!r}")
+    channels = int(op.out_shape[0])
+    bits = int(op.main_k).bit_length()
+    return Resources(luts=channels * _join_selects(op) * bits, regs=channels)
+
+
 def estimate_join_luts(op) -> int:
     """Rough logic-cell estimate of a join of a branching graph (kind ``add`` or ``concat``).
 
@@ -216,21 +299,14 @@ def estimate_join_luts(op) -> int:
     and constant, as a matrix stage's comparator) and the C-bit output register. ``concat``:
     wires only, 0.
     """
-    kind = getattr(op, "kind", None)
-    if kind == "concat":
-        return 0
-    if kind != "add":
-        raise ValueError(f"estimate_join_luts costs 'add' and 'concat' nodes, not {kind!r}")
-    channels = int(op.out_shape[0])
-    bits = int(op.main_k).bit_length()
-    return channels * (_join_selects(op) * bits + 1)
+    return family_cells(_join(op))
 
 
 def estimate_fork_luts(consumers: int) -> int:
     """Logic cells of the eager fork of a stream read by ``consumers`` nodes: per output about
-    one LUT (its valid gate and its term of the ready AND) and its ``taken`` flip-flop; 0 for a
-    stream read by one node (no fork)."""
-    return 2 * consumers if consumers >= 2 else 0
+    one LUT (its valid gate and its term of the ready AND), its ``taken`` flip-flop in the same
+    cell; 0 for a stream read by one node (no fork)."""
+    return consumers if consumers >= 2 else 0
 
 
 # -- the hardware plan's blocks -------------------------------------------------------------------
@@ -239,10 +315,9 @@ def estimate_fork_luts(consumers: int) -> int:
 #: LUT4 each (uncalibrated).
 TABLE_CELLS_PER_BYTE = 8 * 32
 
-#: Logic cells of a window generator's row and column counters, position decode and
-#: handshake (no address arithmetic: the line buffers are addressed by the column counter).
-_WINDOW_CONTROL_CELLS = 48
-
+#: LUT4s of a window generator's row and column counters, position decode and handshake (no
+#: address arithmetic: the line buffers are addressed by the column counter).
+_WINDOW_CONTROL = 48
 
 #: Line buffers of at most this many bits are built in logic (Yosys maps a RAM of 64 bits to
 #: flip-flops and multiplexers on iCE40 and one of 96 bits to a block RAM), at about 1.5 cells
@@ -256,19 +331,14 @@ def _line_bits(b: dict) -> int:
     return (b["kernel"][0] - 1) * b["width"] * b["padded"][1]
 
 
-def _window_cells(pixel_bits: int, kernel: tuple) -> int:
-    """Logic cells of a window generator (sliding window or max-pool): control, the pad
-    multiplexer (one pixel), the window's kw - 1 held columns and its output register
-    (kh x kw pixels)."""
-    kh, kw = kernel
-    return _WINDOW_CONTROL_CELLS + pixel_bits * (1 + (kw - 1) * kh + kh * kw)
-
-
-def _window_luts(b: dict) -> int:
-    # the block reads one pixel a transfer (a serializer in front splits wider transfers)
+def _window(b: dict) -> Resources:
+    """A window generator (sliding window or max-pool): control and the pad multiplexer (one
+    pixel) in LUTs, the window's kw - 1 held columns and its output register (kh x kw pixels)
+    as registers; small line buffers in logic (1.5 cells a bit)."""
+    (kh, kw), px = b["kernel"], b["width"]
     bits = _line_bits(b)
     lines = -(-3 * bits // 2) if bits <= _LINE_LOGIC_BITS else 0
-    return _window_cells(b["width"], b["kernel"]) + lines
+    return Resources(luts=_WINDOW_CONTROL + px + lines, regs=px * ((kw - 1) * kh + kh * kw))
 
 
 def _window_brams(b: dict) -> int:
@@ -279,9 +349,9 @@ def _window_brams(b: dict) -> int:
     return ram_blocks((b["kernel"][0] - 1) * b["width"], b["padded"][1], b.get("family"))
 
 
-def _matrix_luts(b: dict) -> int:
-    return estimate_luts(b["op"], b["pe"], b["simd"], b["count"], b.get("pipeline"),
-                         b.get("family"), roms=b.get("roms"))
+def _matrix(b: dict) -> Resources:
+    return matrix_resources(b["op"], b["pe"], b["simd"], b["count"], b.get("pipeline"),
+                            b.get("family"), roms=b.get("roms"))
 
 
 def _matrix_brams(b: dict) -> int:
@@ -289,52 +359,43 @@ def _matrix_brams(b: dict) -> int:
                           roms=b.get("roms"))
 
 
-def _score_luts(b: dict) -> int:
-    """A matrix unit plus two copies of the scores (the collected scores and the output
-    register), the lane scores with their copies along the argmax tree and the running best;
-    synthesis keeps only the bits a score can reach, about bit_length(2K + 1) + 1."""
-    op = b["op"]
-    bits = min(op.score_bits, (2 * op.k + 1).bit_length() + 1)
-    a = pipeline_for(b.get("pipeline")).argmax_stages(b["pe"])
-    return _matrix_luts(b) + 2 * op.channels * bits + b["pe"] * bits * (1 + 2 * a) + 2 * bits
-
-
 def _none(b: dict) -> int:
     return 0
 
 
-#: ``{kind: (logic cells, block RAMs)}``: the cost rule of every block kind of the plan
-#: (:data:`bnnforge.compiler.plan.KINDS` has the same keys), each a function of the block dict:
+#: ``{kind: (logic, block RAMs)}``: the cost rule of every block kind of the plan
+#: (:data:`bnnforge.compiler.plan.KINDS` has the same keys), each a function of the block dict;
+#: logic as :class:`Resources`:
 #:
-#: * ``fifo``: depth x width cells (one register bit a cell); no block RAM.
-#: * ``threshold``, ``serializer``, ``deserializer``: 0 (comparators and transfer registers the
-#:   calibration absorbs).
-#: * ``table``: :data:`TABLE_CELLS_PER_BYTE` per byte lane.
-#: * ``window``, ``maxpool``: 48 cells of control, the pad multiplexer, kw - 1 held columns and
-#:   the output register (pixel bits x (1 + (kw - 1)·kh + kh·kw)); kh - 1 line buffers of the
-#:   padded width Wp in block RAM (one RAM, kh - 1 pixels a word), or in logic (1.5 cells a
-#:   bit) when they hold at most 64 bits.
-#: * ``mvtu``: :func:`estimate_luts` and :func:`estimate_brams` at the block's PE, SIMD,
-#:   ``count``, ``family`` and ROM styles (``roms``); ``score`` adds three copies of the
-#:   scores' live bits.
+#: * ``fifo``: depth x width registers; no block RAM.
+#: * ``threshold``, ``serializer``, ``deserializer``: none (comparators and transfer registers
+#:   the calibration absorbs).
+#: * ``table``: :data:`TABLE_CELLS_PER_BYTE` LUT4s per byte lane.
+#: * ``window``, ``maxpool``: 48 LUT4s of control and the pad multiplexer, kw - 1 held
+#:   columns and the output register (pixel bits x ((kw - 1)·kh + kh·kw) registers); kh - 1
+#:   line buffers of the padded width Wp in block RAM (one RAM, kh - 1 pixels a word), or in
+#:   logic (1.5 cells a bit) when they hold at most 64 bits.
+#: * ``mvtu``, ``score``: :func:`matrix_resources` and :func:`estimate_brams` at the block's
+#:   PE, SIMD, ``count``, pipeline, ``family`` and ROM styles (``roms``).
 #: * ``mst``: :func:`estimate_mst_luts` of the block's ``tree``; no block RAM (the weights are
 #:   constants in the logic).
-#: * ``fork``: :func:`estimate_fork_luts` of its outputs; ``add``, ``concat``:
-#:   :func:`estimate_join_luts`; no block RAM.
+#: * ``fork``: :func:`estimate_fork_luts` of its outputs; ``add``, ``concat``: per channel a
+#:   compare and an output register; no block RAM.
 COSTS: dict[str, tuple] = {
-    "fifo": (lambda b: b["depth"] * b["width"], _none),
-    "threshold": (_none, _none),
-    "table": (lambda b: TABLE_CELLS_PER_BYTE * b["width"] // 8, _none),
-    "serializer": (_none, _none),
-    "deserializer": (_none, _none),
-    "window": (_window_luts, _window_brams),
-    "maxpool": (_window_luts, _window_brams),
-    "mvtu": (_matrix_luts, _matrix_brams),
-    "score": (_score_luts, _matrix_brams),
-    "mst": (lambda b: estimate_mst_luts(b["op"], b["tree"]), _none),
-    "fork": (lambda b: estimate_fork_luts(b["outputs"]), _none),
-    "add": (lambda b: estimate_join_luts(b["op"]), _none),
-    "concat": (lambda b: estimate_join_luts(b["op"]), _none),
+    "fifo": (lambda b: Resources(regs=b["depth"] * b["width"]), _none),
+    "threshold": (lambda b: Resources(), _none),
+    "table": (lambda b: Resources(luts=TABLE_CELLS_PER_BYTE * b["width"] // 8), _none),
+    "serializer": (lambda b: Resources(), _none),
+    "deserializer": (lambda b: Resources(), _none),
+    "window": (_window, _window_brams),
+    "maxpool": (_window, _window_brams),
+    "mvtu": (_matrix, _matrix_brams),
+    "score": (_matrix, _matrix_brams),
+    "mst": (lambda b: Resources(luts=estimate_mst_luts(b["op"], b["tree"])), _none),
+    "fork": (lambda b: Resources(luts=b["outputs"], ffs=b["outputs"])
+             if b["outputs"] >= 2 else Resources(), _none),
+    "add": (lambda b: _join(b["op"]), _none),
+    "concat": (lambda b: _join(b["op"]), _none),
 }
 
 
@@ -347,9 +408,15 @@ def _rule(block: dict) -> tuple:
     return COSTS[kind]
 
 
-def block_luts(block: dict) -> int:
-    """Logic cells of one block of the hardware plan (:data:`COSTS`)."""
-    return int(_rule(block)[0](block))
+def block_resources(block: dict) -> Resources:
+    """LUT4s and flip-flops of one block of the hardware plan (:data:`COSTS`)."""
+    return _rule(block)[0](block)
+
+
+def block_luts(block: dict, family: str | None = None) -> int:
+    """Logic cells of one block of the hardware plan (:data:`COSTS`), in nextpnr's count for
+    ``family`` (:func:`family_cells`; ``None``: the block's ``family``, if it has one)."""
+    return family_cells(block_resources(block), family or block.get("family"))
 
 
 def block_brams(block: dict) -> int:

@@ -34,10 +34,11 @@ BRAM_CELLS = 128
 
 #: Logic cells a block RAM is priced at, per FPGA family. iCE40: :data:`BRAM_CELLS` (the
 #: iCEBreaker builds with 256-word weight ROMs in block RAM and 64-word ones in logic placed and
-#: met their clocks). ECP5: 256, because a ROM in block RAM costs clock too: the DP16KD's
-#: 5.8 ns clock-to-output (Yosys maps no output register) limited the ULX3S sfc builds with
-#: weights in block RAM to 106 MHz, while the tfc with 98-word weight ROMs in logic placed at
-#: 126 MHz; at 256 a 36-bit-wide ROM goes to block RAM from about 114 words.
+#: met their clocks). ECP5: 256, so a 36-bit-wide ROM goes to block RAM from about 114 words: a
+#: wide, shallow ROM spread over many DP16KD columns makes long routes to the lanes (the
+#: blocks now read through their own output register and a fabric register, so their
+#: clock-to-out no longer limits the clock; before that the sfc builds with weights in block
+#: RAM stopped at 106 MHz).
 BRAM_PRICE = {"ice40up": BRAM_CELLS, "ice40hx": BRAM_CELLS, "ecp5": 256}
 
 #: What :func:`rom_style` answers.

@@ -13,8 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ARGMAX_LEVELS_PER_STAGE", "PIPELINES", "TREE_LEVELS_PER_STAGE", "Pipeline",
-           "argmax_stages", "output_slots", "pipeline_for", "tree_stages"]
+__all__ = ["ARGMAX_LEVELS_PER_STAGE", "LANE_SHAPES", "PIPELINES", "TREE_LEVELS_PER_STAGE",
+           "Pipeline", "argmax_stages", "lane_levels", "lane_stages", "output_slots",
+           "pipeline_for", "tree_stages"]
+
+#: How a binary lane sums its XNORs (:attr:`Pipeline.lanes`): ``"adder"``, the binary adder
+#: tree (:func:`bnnforge.hw.matrix.adder_tree`); ``"ecp5"`` / ``"ice40"``, the carry-chain
+#: popcount of :mod:`bnnforge.hw.popcount` in that family's shape (CCU2C halves take two XNOR
+#: terms each and inject a third as a carry-in: ~2.45 LUT4 a bit placed on ECP5 against 4.5;
+#: SB_LUT4 + SB_CARRY segments on iCE40, ~17% fewer cells).
+LANE_SHAPES = ("adder", "ecp5", "ice40")
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,11 @@ class Pipeline:
         of registering its data — the same stage for SIMD·b + log2(words) flip-flops instead
         of PE·SIMD + SIMD·b (an iCE40 EBR's clock-to-out is short; its input buffer's word
         select is not).
+    lanes : str
+        How a binary lane sums its XNORs (:data:`LANE_SHAPES`): ``"adder"`` (binary adder
+        tree, :func:`tree_stages` registers) or a carry-chain popcount in a family's shape
+        (:func:`lane_stages` registers, one level fewer for every SIMD that is not a power of
+        two).
     """
 
     name: str
@@ -56,6 +69,15 @@ class Pipeline:
     compare_register: bool
     argmax_levels: int = 1
     operand_register: bool = False
+    lanes: str = "adder"
+
+    def lane_stages(self, terms: int, input_bits: int = 1) -> int:
+        """Registers in one lane over ``terms`` inputs: a binary lane's popcount
+        (:func:`lane_stages` for the carry-chain lanes, :func:`tree_stages` for adder trees),
+        an 8-bit lane's signed adder tree (:func:`tree_stages`)."""
+        if input_bits == 1 and self.lanes != "adder":
+            return lane_stages(terms, self.tree_levels)
+        return self.tree_stages(terms)
 
     @property
     def operand_stage(self) -> int:
@@ -88,18 +110,19 @@ class Pipeline:
         """Stages an MVTU adds for the operand / ROM and compare registers."""
         return self.operand_stage + int(self.compare_register)
 
-    def mvtu_latency(self, simd: int) -> int:
-        """Enabled cycles from an MVTU's last step to its output register being written."""
-        return self.tree_stages(simd) + 1 + self.extra
+    def mvtu_latency(self, simd: int, input_bits: int = 1) -> int:
+        """Cycles from an MVTU's last step to its output being written."""
+        return self.lane_stages(simd, input_bits) + 1 + self.extra
 
-    def score_latency(self, simd: int, pe: int, folds: int = 1) -> int:
+    def score_latency(self, simd: int, pe: int, folds: int = 1, input_bits: int = 1) -> int:
         """Cycles from a score unit's last step to its output register being written: the
         MVTU's stages to the accumulate stage, the accumulators, the lane scores' register,
         the argmax tree over the PE lanes (:meth:`argmax_stages`) and the running best, whose
         compare takes a stage of its own with ``compare_register`` when groups come at least
         two cycles apart (``folds`` = K/SIMD > 1)."""
         split = int(bool(self.compare_register) and folds > 1)
-        return self.tree_stages(simd) + 3 + self.operand_stage + self.argmax_stages(pe) + split
+        return self.lane_stages(simd, input_bits) + 3 + self.operand_stage + \
+            self.argmax_stages(pe) + split
 
     def mst_latency(self, k: int, depth: int) -> int:
         """Enabled cycles from an MST layer's input handshake to its output register."""
@@ -123,6 +146,22 @@ def tree_stages(simd: int, levels: int = TREE_LEVELS_PER_STAGE) -> int:
     """
     n = (simd - 1).bit_length()
     return -(-n // levels)
+
+
+def lane_levels(n: int) -> int:
+    """Adder levels of a carry-chain popcount lane over ``n`` terms: floor(log2 n) (0 for
+    n = 1): a level of segments ``A + B + c`` holds up to 2^(D+1) - 1 terms."""
+    return max(0, int(n).bit_length() - 1)
+
+
+def lane_stages(n: int, levels_per_stage: int, levels: int | None = None) -> int:
+    """Pipeline registers (latency in cycles) of a carry-chain popcount lane over ``n`` terms:
+    ceil(floor(log2 n) / levels_per_stage), a register after every ``levels_per_stage``-th
+    level and after the last; 0 for n = 1 (the XNOR is used as it is). With ``levels``:
+    ceil(levels / levels_per_stage)."""
+    if n <= 1:
+        return 0
+    return -(-(levels or lane_levels(n)) // levels_per_stage)
 
 
 def argmax_stages(lanes: int, levels: int = ARGMAX_LEVELS_PER_STAGE) -> int:
@@ -153,9 +192,9 @@ def output_slots(cycles: int, latency: int) -> int:
 #: compiled without a board) is the deeper of the two.
 PIPELINES = {
     "compact": Pipeline("compact", 3, 0, False),
-    "ice40": Pipeline("ice40", 2, 0, True, operand_register=True),
-    "ecp5": Pipeline("ecp5", 2, 2, True),
-    "generic": Pipeline("generic", 2, 1, True),
+    "ice40": Pipeline("ice40", 2, 0, True, operand_register=True, lanes="ice40"),
+    "ecp5": Pipeline("ecp5", 2, 2, True, lanes="ecp5"),
+    "generic": Pipeline("generic", 2, 1, True, lanes="ecp5"),
 }
 
 #: The pipeline of each FPGA family (:attr:`bnnforge.boards.profiles.BoardProfile.family`).

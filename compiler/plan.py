@@ -446,7 +446,7 @@ def build_plan(graph: DataflowGraph) -> Plan:
                               out_width, op=op, **common, **mst)
                 else:
                     f = (op.channels // pe) * (op.k // simd)
-                    lat = pipe.mvtu_latency(simd)
+                    lat = pipe.mvtu_latency(simd, op.input_bits)
                     src = add(name, "mvtu", [src], [kh * kw * c * ibits], oh * ow, oh * ow,
                               out_width, op=op, cycles=f, latency=lat,
                               slots=output_slots(f, lat), word_transfers=0, **common,
@@ -484,8 +484,8 @@ def build_plan(graph: DataflowGraph) -> Plan:
             else:
                 kind = "score" if score else "mvtu"
                 f = (op.channels // pe) * (op.k // simd)
-                lat = pipe.score_latency(simd, pe, op.k // simd) if score \
-                    else pipe.mvtu_latency(simd)
+                lat = pipe.score_latency(simd, pe, op.k // simd, op.input_bits) if score \
+                    else pipe.mvtu_latency(simd, op.input_bits)
                 out_width = (op.channels * op.score_bits
                              + max(1, (op.channels - 1).bit_length())) if score \
                     else op.channels * out_bits

@@ -50,6 +50,7 @@ from .checks import (
     rom_styles,
     weight_matrix,
 )
+from .popcount import popcount_lane
 from .streams import delay, shift_in
 
 __all__ = ["MVTU", "ScoreUnit", "adder_tree"]
@@ -67,6 +68,20 @@ def _load(m: Module, en, stmts) -> None:
     else:
         with m.If(en):
             m.d.sync += stmts
+
+
+#: The most words a step's operand is selected from with a multiplexer (two LUT levels); a held
+#: vector of more words rotates instead (a 64-to-1 select was an iCE40 critical path at 45 MHz)
+_SELECT_FOLDS = 4
+
+
+def _greater(a, b):
+    """``a > b`` for two signed values of one width, compared as unsigned numbers with their
+    sign bits flipped (offset binary): the same order, and a plain carry chain without the
+    sign fix-up logic signed compares synthesize to."""
+    w = len(a)
+    flip = Const(1 << (w - 1), w)
+    return (a.as_unsigned() ^ flip) > (b.as_unsigned() ^ flip)
 
 
 def _wrap_counter(m: Module, n: int, en, name: str) -> tuple:
@@ -170,7 +185,7 @@ class _MatrixBase(wiring.Component):
         self.folds = self.k // self.simd
         #: compute cycles per vector (the initiation interval): channels/PE * K/SIMD
         self.cycles = self.groups * self.folds
-        self.tree_stages = self.pipeline.tree_stages(self.simd)
+        self.tree_stages = self.pipeline.lane_stages(self.simd, self.input_bits)
         ram_ok = input_buffer_in_ram(self.k, self.count, self.simd, self.input_bits)
         if input_ram is None:
             input_ram = ram_ok
@@ -213,24 +228,27 @@ class _MatrixBase(wiring.Component):
         groups, folds = self.groups, self.folds
 
         # -- sequencer: step s of group n; flags registered beside the counters, so that the
-        # issue / take / ready logic is one LUT of flip-flops ----------------------------------
+        # take / ready logic is one LUT of flip-flops, and `issue` itself a flip-flop (computed
+        # a cycle ahead from the next state), so the counters' enable is a register ----------
         busy = Signal()
-        credit = self._credit = Signal()
+        credit = self._credit = Signal(init=1)    # registered: self._credit_next a cycle on
+        self._credit_next = Signal()
         use = self._use = Signal()
         final = Signal(init=int(folds == 1 and groups == 1), name="final")   # the last step
         final_ok = Signal()
         take = Signal()
         ibuf_full = Signal()
-        issue = Signal()
+        issue = Signal(name="issue")
+        busy_next, final_next = Signal(), Signal()
         m.d.comb += [
             final_ok.eq(final & credit),              # the last step may issue
-            issue.eq(busy & (~final | credit)),
-            use.eq(busy & final_ok),
+            use.eq(issue & final),
             take.eq(ibuf_full & (~busy | final_ok)),
+            busy_next.eq(Mux(~busy | final_ok, take, busy)),
         ]
+        m.d.sync += [busy.eq(busy_next), credit.eq(self._credit_next),
+                     issue.eq(busy_next & (~final_next | self._credit_next))]
         self._take = take
-        with m.If(~busy | final_ok):
-            m.d.sync += busy.eq(take)
         # the counters run on issue alone: a vector's last step wraps them to 0, ready for the
         # next (no reset on take)
         s, last_s = _wrap_counter(m, folds, issue, "s")
@@ -239,8 +257,10 @@ class _MatrixBase(wiring.Component):
             nxt_s = Const(1) if folds == 1 else ~last_s & (s == folds - 2)
             nxt_n = Const(1) if groups == 1 else \
                 Mux(last_s, ~last_n & (n == groups - 2), last_n)
-            with m.If(issue):
-                m.d.sync += final.eq(nxt_s & nxt_n)
+            m.d.comb += final_next.eq(Mux(issue, nxt_s & nxt_n, final))
+            m.d.sync += final.eq(final_next)
+        else:
+            m.d.comb += final_next.eq(final)
         first_s = Const(1)
         if folds > 1:
             first_s = Signal(init=1, name="first_s")    # s == 0, registered beside s
@@ -250,7 +270,7 @@ class _MatrixBase(wiring.Component):
         if self.input_ram:
             x = self._ram_buffer(m, ibuf_full, take, issue)
         else:
-            x = self._register_buffer(m, ibuf_full, take, s)
+            x = self._register_buffer(m, ibuf_full, take, issue, s)
 
         # -- weight ROM: word n*folds + s holds lane p's SIMD bits at [p*SIMD, (p+1)*SIMD) --
         words = []
@@ -306,7 +326,14 @@ class _MatrixBase(wiring.Component):
                     q = x[8 * i:8 * i + 8]
                     m.d.comb += t.eq(Mux(wl[i], q, -q))
                     terms.append(t)
-            partial, _ = adder_tree(m, terms, None, f"lane{p}", self.pipeline.tree_levels)
+            if b == 1 and self.pipeline.lanes != "adder":
+                partial, regs = popcount_lane(m, x, wl, Const(1), f"lane{p}",
+                                              self.pipeline.tree_levels,
+                                              family=self.pipeline.lanes)
+            else:
+                partial, regs = adder_tree(m, terms, None, f"lane{p}",
+                                           self.pipeline.tree_levels)
+            assert regs == self.tree_stages
             acc = Signal(Shape.cast(range(self.acc_range[0], self.acc_range[1] + 1)),
                          name=f"acc{p}", reset_less=True)
             total = Signal.like(acc, name=f"sum{p}")
@@ -336,24 +363,26 @@ class _MatrixBase(wiring.Component):
                 m.d.sync += [o.valid.eq(1), head.eq(word)]
             with m.Elif(taken):
                 m.d.sync += o.valid.eq(0)
+            # the slot is free from the cycle after the result is taken until a last step
+            # takes it (the credit, registered in the sequencer)
             free = Signal(init=1, name="free")
-            with m.If(self._use):
-                m.d.sync += free.eq(0)
-            with m.Elif(taken):
-                m.d.sync += free.eq(1)
-            m.d.comb += self._credit.eq(free)
+            m.d.comb += self._credit_next.eq(Mux(self._use, 0, Mux(taken, 1, free)))
+            m.d.sync += free.eq(self._credit_next)
             return head
         m.submodules.queue = q = fifo.SyncFIFO(width=len(word), depth=slots)
         m.d.comb += [q.w_data.eq(word), q.w_en.eq(put), o.valid.eq(q.r_rdy),
                      q.r_en.eq(o.ready)]
         free = Signal(range(slots + 1), init=slots, name="free")
-        m.d.sync += free.eq(free - self._use + taken)
-        m.d.comb += self._credit.eq(free != 0)
+        free_next = Signal.like(free)
+        m.d.comb += [free_next.eq(free - self._use + taken),
+                     self._credit_next.eq(free_next != 0)]
+        m.d.sync += free.eq(free_next)
         return q.r_data
 
-    def _register_buffer(self, m, ibuf_full, take, s):
+    def _register_buffer(self, m, ibuf_full, take, issue, s):
         """Input buffer and held vector in registers (2·K·b flip-flops); step s reads word s of
-        the held vector through a word select. Returns the registered operand."""
+        the held vector through a word select (up to :data:`_SELECT_FOLDS` words; more: the
+        held vector rotates a word a step). Returns the registered operand."""
         k, b, simd, folds, count = self.k, self.input_bits, self.simd, self.folds, self.count
         i_s = self.i_stream
         ibuf = Signal(k * b, reset_less=True)
@@ -372,9 +401,19 @@ class _MatrixBase(wiring.Component):
                 m.d.sync += [ibuf.eq(i_s.payload), ibuf_full.eq(1)]
             with m.Elif(take):
                 m.d.sync += ibuf_full.eq(0)
+        x = Signal(simd * b, reset_less=True)
+        if folds > _SELECT_FOLDS:
+            # many words: the held vector rotates by a word a step (its words come round to
+            # the low end in order, and back in place after every group), instead of a wide
+            # multiplexer in front of the operand
+            with m.If(take):
+                m.d.sync += cur.eq(ibuf)
+            with m.Elif(issue):
+                m.d.sync += cur.eq(cur.rotate_right(simd * b))
+            m.d.sync += x.eq(cur[:simd * b])
+            return x
         with m.If(take):
             m.d.sync += cur.eq(ibuf)
-        x = Signal(simd * b, reset_less=True)
         m.d.sync += x.eq(cur.word_select(s, simd * b) if folds > 1 else cur)
         return x
 
@@ -412,8 +451,8 @@ class _MatrixBase(wiring.Component):
         else:
             last_sub = Const(1)
             m.d.comb += [wp.data.eq(i_s.payload), i_s.ready.eq(~ibuf_full | take)]
-        put = Signal()
-        m.d.comb += put.eq(accepted & last_sub)
+        put = Signal()            # a word's last transfer accepted (written out, one LUT4)
+        m.d.comb += put.eq(i_s.valid & last_sub & (~ibuf_full | (take if per_word == 1 else 0)))
         wword, last_word = _wrap_counter(m, words, put, "wword")
         m.d.comb += [wp.addr.eq(Mux(wbank, words + wword, wword)), wp.en.eq(put)]
         with m.If(put & last_word):
@@ -505,7 +544,7 @@ class MVTU(_MatrixBase):
 
     Timing
     ------
-    Let F = C/PE * K/SIMD (attribute ``cycles``), d = ``pipeline.tree_stages(SIMD)``
+    Let F = C/PE * K/SIMD (attribute ``cycles``), d = ``pipeline.lane_stages(SIMD, b)``
     (attribute ``tree_stages``), r = 1 with the pipeline's ROM register (else 0), c = 1 with
     its compare register, L = ``pipeline.mvtu_latency(SIMD)`` = d + 1 + r + c, and
     Q = ``output_slots(F, L)`` (attribute ``slots``). The datapath never stalls (module
@@ -582,9 +621,10 @@ class MVTU(_MatrixBase):
         #: bits per output lane: 1, or ``count_bits`` in popcount mode
         self.lane_bits = self.count_bits if self.popcount else 1
         self.out_width = self.channels * self.lane_bits
-        self.latency = self.cycles + 2 + self.pipeline.mvtu_latency(self.simd)
+        lat = self.pipeline.mvtu_latency(self.simd, self.input_bits)
+        self.latency = self.cycles + 2 + lat
         #: results the output queue holds (:func:`~bnnforge.compiler.pipeline.output_slots`)
-        self.slots = output_slots(self.cycles, self.pipeline.mvtu_latency(self.simd))
+        self.slots = output_slots(self.cycles, lat)
         super().__init__({"i_stream": In(stream.Signature(self.k * self.input_bits
                                                           // self.count)),
                           "o_stream": Out(stream.Signature(self.out_width))})
@@ -732,7 +772,7 @@ class ScoreUnit(_MatrixBase):
         #: the running best's compare registered a stage before its update (the pipeline's
         #: compare register, with groups at least two cycles apart: K/SIMD > 1)
         self.split_compare = bool(self.pipeline.compare_register) and self.folds > 1
-        lat = self.pipeline.score_latency(self.simd, self.pe, self.folds)
+        lat = self.pipeline.score_latency(self.simd, self.pe, self.folds, self.input_bits)
         self.latency = self.cycles + 2 + lat
         #: results the output queue holds (:func:`~bnnforge.compiler.pipeline.output_slots`)
         self.slots = output_slots(self.cycles, lat)
@@ -791,7 +831,7 @@ class ScoreUnit(_MatrixBase):
                     nxt.append(nodes[i])
                     continue
                 (va, ia), (vb, ib) = nodes[i], nodes[i + 1]
-                pick_b = vb > va
+                pick_b = _greater(vb, va)
                 nxt.append((Mux(pick_b, vb, va), Mux(pick_b, ib, ia)))
             nodes = nxt
             if level % self.pipeline.argmax_levels == 0 or level == levels:
@@ -816,14 +856,14 @@ class ScoreUnit(_MatrixBase):
             # compare with the running best here, update it a stage later (the previous group
             # is at least two cycles ahead, so its update is in)
             gt = Signal(name="best_gt", reset_less=True)
-            m.d.sync += gt.eq(best_v > best)
+            m.d.sync += gt.eq(_greater(best_v, best))
             cls, first_g = delay(m, None, cls, 1, "cand_class", True), \
                 delay(m, None, first_g, 1, "cand_first", True)
             best_v = delay(m, None, best_v, 1, "cand_score", True)
             scores = delay(m, None, scores, 1, "cand_scores", True)
             stage += 1
         else:
-            gt = best_v > best
+            gt = _greater(best_v, best)
         valid, _, last_s, _, final = ctl[stage][:5]
         group = Signal()
         m.d.comb += group.eq(valid & last_s)

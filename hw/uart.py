@@ -24,7 +24,7 @@ repeat (what ``bnnforge.host.classify`` does by default).
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -290,28 +290,39 @@ class BoardTop(wiring.Component):
                     m.d.sync += count.eq(count + 1)
 
         # -- answer → bytes: class index, then every score, little-endian -------------------------
+        # The answer stays in the accelerator's output register while its bytes go out (no
+        # copy). A field counter (the class, then score i) and a byte counter select each byte
+        # in two registered steps (the field, then its byte: the wide multiplexer is two short
+        # paths); a byte is offered once both steps have seen the counters, and the last
+        # byte's handshake takes the answer.
         w, cw, k = self.score_width, self.class_width, self.classes
         payload = acc.o_stream.payload
-        fields = []
-        cls = Signal(unsigned(8 * self.class_bytes))
-        m.d.comb += cls.eq(payload[k * w:k * w + cw])
-        fields.append(cls)
-        for i in range(k):
-            s = Signal(signed(8 * self.score_bytes), name=f"score{i}")
-            m.d.comb += s.eq(payload[i * w:(i + 1) * w].as_signed())
-            fields.append(s)
-        word = Signal(8 * self.answer_bytes)
-        m.d.comb += word.eq(Cat(*fields))
-        # the answer stays in the accelerator's output register while its bytes go out (no
-        # copy): a byte counter selects each, and the last byte's handshake takes the answer
-        idx = Signal(range(self.answer_bytes))
-        last = Signal()
+        sb = self.score_bytes
+        fields = [payload[k * w:k * w + cw]] + [payload[i * w:(i + 1) * w].as_signed()
+                                                for i in range(k)]
+        field = Signal(range(k + 1))
+        part = Signal(range(max(sb, self.class_bytes)))
+        last_part = Signal()
+        last_field = Signal()
         sent = Signal()
-        m.d.comb += [last.eq(idx == self.answer_bytes - 1),
-                     tx.i_stream.payload.eq(word.word_select(idx, 8)),
-                     tx.i_stream.valid.eq(acc.o_stream.valid),
+        chosen = Signal(signed(8 * max(sb, self.class_bytes)), reset_less=True)
+        byte = Signal(8, reset_less=True)
+        fresh = Signal(2)           # the counters have stood still for one / two cycles
+        with m.Switch(field):
+            for i, f in enumerate(fields):
+                with m.Case(i):
+                    m.d.sync += chosen.eq(f)
+        m.d.sync += [byte.eq(chosen.word_select(part, 8)),
+                     fresh.eq(Mux(acc.o_stream.valid & ~sent, Cat(1, fresh[0]), 0))]
+        m.d.comb += [last_part.eq(Mux(field == 0, part == self.class_bytes - 1,
+                                      part == sb - 1)),
+                     last_field.eq(field == k),
+                     tx.i_stream.payload.eq(byte),
+                     tx.i_stream.valid.eq(acc.o_stream.valid & fresh[1]),
                      sent.eq(tx.i_stream.valid & tx.i_stream.ready),
-                     acc.o_stream.ready.eq(sent & last)]
+                     acc.o_stream.ready.eq(sent & last_part & last_field)]
         with m.If(sent):
-            m.d.sync += idx.eq(Mux(last, 0, idx + 1))
+            m.d.sync += part.eq(Mux(last_part, 0, part + 1))
+            with m.If(last_part):
+                m.d.sync += field.eq(Mux(last_field, 0, field + 1))
         return m

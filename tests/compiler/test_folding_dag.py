@@ -140,15 +140,16 @@ def _pair(make, *args):
 @pytest.mark.parametrize("pe, simd, rom", [(1, 8, 5), (2, 24, 5), (8, 72, 0)])
 def test_a_popcount_stage_costs_a_thresholded_one_less_its_compare(pe, simd, rom):
     """K = 72: acc_bits = 9; the threshold ROM (C/PE words of PE x 9 bits: 72 bits, 5 cells)
-    is in logic, none for one word; the popcount output register is 8 x bit_length(72) = 56
-    bits."""
+    is in logic, none for one word; a popcount stage's outputs are bit_length(72) = 7 bits
+    wide instead of 1: its group shift register ((C/PE - 1) x PE lanes) and its output queue
+    (slots x 8 channels) hold 6 more bits a lane."""
     bits, pop = _pair(conv, (8, 8, 8), 8)
     assert emits_popcount(pop) and not emits_popcount(bits)
-    # a fast unit (F < latency + 2) queues several results: 56 bits each instead of 8
-    f = (8 // pe) * (72 // simd)
-    queue = (output_slots(f, pipeline_for(None).mvtu_latency(simd)) - 1) * (56 - 8)
+    groups, f = 8 // pe, (8 // pe) * (72 // simd)
+    slots = output_slots(f, pipeline_for(None).mvtu_latency(simd))
+    wider = (7 - 1) * ((groups - 1) * pe + slots * 8)
     assert estimate_luts(pop, pe, simd) == \
-        estimate_luts(bits, pe, simd) - pe * 9 - rom + 56 + queue
+        estimate_luts(bits, pe, simd) - pe * 9 - rom + wider
     assert estimate_brams(pop, pe, simd) == estimate_brams(bits, pe, simd)
     assert folding_cost(pop, pe, simd) == estimate_luts(pop, pe, simd)
     assert mst_eligible(bits) and not mst_eligible(pop)
@@ -156,10 +157,13 @@ def test_a_popcount_stage_costs_a_thresholded_one_less_its_compare(pe, simd, rom
 
 def test_a_popcount_stage_has_no_threshold_rom():
     """K = 128 (acc_bits 10), 256 channels at PE 1: the thresholds are 256 words, a block RAM
-    ROM; the popcount stage has none, and 256 x bit_length(128) bits of output register."""
+    ROM (with its 10-bit data register); the popcount stage has none, no compare, and outputs
+    bit_length(128) = 8 bits a channel: 7 more in its group shift register (255 lanes) and its
+    output register (256 channels)."""
     bits, pop = _pair(dense, (8, 4, 4), 256)
     assert estimate_brams(bits, 1, 8) - estimate_brams(pop, 1, 8) == ram_blocks(10, 256) > 0
-    assert estimate_luts(pop, 1, 8) == estimate_luts(bits, 1, 8) - 10 + 256 * 8
+    assert estimate_luts(pop, 1, 8) == \
+        estimate_luts(bits, 1, 8) - 10 - 10 + 7 * (255 + 256)
 
 
 def test_join_and_fork_costs():
@@ -170,7 +174,8 @@ def test_join_and_fork_costs():
     assert estimate_join_luts(concat_net().op("cat0")) == 0
     with pytest.raises(ValueError, match="costs 'add' and 'concat' nodes, not 'maxpool'"):
         estimate_join_luts(res.op("pool0"))
-    assert [estimate_fork_luts(n) for n in (0, 1, 2, 3)] == [0, 0, 4, 6]
+    # a LUT a consumer, its flip-flop in the same cell
+    assert [estimate_fork_luts(n) for n in (0, 1, 2, 3)] == [0, 0, 2, 3]
 
 
 def test_a_forked_input_stream_stays_one_pixel_a_transfer():

@@ -10,7 +10,7 @@ from amaranth.back import verilog
 import bnnforge
 from bnnforge.boards import estimate_design_brams, get_board
 from bnnforge.boards.fit import fit_board
-from bnnforge.compiler.costs import estimate_brams, estimate_luts, matrix_roms
+from bnnforge.compiler.costs import FAMILY_CELLS, estimate_brams, estimate_luts, matrix_roms
 from bnnforge.compiler.folding import ChooseFolding
 from bnnforge.compiler.memory import bram_price, ram_blocks, rom_cost, rom_style
 from bnnforge.compiler.plan import KINDS, build_plan
@@ -90,7 +90,9 @@ def test_the_plan_carries_the_choice_the_estimates_price(tfc, board):
                     estimate_brams(b["op"], b["pe"], b["simd"], b["count"], family))
             cells, nblocks = rom_cost(w, d, "logic")[0], rom_cost(w, d, "bram", family)[1]
             sign = 1 if style == "bram" else -1
-            assert luts - base[0] == sign * cells
+            # in the family's count (ECP5: LUTs x the packer's factor; a block-RAM ROM's fabric
+            # data register is a flip-flop beside a LUT there)
+            assert abs(luts - base[0] - sign * FAMILY_CELLS[family][0] * cells) <= 1
             assert base[1] - brams == sign * nblocks
     # the board's block RAMs are counted in its own blocks (DP16KD on the ULX3S)
     assert estimate_design_brams(graph) <= profile.bram_blocks

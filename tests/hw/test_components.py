@@ -5,7 +5,7 @@ import pytest
 from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
 
-from bnnforge.compiler.pipeline import PIPELINES, Pipeline
+from bnnforge.compiler.pipeline import PIPELINES, Pipeline, lane_stages
 from bnnforge.hw import (
     MVTU,
     Deserializer,
@@ -102,7 +102,10 @@ def test_mvtu_timing_contract(k, c, pe, simd, popcount, pipe):
     else:
         assert out == [pack(e, 1) for e in acc >= t[None]]
     f = (c // pe) * (k // simd)
-    d = (max(simd - 1, 0).bit_length() + pipe.tree_levels - 1) // pipe.tree_levels
+    # an adder tree has ceil(log2 SIMD) levels; a carry-chain lane floor(log2 SIMD) (a level
+    # of segments A + B + c holds up to 2^(D+1) - 1 terms); a register every tree_levels
+    levels = max(simd - 1, 0).bit_length() if pipe.lanes == "adder" else simd.bit_length() - 1
+    d = (levels + pipe.tree_levels - 1) // pipe.tree_levels
     assert dut.cycles == f and dut.tree_stages == d
     assert dut.latency == f + 3 + d + pipe.operand_stage + pipe.compare_register
     assert oc[0] - ic[0] == dut.latency
@@ -137,7 +140,8 @@ def test_mvtu_collects_count_transfers(k, c, pe, simd, bits, count, ram, pipe):
     _, ic, oc = simulate_stream(dut, parts, len(x))
     f = dut.cycles
     # the last transfer of a vector starts its latency; II = max(F, count) back to back
-    assert oc[0] - ic[count - 1] == dut.latency == f + 3 + tree_stages(simd, 2) + 2  # both: r, c
+    # both pipelines: a ROM / operand and a compare register
+    assert oc[0] - ic[count - 1] == dut.latency == f + 3 + dut.pipeline.lane_stages(simd, bits) + 2
     assert np.all(np.diff(oc) == max(f, count))
 
 
@@ -257,7 +261,7 @@ def test_score_unit_timing_and_errors(pipe):
     assert [decode_scores(word, 4)[0] for word in out] == scores.tolist()
     # the argmax runs over a group's PE = 2 lanes, then a running best over the groups (its
     # compare a stage of its own with the compare register: K/SIMD = 2 steps a group)
-    assert dut.latency == dut.cycles + 5 + tree_stages(4, pipe.tree_levels) + \
+    assert dut.latency == dut.cycles + 5 + pipe.lane_stages(4) + \
         pipe.operand_stage + argmax_stages(2, pipe.argmax_levels) + pipe.compare_register
     assert oc[0] - ic[0] == dut.latency and np.all(np.diff(oc) == dut.cycles)
     again = ScoreUnit(8, 4, 2, 4, w, mul, add, pipeline=pipe)
@@ -277,7 +281,7 @@ def test_argmax_stages_and_narrow_scores():
     dut = ScoreUnit(64, 10, 10, 64, w, [1] * 10, [0] * 10)
     assert dut.score_bits == 8                  # scores in [-64, 64]
     # generic: one ROM register; an argmax tree of 4 levels over the 10 lanes
-    assert dut.latency == 1 + 5 + tree_stages(64, 2) + 1 + 4
+    assert dut.latency == 1 + 5 + lane_stages(64, 2) + 1 + 4
     x = random_inputs(rng, 6, 64, 1)
     out, ic, oc = simulate_stream(dut, [pack(v, 1) for v in x], len(x), idle=0.2, stall=0.5)
     scores = 2 * accumulate(x, w, 1) - 64
