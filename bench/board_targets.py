@@ -7,7 +7,7 @@ simulator at the design clock, build the bitstream and print accuracy (held-out,
 arithmetic), cycles per frame, frames/s, latency, resources and Fmax, and whether the target is
 met (the placed design must meet its clock). When the frame rate is out of reach on the board,
 the row says why (the compile error) and builds the fastest folding that fits instead.
-Nothing here gates CI; the iCEBreaker tfc at 100,000 frames/s is also a test
+Nothing here gates CI; the iCEBreaker tfc at 200,000 frames/s is also a test
 (tests/boards/test_build.py).
 
 Usage: ``python bench/board_targets.py [--only NAME] [--models DIR] [--out DIR]``

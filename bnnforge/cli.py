@@ -172,10 +172,11 @@ def _parser() -> _Parser:
     d.add_argument("--epochs", type=_positive_int, default=20)
     d.add_argument("--shift", type=_nonnegative_int, default=1, metavar="PIXELS",
                    help="training augmentation: pixels each image may move (default 1)")
-    d.add_argument("--fps", type=float, default=100_000,
-                   help="throughput to fold for (default 100000; 0 = the fastest that fits)")
+    d.add_argument("--fps", type=float, default=200_000,
+                   help="throughput to fold for (default 200000; 0 = the fastest that fits)")
     d.add_argument("--clock-mhz", type=float, default=0.0,
-                   help="design clock in MHz (default 0 = the board's default)")
+                   help="design clock in MHz (default 0 = the clock the timing-aware compile "
+                        "predicts the placed design meets)")
     d.add_argument("--no-bitstream", action="store_true", help="skip place-and-route")
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p

@@ -290,17 +290,17 @@ def read_calibration(path: str | os.PathLike) -> dict:
 def run_demo(output: str | os.PathLike = "demo-build", *, board: str = "icebreaker",
              arch: str = "tfc", dataset: str = "mnist5k", quantizer: str = "ste",
              epochs: int = 20, shift: int = 1, frames: int = 100,
-             simulator: str = "verilator", fps: float | None = 100_000,
+             simulator: str = "verilator", fps: float | None = 200_000,
              clock_mhz: float | None = None, bitstream: bool = True,
              progress: bool = True) -> dict:
     """Run the whole flow on the embedded default and return the build folder's report.
 
     Trains ``arch`` on ``dataset`` (``epochs``, images moved by up to ``shift`` pixels; kept as
     ``output/model.bnn`` and reused when present), compiles it for ``board`` at ``clock_mhz``
-    (``None``: the board's default clock) with the cheapest folding that reaches ``fps``
-    (``None``: the fastest that fits), simulates 10,000 frames, verifies ``frames`` frames as
-    RTL, builds the bitstream and prints one summary. The defaults: tfc on the iCEBreaker
-    (iCE40UP5K) at its 30 MHz clock, folded for 100,000 frames/s.
+    (``None``: the clock the timing-aware compile predicts the placed design meets) with the
+    cheapest folding that reaches ``fps`` (``None``: the fastest that fits), simulates 10,000
+    frames, verifies ``frames`` frames as RTL, builds the bitstream and prints one summary. The
+    defaults: tfc on the iCEBreaker (iCE40UP5K), folded for 200,000 frames/s.
     """
     from .boards import get_board
     from .buildfolder import read_report

@@ -17,7 +17,7 @@ import math
 from ..compiler.costs import mst_eligible
 from ..compiler.cycles import matrix_ops, pipeline_cycles, stage_cycles
 from ..compiler.folding import ChooseFolding, FoldingError, divisors
-from ..compiler.ir import DataflowGraph
+from ..compiler.ir import BinaryConv, DataflowGraph
 from ..compiler.pipeline import pipeline_for
 from .estimate import estimate_design_brams, estimate_design_luts
 from .profiles import BOARDS, BoardProfile, get_board
@@ -148,13 +148,15 @@ def fit_board(graph: DataflowGraph, board, *, fps: float | None = None,
     graph.meta["pipeline"] = pipeline_for(profile.family).name
     graph.meta["family"] = profile.family       # the estimates in nextpnr's count for it
 
+    windows = any(isinstance(op, BinaryConv) for _, op in graph)
+
     def clocked(found) -> tuple[BoardProfile, dict]:
-        fmax = predict_fmax(profile, found[1])
+        fmax = predict_fmax(profile, found[1], windows)
         if fixed:
             return profile, {"clock_mhz": profile.clock_mhz,
                              "clock_from": "given" if clock_mhz is not None else "oscillator",
                              "predicted_fmax_mhz": round(fmax, 1)}
-        at, _ = design_clock(profile, found[1])
+        at, _ = design_clock(profile, found[1], windows)
         return at, {"clock_mhz": at.clock_mhz, "clock_from": "fmax model",
                     "predicted_fmax_mhz": round(fmax, 1),
                     "margin": FMAX_MODELS[profile.family].margin}

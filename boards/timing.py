@@ -26,7 +26,7 @@ __all__ = ["FMAX_MODELS", "MARGIN", "FmaxModel", "design_clock", "predict_fmax"]
 #: The share of the predicted Fmax a compile clocks at, unless a family's model says otherwise
 #: (nextpnr's result varies by a few percent with the seed and the weights; the build retries
 #: two more seeds on a near miss).
-MARGIN = 0.9
+MARGIN = 0.93
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,11 @@ class FmaxModel:
         Where the points come from.
     margin : float
         The share of the prediction a compile clocks at (:data:`MARGIN` by default).
+    window_mhz : float or None
+        The most a design with a sliding window (a convolution) is predicted to reach, at any
+        size: its critical path is the handshake from the matrix unit's issue credit through
+        the window to the window's input FIFO, not the datapath (``None``: no such limit
+        measured).
     """
 
     family: str
@@ -52,6 +57,7 @@ class FmaxModel:
     ceiling_mhz: float
     source: str
     margin: float = MARGIN
+    window_mhz: float | None = None
 
     def predict(self, utilisation: float) -> float:
         """Fmax (MHz) at ``utilisation``: linear between points, flat before the first; after
@@ -73,36 +79,46 @@ class FmaxModel:
 #: test suite and the README (tfc, sfc, cnv, resnet on their boards), nextpnr's Fmax with the
 #: family's pipeline; docs/design.md "Clock" lists them.
 FMAX_MODELS = {
-    "ice40up": FmaxModel("ice40up", ((0.64, 46.9), (0.72, 46.7), (0.74, 45.8)), 60.0,
-                         "iCEBreaker tfc builds at 30k-100k frames/s (YoWASP nextpnr-ice40, "
-                         "pipeline ice40, seed 1)", 0.93),
-    "ice40hx": FmaxModel("ice40hx", ((0.64, 46.9), (0.72, 46.7), (0.74, 45.8)), 60.0,
-                         "as ice40up (the same logic tile; no HX8K build measured)", 0.93),
-    "ecp5": FmaxModel("ecp5", ((0.032, 128.3), (0.117, 108.2), (0.16, 105.7)), 150.0,
-                      "ULX3S-85F builds: tfc at 200k and 1.2M frames/s, sfc at 535k and 684k "
-                      "frames/s (YoWASP nextpnr-ecp5, pipeline ecp5, seed 1; the block-RAM "
-                      "designs stop at ~106 MHz: DP16KD clock-to-out 5.8 ns + the route)"),
+    "ice40up": FmaxModel("ice40up", ((0.55, 54.1), (0.70, 54.1), (0.80, 45.8)), 60.0,
+                         "iCEBreaker tfc builds: at 128k frames/s 54.1 MHz, at 200k frames/s "
+                         "(3,651 cells estimated, 69%) 59.3 MHz (the lower taken); 45.8 at 74% "
+                         "from the pipeline before the credit-issue units, kept as the decline "
+                         "(YoWASP nextpnr-ice40, pipeline ice40, seed 1)"),
+    "ice40hx": FmaxModel("ice40hx", ((0.55, 54.1), (0.70, 54.1), (0.80, 45.8)), 60.0,
+                         "as ice40up (the same logic tile; no HX8K build measured)"),
+    "ecp5": FmaxModel("ecp5", ((0.016, 141.2), (0.125, 141.2), (0.16, 105.7)), 150.0,
+                      "ULX3S-85F builds: tfc at 200k frames/s 141.2 MHz (1.6% of the cells), "
+                      "sfc at 1M frames/s 159.8 MHz (12% estimated, 10.3% placed; the lower "
+                      "taken); 105.7 at 16% from the pipeline before block-RAM output "
+                      "registers, kept as the decline; designs with a sliding window: cnv on "
+                      "3x32x32 at 20k frames/s placed at 119.5 MHz (YoWASP nextpnr-ecp5, "
+                      "pipeline ecp5)", window_mhz=119.5),
 }
 
 
-def predict_fmax(profile: BoardProfile, luts: int) -> float:
-    """Predicted Fmax (MHz) of a design of ``luts`` estimated logic cells on ``profile``."""
+def predict_fmax(profile: BoardProfile, luts: int, windows: bool = False) -> float:
+    """Predicted Fmax (MHz) of a design of ``luts`` estimated logic cells on ``profile``
+    (``windows``: the design has a sliding window, :attr:`FmaxModel.window_mhz`)."""
     model = FMAX_MODELS.get(profile.family)
     if model is None:
         raise ValueError(f"no Fmax model for the {profile.family} family")
-    return model.predict(luts / profile.luts)
+    fmax = model.predict(luts / profile.luts)
+    if windows and model.window_mhz is not None:
+        fmax = min(fmax, model.window_mhz)
+    return fmax
 
 
-def design_clock(profile: BoardProfile, luts: int) -> tuple[BoardProfile, float]:
+def design_clock(profile: BoardProfile, luts: int,
+                 windows: bool = False) -> tuple[BoardProfile, float]:
     """The board profile at the clock a compile picks for a design of ``luts`` logic cells, and
     the predicted Fmax it came from.
 
-    The clock is the model's margin (:data:`MARGIN`, 0.93 on iCE40 whose builds scatter less)
-    of the prediction, at most the family's ceiling, rounded down
+    The clock is the model's margin (:data:`MARGIN` by default: the models take the lower of
+    their measured points) of the prediction, at most the family's ceiling, rounded down
     to a whole MHz the board's PLL makes exactly (or a little below it); a board without a PLL
     keeps its oscillator clock.
     """
-    fmax = predict_fmax(profile, luts)
+    fmax = predict_fmax(profile, luts, windows)
     if profile.pll is None:
         return profile, fmax
     model = FMAX_MODELS[profile.family]

@@ -62,7 +62,7 @@ class Resources(NamedTuple):
 #: carry chain and wide function on ECP5); calibrated on our builds (docs/design.md,
 #: "Resource estimates"). No family: the iCE40 count.
 FAMILY_CELLS = {None: (1.0, 1.0), "ice40up": (1.0, 1.0), "ice40hx": (1.0, 1.0),
-                "ecp5": (1.1, 0.0)}
+                "ecp5": (0.91, 0.0)}
 
 #: LUT4 equivalents per input bit of a binary lane, by lane shape
 #: (:attr:`~bnnforge.compiler.pipeline.Pipeline.lanes`) and block family: the carry-chain

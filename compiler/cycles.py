@@ -25,7 +25,8 @@ import math
 
 from .ir import BinaryConv, DataflowGraph, InputLayer, MaxPool, ScoreLayer, _Matrix
 
-__all__ = ["JOIN_KINDS", "MAX_INPUT_RAM_WORD", "consumers", "input_buffer_in_ram",
+__all__ = ["JOIN_KINDS", "MAX_INPUT_RAM_WORD", "consumers", "held_vector_rotates",
+           "input_buffer_in_ram",
            "input_ram_word", "input_word_transfers", "matrix_ops", "pipeline_cycles",
            "pixels_per_transfer", "producers", "stage_cycles", "transfers_per_vector",
            "vectors_per_frame", "window_cycles"]
@@ -157,6 +158,18 @@ def input_buffer_in_ram(k: int, count: int, simd: int, input_bits: int = 1) -> b
         return False
     word = input_ram_word(k, count, simd)
     return k // word >= 2 and word * input_bits <= MAX_INPUT_RAM_WORD
+
+
+def held_vector_rotates(k: int, count: int, simd: int, input_bits: int = 1,
+                        pipeline=None) -> bool:
+    """Whether a matrix unit's held vector rotates by a SIMD word every step (all K·b of its
+    flip-flops written a step): it is in registers (:func:`input_buffer_in_ram` is false) and
+    has more words than the pipeline selects from
+    (:attr:`~bnnforge.compiler.pipeline.Pipeline.select_folds`)."""
+    from .pipeline import pipeline_for
+
+    return (not input_buffer_in_ram(k, count, simd, input_bits)) and \
+        pipeline_for(pipeline).rotates(k // simd)
 
 
 def _streams(graph: DataflowGraph, ppt: int) -> dict[str, tuple[int, int]]:

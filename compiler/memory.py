@@ -6,6 +6,8 @@ generator (:mod:`bnnforge.hw.matrix`, which marks the memory ``rom_style = "bloc
 ``"logic"`` so that Yosys builds what was priced):
 
 * a ROM of one word is a constant (``"const"``);
+* deeper than :data:`LOGIC_ROM_DEPTH` words it goes to block RAM (a deep logic ROM's
+  multiplexer tree is too slow);
 * otherwise it costs ``ceil(width x depth / 16)`` logic cells in logic (a LUT4 holds 16 bits;
   Yosys's ROM-to-logic mapping comes close to it on random weights) or :func:`ram_blocks` block
   RAMs of the family in ``"bram"``, and the cheaper wins, a block RAM priced at
@@ -18,8 +20,8 @@ its blocks and goes to block RAM.
 
 from __future__ import annotations
 
-__all__ = ["BLOCK_SHAPES", "BRAM_CELLS", "BRAM_PRICE", "ROM_STYLES", "bram_price", "ram_blocks",
-           "rom_cost", "rom_style"]
+__all__ = ["BLOCK_SHAPES", "BRAM_CELLS", "BRAM_PRICE", "LOGIC_ROM_DEPTH", "ROM_STYLES",
+           "bram_price", "ram_blocks", "rom_cost", "rom_style"]
 
 #: Block RAM shapes (width, depth) a ROM or RAM may use, per block family: iCE40 SB_RAM40_4K
 #: (4 kbit) and ECP5 DP16KD (18 kbit: 36 bits wide as a pseudo-dual-port ROM).
@@ -40,6 +42,11 @@ BRAM_CELLS = 128
 #: clock-to-out no longer limits the clock; before that the sfc builds with weights in block
 #: RAM stopped at 106 MHz).
 BRAM_PRICE = {"ice40up": BRAM_CELLS, "ice40hx": BRAM_CELLS, "ecp5": 256}
+
+#: The deepest ROM built in logic: a deeper one's multiplexer tree takes more than a cycle on an
+#: iCE40 at 50 MHz (a 640-word score ROM read in logic was the critical path at 48.9 MHz; a
+#: 320-word one met 54), so it goes to block RAM whatever the cells say.
+LOGIC_ROM_DEPTH = 512
 
 #: What :func:`rom_style` answers.
 ROM_STYLES = ("const", "logic", "bram")
@@ -81,6 +88,8 @@ def rom_style(width: int, depth: int, family: str | None = None,
     ``"logic"``."""
     if depth <= 1:
         return "const"
+    if depth > LOGIC_ROM_DEPTH:
+        return "bram"
     price = bram_price(family) if bram_cells is None else int(bram_cells)
     logic, _ = rom_cost(width, depth, "logic")
     return "bram" if price * ram_blocks(width, depth, family) <= logic else "logic"

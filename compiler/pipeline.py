@@ -61,6 +61,13 @@ class Pipeline:
         tree, :func:`tree_stages` registers) or a carry-chain popcount in a family's shape
         (:func:`lane_stages` registers, one level fewer for every SIMD that is not a power of
         two).
+    select_folds : int
+        The most words of a held vector in registers a step's operand is selected from with a
+        multiplexer; a vector of more words rotates by a word a step instead. The rotation
+        writes all K·b flip-flops every step (on the sfc score unit 36k toggles a frame, ten
+        times its lanes'), so only iCE40, where a 64-to-1 select was a critical path at
+        45 MHz, rotates beyond 4 words; ECP5's slice multiplexers (PFUMX, L6MUX21) make a
+        64-to-1 select two slice levels.
     """
 
     name: str
@@ -70,6 +77,11 @@ class Pipeline:
     argmax_levels: int = 1
     operand_register: bool = False
     lanes: str = "adder"
+    select_folds: int = 4
+
+    def rotates(self, folds: int) -> bool:
+        """Whether a held vector in registers of ``folds`` words rotates (else a word select)."""
+        return folds > self.select_folds
 
     def lane_stages(self, terms: int, input_bits: int = 1) -> int:
         """Registers in one lane over ``terms`` inputs: a binary lane's popcount
@@ -193,8 +205,8 @@ def output_slots(cycles: int, latency: int) -> int:
 PIPELINES = {
     "compact": Pipeline("compact", 3, 0, False),
     "ice40": Pipeline("ice40", 2, 0, True, operand_register=True, lanes="ice40"),
-    "ecp5": Pipeline("ecp5", 2, 2, True, lanes="ecp5"),
-    "generic": Pipeline("generic", 2, 1, True, lanes="ecp5"),
+    "ecp5": Pipeline("ecp5", 1, 2, True, lanes="ecp5", select_folds=64),
+    "generic": Pipeline("generic", 2, 1, True, lanes="ecp5", select_folds=64),
 }
 
 #: The pipeline of each FPGA family (:attr:`bnnforge.boards.profiles.BoardProfile.family`).

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .costs import matrix_roms
-from .cycles import input_word_transfers
+from .cycles import held_vector_rotates, input_word_transfers
 from .ir import BinaryConv, BinaryDense, DataflowGraph, InputLayer, MaxPool, ScoreLayer
 from .pipeline import output_slots, pipeline_for
 
@@ -90,6 +90,9 @@ def _ops_matrix(b: dict) -> dict:
     # groups · K · b a vector); an MVTU gathers its C/PE output groups in a shift register of
     # (groups − 1) · PE lanes, shifted once a group (hw/matrix.py ``_output``)
     base = 2 * k * ib + groups * k * ib
+    if held_vector_rotates(k, b.get("count", 1), simd, ib, b.get("pipeline")):
+        # a held vector of many words rotates by a word a step: all K·b bits written a step
+        base += lane_steps // pe * k * ib
     pipe = pipeline_for(b.get("pipeline"))
     # the adder trees' pipeline registers, every lane every step
     base += groups * (k // simd) * pe * pipe.tree_register_bits(simd, 1 if ib == 1 else 10)

@@ -70,10 +70,6 @@ def _load(m: Module, en, stmts) -> None:
             m.d.sync += stmts
 
 
-#: The most words a step's operand is selected from with a multiplexer (two LUT levels); a held
-#: vector of more words rotates instead (a 64-to-1 select was an iCE40 critical path at 45 MHz)
-_SELECT_FOLDS = 4
-
 
 def _greater(a, b):
     """``a > b`` for two signed values of one width, compared as unsigned numbers with their
@@ -102,7 +98,8 @@ def _rom_read(m: Module, name: str, width: int, words: list, style, addr, regist
     :func:`~bnnforge.compiler.memory.rom_style`) at ``addr``, ``1 + registers`` cycles after
     ``addr`` is presented: a synchronous read and ``registers`` data registers. A block-RAM
     ROM with a register is a :class:`~bnnforge.hw.bram.BlockROM`, whose register is the
-    block's own output register on ECP5."""
+    block's own output register on ECP5; a ROM in logic with a register reads a registered
+    address instead."""
     depth = len(words)
     style = style or rom_style(width, depth)
     attrs = rom_attrs(width, depth, style)
@@ -111,6 +108,13 @@ def _rom_read(m: Module, name: str, width: int, words: list, style, addr, regist
         m.submodules[name] = rom
         m.d.comb += [rom.addr.eq(addr), rom.en.eq(1)]
         return delay(m, None, rom.data, registers - 1, f"{name}_reg", True)
+    if style == "logic" and registers >= 1:
+        # a ROM in logic reads a registered copy of the address, one data register fewer (the
+        # same latency): Yosys maps the synchronous read into LUTs before a data register and
+        # builds the decode from the address counter's own increment (the carry chain then
+        # sits in front of the mux tree: a cnv build's critical path on ECP5, 121 MHz)
+        addr = delay(m, None, addr, 1, f"{name}_addr", True)
+        registers -= 1
     rom = Memory(shape=unsigned(width), depth=depth, init=words, attrs=attrs)
     m.submodules[name] = rom
     rd = rom.read_port(domain="sync")
@@ -381,8 +385,9 @@ class _MatrixBase(wiring.Component):
 
     def _register_buffer(self, m, ibuf_full, take, issue, s):
         """Input buffer and held vector in registers (2·K·b flip-flops); step s reads word s of
-        the held vector through a word select (up to :data:`_SELECT_FOLDS` words; more: the
-        held vector rotates a word a step). Returns the registered operand."""
+        the held vector through a word select (up to
+        :attr:`~bnnforge.compiler.pipeline.Pipeline.select_folds` words; more: the held vector
+        rotates a word a step). Returns the registered operand."""
         k, b, simd, folds, count = self.k, self.input_bits, self.simd, self.folds, self.count
         i_s = self.i_stream
         ibuf = Signal(k * b, reset_less=True)
@@ -402,7 +407,7 @@ class _MatrixBase(wiring.Component):
             with m.Elif(take):
                 m.d.sync += ibuf_full.eq(0)
         x = Signal(simd * b, reset_less=True)
-        if folds > _SELECT_FOLDS:
+        if self.pipeline.rotates(folds):
             # many words: the held vector rotates by a word a step (its words come round to
             # the low end in order, and back in place after every group), instead of a wide
             # multiplexer in front of the operand
@@ -809,14 +814,18 @@ class ScoreUnit(_MatrixBase):
         rw, cw, a = self.score_bits, self.class_width, self.argmax_stages
         sums, ctl, depth = self._engine(m, tail=2 + a + int(self.split_compare))
         # stage depth + 1: the accumulators hold each lane's total of the step
-        _, n1, _, _ = ctl[depth + 1][:4]
+        v1, n1, last1, _ = ctl[depth + 1][:4]
         # the group's first flag, registered beside the lane scores (no comparator on the
         # running best's enable)
         flags = Signal(1)
         m.d.comb += flags.eq(n1 == 0)
         lane = [Signal(signed(rw), name=f"lane_score{p}", reset_less=True) for p in range(pe)]
-        m.d.sync += [lane[p].eq(self._lane_score(self._accs[p], n1, p)[:rw].as_signed())
-                     for p in range(pe)]
+        # loaded at a group's last step only: the free-running stages after it (argmax tree,
+        # lane scores, compare) hold still between groups instead of scoring partial sums
+        # every step (their energy is then once a group, as the op model counts it)
+        with m.If(v1 & last1):
+            m.d.sync += [lane[p].eq(self._lane_score(self._accs[p], n1, p)[:rw].as_signed())
+                         for p in range(pe)]
         # stage depth + 2 ...: the argmax tree over the lanes, a register every argmax_levels
         # comparator levels and after the last (lower lane wins ties)
         lw = max(1, (pe - 1).bit_length())

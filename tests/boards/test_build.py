@@ -66,19 +66,20 @@ def tfc_model(tmp_path_factory):
 def test_icebreaker_bitstream_meets_the_target(tmp_path, tfc_model):
     """The iCEBreaker target, measured: the trained tfc classifies >= 90% of the 1,000
     held-out frames in hardware arithmetic and, folded by ``compile --board icebreaker --fps
-    100000``, runs >= 100,000 frames/s at the clock the timing-aware compile chose, which the
-    placed design meets."""
+    200000``, runs >= 200,000 frames/s at the clock the timing-aware compile chose, which the
+    placed design meets, with an Fmax of at least 50 MHz (the issue's iCE40UP5K target)."""
     folder = tmp_path / "build"
-    report = compile_model(tfc_model, folder, board="icebreaker", fps=100_000)
+    report = compile_model(tfc_model, folder, board="icebreaker", fps=200_000)
     assert report["model"]["accuracy_reference"] >= 0.90
     assert report["model"]["disagreements"] == 0
     clock = report["compile"]["clock_mhz"]
-    assert report["compile"]["timing"]["clock_from"] == "fmax model" and clock > 30
+    assert report["compile"]["timing"]["clock_from"] == "fmax model" and clock > 40
     graph = load_graph(folder)
     fps = clock * 1e6 / steady_cycles_per_frame(graph)
-    assert fps >= 100_000
+    assert fps >= 200_000
     result = build_board(folder, "icebreaker", progress=False)     # at the compile's clock
     check(result, "icebreaker", folder, clock)
+    assert result["fmax_mhz"] >= 50         # the issue's iCE40UP5K target
     assert (folder / "bitstream" / "icebreaker.bin").is_file()
     assert json.loads((folder / "report.json").read_text())["build"] == result
     # the input vector sits in block RAM (the 784-bit registers would not fit beside the rest)
@@ -100,10 +101,10 @@ def test_ulx3s_bitstream_of_the_trained_model(tmp_path, tfc_model):
     check(result, "ulx3s-85f", folder, report["compile"]["clock_mhz"])
     assert result["bitstream"] == "bitstream/ulx3s-85f.bit"
     assert 0 < result["lut4_used"] <= result["luts_used"]
-    # the ECP5-calibrated estimate (boards.estimate.LUT_CALIBRATION: -20%..+42% on our builds;
-    # this register-heavy design reads the highest)
+    # the ECP5-calibrated estimate (compiler.costs.FAMILY_CELLS: -7%..+7% on our builds; this
+    # design read +7%)
     estimate = estimate_design_luts(load_graph(folder), "ecp5")
-    assert 0.75 * result["luts_used"] < estimate < 1.5 * result["luts_used"]
+    assert 0.85 * result["luts_used"] < estimate < 1.2 * result["luts_used"]
 
 
 def test_icebreaker_bitstream_of_a_pooled_model(tmp_path):

@@ -12,7 +12,7 @@ from bnnforge.boards import estimate_design_brams, get_board
 from bnnforge.boards.fit import fit_board
 from bnnforge.compiler.costs import FAMILY_CELLS, estimate_brams, estimate_luts, matrix_roms
 from bnnforge.compiler.folding import ChooseFolding
-from bnnforge.compiler.memory import bram_price, ram_blocks, rom_cost, rom_style
+from bnnforge.compiler.memory import LOGIC_ROM_DEPTH, bram_price, ram_blocks, rom_cost, rom_style
 from bnnforge.compiler.plan import KINDS, build_plan
 from bnnforge.hw.activity import parse_verilog
 from bnnforge.hw.checks import silence
@@ -37,7 +37,8 @@ def test_block_shapes_per_family():
     (16, 1, None, "const"),
     (16, 127, None, "logic"),           # 127 cells < one block at 128
     (16, 128, None, "bram"),            # a tie goes to block RAM
-    (1, 1024, None, "logic"),           # a narrow deep ROM: 64 cells, not a whole block
+    (1, 512, None, "logic"),            # a narrow deep ROM: 32 cells, not a whole block
+    (1, 1024, None, "bram"),            # deeper than LOGIC_ROM_DEPTH: its mux tree is slow
     (512, 98, "ecp5", "logic"),         # the ULX3S tfc's fc0 at 1M frames/s: 3,136 < 15 x 256
     (1568, 128, "ecp5", "bram"),        # the ULX3S sfc's fc0 at 128 cycles: 44 x 256 < 12,544
     (128, 392, "ice40up", "bram"),      # the iCEBreaker tfc's fc0: 16 x 128 < 3,136
@@ -49,7 +50,7 @@ def test_rom_style_takes_the_cheaper(width, depth, family, want):
         logic = rom_cost(width, depth, "logic")[0]
         blocks = rom_cost(width, depth, "bram", family)[1]
         price = bram_price(family)
-        assert (want == "bram") == (price * blocks <= logic)
+        assert (want == "bram") == (price * blocks <= logic or depth > LOGIC_ROM_DEPTH)
 
 
 def test_a_price_moves_the_choice():
@@ -98,10 +99,13 @@ def test_the_plan_carries_the_choice_the_estimates_price(tfc, board):
     assert estimate_design_brams(graph) <= profile.bram_blocks
 
 
-def test_the_ulx3s_tfc_at_a_million_frames_keeps_its_weights_in_logic(tfc):
+def test_the_ulx3s_tfc_at_a_million_frames_reads_its_weights_from_block_ram(tfc):
+    # fc0 at PE 1 x SIMD 392 (128 cycles at the model's 130 MHz): a 392-bit x 512-word ROM,
+    # 11 DP16KD at 256 cells against 12,544 LUT4 in logic
     graph, _, _ = fit_board(tfc, "ulx3s-85f", fps=1_000_000)
     fc0 = next(b for b in _matrix_blocks(graph) if b["node"] == "fc0")
-    assert fc0["roms"]["weights"] == "logic"
+    width, depth = fc0["pe"] * fc0["simd"], fc0["channels"] // fc0["pe"] * fc0["k"] // fc0["simd"]
+    assert fc0["roms"]["weights"] == rom_style(width, depth, "ecp5") == "bram"
 
 
 @pytest.mark.parametrize("style,attr", [("bram", "block"), ("logic", "logic")])

@@ -477,3 +477,15 @@ def test_stream_fifo(depth):
     assert oc == [i + 1 for i in ic]
     with pytest.raises(ValueError, match=r"depth must be at least 1, not 0"):
         StreamFIFO(12, 0)
+
+
+def test_only_the_ice40_pipelines_rotate_a_held_vector_of_many_words():
+    # the rotation writes all K·b flip-flops every step (energy); iCE40 needs it for its clock
+    for name in ("ice40", "compact"):
+        assert PIPELINES[name].rotates(5) and not PIPELINES[name].rotates(4)
+    for name in ("ecp5", "generic"):
+        assert not PIPELINES[name].rotates(64) and PIPELINES[name].rotates(65)
+    from bnnforge.compiler.cycles import held_vector_rotates
+    assert held_vector_rotates(256, 1, 8, 1, "ice40")
+    assert not held_vector_rotates(256, 1, 8, 1, "ecp5")
+    assert not held_vector_rotates(256, 8, 8, 1, "ice40")      # its input buffer is a RAM
