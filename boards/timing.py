@@ -86,11 +86,11 @@ FMAX_MODELS = {
                          "(YoWASP nextpnr-ice40, pipeline ice40, seed 1)"),
     "ice40hx": FmaxModel("ice40hx", ((0.55, 54.1), (0.70, 54.1), (0.80, 45.8)), 60.0,
                          "as ice40up (the same logic tile; no HX8K build measured)"),
-    "ecp5": FmaxModel("ecp5", ((0.016, 141.2), (0.125, 141.2), (0.16, 105.7)), 150.0,
-                      "ULX3S-85F builds: tfc at 200k frames/s 141.2 MHz (1.6% of the cells), "
-                      "sfc at 1M frames/s 159.8 MHz (12% estimated, 10.3% placed; the lower "
-                      "taken); 105.7 at 16% from the pipeline before block-RAM output "
-                      "registers, kept as the decline; designs with a sliding window: cnv on "
+    "ecp5": FmaxModel("ecp5", ((0.016, 141.2), (0.125, 141.2), (0.38, 120.4)), 150.0,
+                      "ULX3S-85F builds: tfc at 200k frames/s 140.4-141.2 MHz (1.7% of the "
+                      "cells), sfc at 1M frames/s 138.9-159.8 MHz (8-12%; the lower taken), "
+                      "sfc at 2M frames/s 120.4 MHz (31,911 cells estimated, 38%; 33,156 "
+                      "placed, weights in logic); designs with a sliding window: cnv on "
                       "3x32x32 at 20k frames/s placed at 119.5 MHz (YoWASP nextpnr-ecp5, "
                       "pipeline ecp5)", window_mhz=119.5),
 }

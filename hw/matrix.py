@@ -70,7 +70,6 @@ def _load(m: Module, en, stmts) -> None:
             m.d.sync += stmts
 
 
-
 def _greater(a, b):
     """``a > b`` for two signed values of one width, compared as unsigned numbers with their
     sign bits flipped (offset binary): the same order, and a plain carry chain without the
