@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 from .ir import BinaryConv, DataflowGraph, InputLayer, MaxPool, ScoreLayer, _Matrix
+from .pipeline import pipeline_for
 
 __all__ = ["JOIN_KINDS", "MAX_INPUT_RAM_WORD", "consumers", "held_vector_rotates",
            "input_buffer_in_ram",
@@ -166,8 +167,6 @@ def held_vector_rotates(k: int, count: int, simd: int, input_bits: int = 1,
     flip-flops written a step): it is in registers (:func:`input_buffer_in_ram` is false) and
     has more words than the pipeline selects from
     (:attr:`~bnnforge.compiler.pipeline.Pipeline.select_folds`)."""
-    from .pipeline import pipeline_for
-
     return (not input_buffer_in_ram(k, count, simd, input_bits)) and \
         pipeline_for(pipeline).rotates(k // simd)
 

